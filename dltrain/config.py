@@ -1,0 +1,301 @@
+"""The config schema, YAML loading and `--set` overrides.
+
+A config travels YAML -> `load_config` -> validated `Config`. Every field has a default and
+a one-line description (shown by `dltrain config schema`). All problems in a config are
+reported at once, each as one line naming the dotted path, the bad value and what was
+expected. This module must not import torch: `dltrain config show` stays fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from dltrain.errors import ConfigError, DltrainError
+
+# The names each registry holds; a test keeps these equal to the registries themselves.
+DATASETS = ("digits",)
+MODELS = ("mlp",)
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    dataset: Literal[DATASETS] = Field("digits", description="Dataset to train on.")
+    root: str = Field("data", description="Folder where datasets are stored or downloaded to.")
+    val_split: float = Field(
+        0.1,
+        description="Validation set carved out of the training data: a fraction (0-1) or a count.",
+    )
+    batch_size: int = Field(64, ge=1, description="Training batch size.")
+    eval_batch_size: int = Field(512, ge=1, description="Batch size for validation and test.")
+
+    @field_validator("val_split")
+    @classmethod
+    def _fraction_or_count(cls, value: float) -> float:
+        if value <= 0 or (value >= 1 and not float(value).is_integer()):
+            raise ValueError("a fraction between 0 and 1, or a whole count >= 1")
+        return int(value) if value >= 1 else value
+
+
+class ModelConfig(Section):
+    name: Literal[MODELS] = Field("mlp", description="Model architecture.")
+    hidden: list[int] = Field(
+        [256, 128], description="mlp: sizes of the hidden layers, input to output."
+    )
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability.")
+    batch_norm: bool = Field(False, description="Add batch normalization after each layer.")
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_sizes(cls, sizes: list[int]) -> list[int]:
+        if any(size < 1 for size in sizes):
+            raise ValueError("a list of sizes, each >= 1")
+        return sizes
+
+
+class OptimConfig(Section):
+    name: Literal[OPTIMIZERS] = Field("adam", description="Optimizer.")
+    lr: float = Field(1e-3, gt=0.0, description="Learning rate.")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd/rmsprop: momentum.")
+    nesterov: bool = Field(False, description="sgd: use Nesterov momentum.")
+    weight_decay: float = Field(0.0, ge=0.0, description="L2 penalty (decoupled for adamw).")
+
+    @field_validator("nesterov")
+    @classmethod
+    def _nesterov_needs_momentum(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("momentum") == 0:
+            raise ValueError("false when momentum is 0 (Nesterov momentum needs momentum > 0)")
+        return value
+
+
+class EarlyStoppingConfig(Section):
+    monitor: Literal["val_loss", "val_acc"] = Field(
+        "val_acc", description="Validation metric that selects best.pt and drives early stopping."
+    )
+    mode: Literal["auto", "min", "max"] = Field(
+        "auto", description="Whether the monitor should go down or up; auto derives it."
+    )
+    patience: int | None = Field(
+        None, ge=1, description="Stop after this many epochs without improvement; null = never."
+    )
+    min_delta: float = Field(0.0, ge=0.0, description="Smallest change that counts as improvement.")
+    restore_best: bool = Field(True, description="Restore the best epoch's weights at the end.")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=1, description="Number of training epochs.")
+    early_stopping: EarlyStoppingConfig = Field(
+        default_factory=EarlyStoppingConfig, description="Best-epoch selection and early stopping."
+    )
+
+
+class CheckpointConfig(Section):
+    save_last: bool = Field(True, description="Write last.pt at the end of every epoch.")
+    save_best: bool = Field(True, description="Write best.pt when the monitored metric improves.")
+
+
+class Config(Section):
+    name: str = Field(
+        "run", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name; outputs go to runs/<name>/."
+    )
+    seed: int = Field(0, description="Seed for splits, initialization and shuffling.")
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+        description="auto, cpu, cuda, cuda:N or mps.",
+    )
+    data: DataConfig = Field(default_factory=DataConfig, description="Dataset and loading.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Model architecture.")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training loop.")
+    checkpoint: CheckpointConfig = Field(
+        default_factory=CheckpointConfig, description="What checkpoints to write."
+    )
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --- YAML --------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-3` as a float and refuses duplicate keys."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 (PyYAML) wants a dot in a float; YAML 1.2 and every user expect 1e-3 to be a number.
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text with the safe loader; problems become a one-line ConfigError."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
+        problem = err.problem or "invalid YAML"
+        if "could not determine a constructor" in problem:
+            tag = problem.split("tag ", 1)[-1].strip("'").replace("tag:yaml.org,2002:", "!!")
+            problem = f"tag {tag} is not allowed (dltrain reads plain YAML only; remove the tag)"
+        raise ConfigError([f"{where}: {problem}"], source) from None
+    except yaml.YAMLError as err:
+        raise ConfigError([f"invalid YAML: {err}"], source) from None
+
+
+def read_config_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DltrainError(f"config file not found: {path} (give the path of a YAML file)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(["not a text file; expected a YAML config"], str(path)) from None
+    data = parse_yaml(text, str(path))
+    if data is None:
+        raise ConfigError(["the file is empty; expected a mapping of sections"], str(path))
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        raise ConfigError([f"top level is a {kind}; expected a mapping of sections"], str(path))
+    return data
+
+
+# --- overrides ---------------------------------------------------------------------------
+
+
+def apply_overrides(data: dict, overrides: list[str], source: str) -> set[str]:
+    """Apply `key.path=value` strings in place; returns the dotted paths they set."""
+    problems, paths = [], set()
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            problems.append(f"--set {item!r}: expected KEY=VALUE, e.g. --set optim.lr=0.01")
+            continue
+        value = parse_yaml(raw, f"--set {key}") if raw.strip() else None
+        node, parts = data, key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                problems.append(f"--set {key}: {where} is a value, not a section")
+                break
+            node = child
+        else:
+            node[parts[-1]] = value
+            paths.add(key)
+    if problems:
+        raise ConfigError(problems, source)
+    return paths
+
+
+# --- validation --------------------------------------------------------------------------
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The section model that holds the field at `loc` (walks nested sections)."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (
+            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        ):
+            return None
+        model = field.annotation
+    return model
+
+
+def _choices_at(loc: tuple) -> tuple | None:
+    model = _model_at(loc)
+    field = model.model_fields.get(loc[-1]) if model else None
+    if field is None:
+        return None
+    annotation = field.annotation
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    return None
+
+
+def _closest(word: str, options) -> str | None:
+    found = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def _describe(error: dict) -> str:
+    loc = tuple(error["loc"])
+    path = ".".join(str(p) for p in loc)
+    kind, value = error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        model = _model_at(loc)
+        keys = list(model.model_fields) if model else []
+        prefix = ".".join(str(p) for p in loc[:-1])
+        match = _closest(loc[-1], keys)
+        if match:
+            return f"{path}: unknown key; did you mean {prefix + '.' if prefix else ''}{match}?"
+        return f"{path}: unknown key; valid keys here: {', '.join(keys)}"
+    if kind == "literal_error":
+        choices = _choices_at(loc) or ()
+        line = f"{path}: {value!r} is not one of {', '.join(map(str, choices))}"
+        match = _closest(value, choices)
+        return line + (f"; did you mean {match}?" if match else "")
+    if kind == "model_type":
+        return f"{path}: got {value!r}; expected a section (a mapping of keys)"
+    expected = error["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
+    if kind == "string_pattern_mismatch" and loc == ("device",):
+        expected = "auto, cpu, cuda, cuda:N or mps"
+    elif kind == "string_pattern_mismatch" and loc == ("name",):
+        expected = "letters, digits, '_', '.' or '-' only"
+    return f"{path}: got {value!r}; expected {expected}"
+
+
+def validate(data: dict, source: str = "config", overridden: set[str] = frozenset()) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        lines = []
+        for error in err.errors():
+            line = _describe(error)
+            path = ".".join(str(p) for p in error["loc"])
+            if path in overridden:
+                line += " (from --set)"
+            lines.append(line)
+        raise ConfigError(lines, source) from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read a YAML config, apply `--set` overrides, validate; ConfigError lists every problem."""
+    data = read_config_file(path)
+    overridden = apply_overrides(data, list(overrides), str(path))
+    return validate(data, str(path), overridden)

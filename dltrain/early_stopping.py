@@ -1,0 +1,73 @@
+"""Early stopping: monitor, mode, patience, min_delta; says why it stopped."""
+
+from __future__ import annotations
+
+import math
+
+from dltrain.config import EarlyStoppingConfig
+
+
+class EarlyStopping:
+    """Tracks the best value of a monitored metric; `step` says whether an epoch improved.
+
+    One notion of improvement serves both best.pt and stopping: better than the best so far
+    by more than `min_delta` (a NaN never improves).
+    """
+
+    def __init__(self, cfg: EarlyStoppingConfig):
+        self.monitor = cfg.monitor
+        self.mode = (
+            cfg.mode if cfg.mode != "auto" else ("min" if cfg.monitor == "val_loss" else "max")
+        )
+        self.patience = cfg.patience
+        self.min_delta = cfg.min_delta
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+
+    def improves(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        if self.best is None:
+            return True
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def step(self, value: float, epoch: int) -> bool:
+        """Record one epoch's value; returns True when it is the new best."""
+        if self.improves(value):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            return True
+        self.wait += 1
+        if self.patience is not None and self.wait >= self.patience:
+            self.stopped_epoch = epoch
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.stopped_epoch is not None
+
+    @property
+    def reason(self) -> str:
+        if not self.should_stop:
+            return ""
+        by = f" by ≥ {self.min_delta:g}" if self.min_delta else ""
+        best = "none" if self.best is None else f"{self.best:.4g} at epoch {self.best_epoch}"
+        return (
+            f"stopped at epoch {self.stopped_epoch}: {self.monitor} did not improve{by} "
+            f"for {self.patience} epochs; best {best}"
+        )
+
+    def state_dict(self) -> dict:
+        return {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "stopped_epoch": self.stopped_epoch,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.wait, self.stopped_epoch = state["wait"], state["stopped_epoch"]

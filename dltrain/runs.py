@@ -1,0 +1,58 @@
+"""The run folder: config.yaml, metrics.csv, summary.json beside the checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+from dltrain.checkpoint import atomic_write, write_json
+from dltrain.config import Config
+from dltrain.errors import DltrainError
+
+
+def new_run_dir(cfg: Config, run_dir: str | Path | None = None, root: str | Path = "runs") -> Path:
+    """`run_dir` if given (it must not hold a run already), else runs/<name>/<timestamp>/."""
+    if run_dir is not None:
+        path = Path(run_dir)
+        if (path / "config.yaml").exists():
+            raise DltrainError(
+                f"{path} already holds a run; choose another --run-dir or leave it out"
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    base = Path(root) / cfg.name / time.strftime("%Y%m%d-%H%M%S")
+    path, n = base, 1
+    while path.exists():
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    path.mkdir(parents=True)
+    return path
+
+
+class RunFiles:
+    def __init__(self, run_dir: Path):
+        self.dir = Path(run_dir)
+
+    def write_config(self, cfg: Config) -> None:
+        text = cfg.to_yaml()
+        atomic_write(self.dir / "config.yaml", lambda handle: handle.write(text.encode()))
+
+    def append_metrics(self, row: dict) -> None:
+        path = self.dir / "metrics.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def write_summary(self, summary: dict) -> None:
+        write_json(self.dir / "summary.json", summary)
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    with open(Path(run_dir) / "metrics.csv", newline="") as handle:
+        return [
+            {key: float(value) if key != "epoch" else int(value) for key, value in row.items()}
+            for row in csv.DictReader(handle)
+        ]
