@@ -127,6 +127,9 @@ class TrainReport:
             )
             self.bar.start()
 
+    def on_note(self, info: dict) -> None:
+        self.console.print(f"note: {info['text']}", style="yellow", markup=False, soft_wrap=True)
+
     def on_epoch_start(self, info: dict) -> None:
         self.epoch_started = time.perf_counter()
         if self.bar is not None:

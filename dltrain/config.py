@@ -27,8 +27,8 @@ from pydantic import (
 from dltrain.errors import ConfigError, DltrainError
 
 # The names each registry holds; a test keeps these equal to the registries themselves.
-DATASETS = ("digits",)
-MODELS = ("mlp",)
+DATASETS = ("digits", "fake", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder")
+MODELS = ("mlp", "cnn", "alexnet", "resnet18")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 
 
@@ -36,17 +36,89 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _one_error(expected: str):
+    """A wrap validator that reports a union's failure as one line instead of one per member."""
+
+    def check(cls, value, handler):
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError(expected) from None
+
+    return check
+
+
+class NormalizeStats(Section):
+    mean: list[float] = Field(min_length=1, description="Per-channel mean (of 0-1 pixels).")
+    std: list[float] = Field(min_length=1, description="Per-channel standard deviation.")
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, std: list[float], info: ValidationInfo) -> list[float]:
+        if any(s <= 0 for s in std):
+            raise ValueError("positive values")
+        if "mean" in info.data and len(info.data["mean"]) != len(std):
+            raise ValueError("as many values as mean")
+        return std
+
+
+class AugmentConfig(Section):
+    random_crop: int = Field(0, ge=0, description="Pad by this many pixels, crop back; 0 = off.")
+    hflip: bool = Field(False, description="Flip horizontally with probability 0.5.")
+    rotation: float = Field(0.0, ge=0, le=180, description="Rotate by up to ± this many degrees.")
+    color_jitter: float = Field(
+        0.0, ge=0, le=1, description="Brightness, contrast and saturation jitter; 0 = off."
+    )
+    random_resized_crop: float = Field(
+        0.0, ge=0, lt=1, description="Crop 'scale' lower bound (e.g. 0.08), resize back; 0 = off."
+    )
+
+
+class FakeDataConfig(Section):
+    train_size: int = Field(256, ge=2, description="fake: number of training images.")
+    test_size: int = Field(64, ge=1, description="fake: number of test images.")
+    classes: int = Field(10, ge=2, description="fake: number of classes.")
+    channels: Literal[1, 3] = Field(3, description="fake: image channels.")
+    image_size: int = Field(32, ge=4, description="fake: image height and width.")
+
+
 class DataConfig(Section):
     dataset: Literal[DATASETS] = Field("digits", description="Dataset to train on.")
-    root: str = Field("data", description="Folder where datasets are stored or downloaded to.")
+    root: str = Field(
+        "data", description="Where datasets are stored or downloaded to (imagefolder: the folder)."
+    )
+    download: bool = Field(True, description="Download the dataset if its files are missing.")
     val_split: float = Field(
         0.1,
         description="Validation set carved out of the training data: a fraction (0-1) or a count.",
     )
+    test_split: float = Field(
+        0.1, description="imagefolder without test/: test set split off, a fraction or a count."
+    )
     batch_size: int = Field(64, ge=1, description="Training batch size.")
     eval_batch_size: int = Field(512, ge=1, description="Batch size for validation and test.")
+    normalize: Literal["dataset", "none"] | NormalizeStats = Field(
+        "dataset", description="dataset (its own mean/std), none, or {mean: [...], std: [...]}."
+    )
+    augment: AugmentConfig = Field(
+        default_factory=AugmentConfig, description="Training-split augmentation (never val/test)."
+    )
+    resize: int | None = Field(
+        None, ge=4, description="Resize images to this square size (e.g. 224); null = keep."
+    )
+    num_workers: int = Field(2, ge=0, description="imagefolder: DataLoader worker processes.")
+    skip_bad_files: bool = Field(
+        False, description="imagefolder: skip unreadable images with a warning instead of failing."
+    )
+    fake: FakeDataConfig = Field(
+        default_factory=FakeDataConfig, description="Shape of the `fake` smoke-test dataset."
+    )
 
-    @field_validator("val_split")
+    _normalize_one_error = field_validator("normalize", mode="wrap")(
+        classmethod(_one_error("dataset, none, or {mean: [...], std: [...]} of equal length"))
+    )
+
+    @field_validator("val_split", "test_split")
     @classmethod
     def _fraction_or_count(cls, value: float) -> float:
         if value <= 0 or (value >= 1 and not float(value).is_integer()):
@@ -59,10 +131,25 @@ class ModelConfig(Section):
     hidden: list[int] = Field(
         [256, 128], description="mlp: sizes of the hidden layers, input to output."
     )
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability.")
-    batch_norm: bool = Field(False, description="Add batch normalization after each layer.")
+    channels: list[int] = Field(
+        [32, 64, 128], description="cnn: output channels of each conv block."
+    )
+    dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="mlp/cnn/alexnet: dropout probability (not resnet18)."
+    )
+    batch_norm: bool = Field(False, description="mlp/cnn: batch normalization after each layer.")
+    pretrained: str = Field(
+        "none", description="resnet18/alexnet: none, imagenet, or the path of a state-dict file."
+    )
+    small_input: bool | Literal["auto"] = Field(
+        "auto", description="alexnet/resnet18: stem for 28-32 px images; auto = when under 64 px."
+    )
 
-    @field_validator("hidden")
+    _small_input_one_error = field_validator("small_input", mode="wrap")(
+        classmethod(_one_error("true, false or auto"))
+    )
+
+    @field_validator("hidden", "channels")
     @classmethod
     def _positive_sizes(cls, sizes: list[int]) -> list[int]:
         if any(size < 1 for size in sizes):

@@ -21,7 +21,7 @@ from dltrain.config import Config
 from dltrain.data import Splits, build_splits, make_loader
 from dltrain.early_stopping import EarlyStopping
 from dltrain.errors import DltrainError
-from dltrain.models import build_model, count_parameters
+from dltrain.models import build_model, count_parameters, needs_rgb
 from dltrain.optim import build_optimizer
 from dltrain.runs import RunFiles
 
@@ -129,7 +129,9 @@ def fit(cfg: Config, run_dir: Path, progress: Progress = _quiet) -> dict:
     started = time.perf_counter()
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    splits = build_splits(cfg.data, cfg.seed)
+    splits = build_splits(cfg.data, cfg.seed, rgb=needs_rgb(cfg.model))
+    for note in splits.notes:
+        progress("note", {"text": note})
     train_batches = make_loader(splits, "train", cfg.data, device, seed=cfg.seed)
     val_batches = make_loader(splits, "val", cfg.data, device)
     model = build_model(splits.info, cfg.model).to(device)
@@ -228,7 +230,7 @@ def evaluate_checkpoint(
         data["device"] = device
     cfg = validate(data, f"{path} (config)", overridden)
     torch_device = resolve_device(cfg.device)
-    splits = build_splits(cfg.data, cfg.seed)
+    splits = build_splits(cfg.data, cfg.seed, rgb=needs_rgb(cfg.model))
     model = build_model(splits.info, cfg.model)
     model.load_state_dict(payload["model"])
     model.to(torch_device)

@@ -1,16 +1,34 @@
-"""Model builders `(info, cfg) -> nn.Module`; input channels and class count come from the data."""
+"""Model builders `(info, cfg) -> nn.Module`; input channels and class count come from the data.
+
+Every built model names its final Linear in `model.head_name`, so `replace_head` and the
+weight loading below treat all models alike. `cfg.pretrained` is "none", "imagenet"
+(alexnet and resnet18, through torchvision's weights API and torch.hub's cache) or the path
+of a state-dict file (any model).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import os
+import pickle
+import re
+from collections.abc import Callable
+from urllib.parse import urlparse
 
+import torch
+import torchvision
 from torch import nn
+from torchvision.models import AlexNet_Weights, ResNet18_Weights, WeightsEnum
 
 from dltrain.config import ModelConfig
 from dltrain.data import DataInfo
+from dltrain.errors import DltrainError
 from dltrain.registry import Registry
 
 MODELS: Registry = Registry("model")
+IMAGENET_CLASSES = 1000
 
 
 def build_model(info: DataInfo, cfg: ModelConfig) -> nn.Module:
@@ -21,18 +39,302 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@MODELS.register("mlp")
-def mlp(info: DataInfo, cfg: ModelConfig) -> nn.Module:
-    """Flatten -> [Linear -> (BatchNorm) -> ReLU -> (Dropout)] per hidden size -> Linear."""
-    layers: list[nn.Module] = [nn.Flatten()]
-    width = info.channels * math.prod(info.image_size)
-    for size in cfg.hidden:
-        layers.append(nn.Linear(width, size))
-        if cfg.batch_norm:
-            layers.append(nn.BatchNorm1d(size))
-        layers.append(nn.ReLU(inplace=True))
+def needs_rgb(cfg: ModelConfig) -> bool:
+    """ImageNet weights expect 3 channels: the data layer repeats gray channels when this holds."""
+    return cfg.pretrained == "imagenet"
+
+
+def replace_head(model: nn.Module, num_classes: int) -> None:
+    """Swap the final Linear (`model.head_name`) for a fresh one with `num_classes` outputs."""
+    old = model.get_submodule(model.head_name)
+    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    new.to(device=old.weight.device, dtype=old.weight.dtype)
+    parent_name, _, child = model.head_name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, new)
+
+
+class MLP(nn.Module):
+    """Flatten -> [Linear -> (BatchNorm) -> ReLU -> (Dropout)] per hidden size -> Linear head."""
+
+    def __init__(self, info: DataInfo, cfg: ModelConfig):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = info.channels * math.prod(info.image_size)
+        for size in cfg.hidden:
+            layers.append(nn.Linear(width, size))
+            if cfg.batch_norm:
+                layers.append(nn.BatchNorm1d(size))
+            layers.append(nn.ReLU(inplace=True))
+            if cfg.dropout:
+                layers.append(nn.Dropout(cfg.dropout))
+            width = size
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(width, info.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class CNN(nn.Module):
+    """The course's CIFAR CNN: per entry of `cfg.channels`, Conv 3x3 (padding 1) -> (BatchNorm)
+    -> ReLU -> MaxPool 2; then flatten -> (Dropout) -> Linear head.
+
+    The head's input size is computed from `info.image_size` (32 px: 32->16->8->4, so 128*4*4;
+    28 px: 28->14->7->3), so no adaptive pooling is needed and no features are averaged away.
+    The one place a plain MaxPool(2) would break is a side already down to 1 px (tiny inputs, or
+    more blocks than the image can halve): that side is pooled with kernel 1 instead, so the map
+    never shrinks to nothing and every input of at least 1 px gives a well-defined head.
+    Large images keep their spatial detail and so get a large head; resnet18 suits them better.
+    """
+
+    def __init__(self, info: DataInfo, cfg: ModelConfig):
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_channels = info.channels
+        height, width = info.image_size
+        for out_channels in cfg.channels:
+            layers.append(nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1))
+            if cfg.batch_norm:
+                layers.append(nn.BatchNorm2d(out_channels))
+            layers.append(nn.ReLU(inplace=True))
+            kernel = (2 if height >= 2 else 1, 2 if width >= 2 else 1)
+            layers.append(nn.MaxPool2d(kernel))
+            height, width = height // kernel[0], width // kernel[1]
+            in_channels = out_channels
+        layers.append(nn.Flatten())
         if cfg.dropout:
             layers.append(nn.Dropout(cfg.dropout))
-        width = size
-    layers.append(nn.Linear(width, info.num_classes))
-    return nn.Sequential(*layers)
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(in_channels * height * width, info.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@MODELS.register("mlp")
+def mlp(info: DataInfo, cfg: ModelConfig) -> nn.Module:
+    return _finish(MLP(info, cfg), "head", cfg)
+
+
+@MODELS.register("cnn")
+def cnn(info: DataInfo, cfg: ModelConfig) -> nn.Module:
+    return _finish(CNN(info, cfg), "head", cfg)
+
+
+@MODELS.register("alexnet")
+def alexnet(info: DataInfo, cfg: ModelConfig) -> nn.Module:
+    """torchvision's AlexNet (same state-dict keys; same parameter count at 3 channels and 1000
+    classes), with `cfg.dropout` in the classifier and `info.channels` into the first conv.
+
+    Small-input stem (`small_input`, auto under 64 px): the 11x11 stride-4 first conv would
+    shrink a 32 px image to 7 px and the three 3x3 stride-2 max-pools would leave nothing (the
+    stock model needs at least 63 px). It becomes a 3x3 stride-1 padding-1 conv with the same
+    64 outputs; depth, widths and the max-pools stay as they are (32 px: 32->15->7->3, 28 px:
+    28->13->6->2; AdaptiveAvgPool then gives the 6x6 the classifier expects). Only that conv's
+    weight shape changes (64x3x11x11 -> 64x3x3x3). Smallest input: 15 px with the stem.
+    """
+    model = _from_torchvision(
+        lambda classes: torchvision.models.alexnet(num_classes=classes, dropout=cfg.dropout),
+        AlexNet_Weights.IMAGENET1K_V1,
+        _alexnet_stem,
+        "classifier.6",
+        info,
+        cfg,
+    )
+    _check_alexnet_fits(model, info, _small_input(info, cfg))
+    return model
+
+
+@MODELS.register("resnet18")
+def resnet18(info: DataInfo, cfg: ModelConfig) -> nn.Module:
+    """torchvision's ResNet-18 with `fc` sized for the data and `info.channels` into conv1.
+
+    Small-input stem (for 32 px from scratch): conv1 becomes 3x3 stride 1 padding 1 and the
+    max-pool is removed, so layer1 sees 32x32 instead of 8x8. `cfg.dropout` and
+    `cfg.batch_norm` are not used: ResNet always has BatchNorm and no dropout.
+    """
+    return _from_torchvision(
+        lambda classes: torchvision.models.resnet18(num_classes=classes),
+        ResNet18_Weights.IMAGENET1K_V1,
+        _resnet_stem,
+        "fc",
+        info,
+        cfg,
+    )
+
+
+def _alexnet_stem(model: nn.Module, channels: int, small: bool) -> None:
+    if small:
+        model.features[0] = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1)
+    elif channels != 3:
+        model.features[0] = nn.Conv2d(channels, 64, kernel_size=11, stride=4, padding=2)
+
+
+def _resnet_stem(model: nn.Module, channels: int, small: bool) -> None:
+    if small:
+        model.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif channels != 3:
+        model.conv1 = nn.Conv2d(channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    else:
+        return
+    # the init torchvision gives every ResNet conv
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+
+
+def _small_input(info: DataInfo, cfg: ModelConfig) -> bool:
+    if cfg.small_input == "auto":
+        return min(info.image_size) < 64
+    return bool(cfg.small_input)
+
+
+def _from_torchvision(
+    factory: Callable[[int], nn.Module],
+    weights: WeightsEnum,
+    set_stem: Callable[[nn.Module, int, bool], None],
+    head_name: str,
+    info: DataInfo,
+    cfg: ModelConfig,
+) -> nn.Module:
+    """Build a torchvision model for the data; with ImageNet weights, build the ImageNet-shaped
+    model, load them, then replace the head and (if small_input) the stem, which is then the
+    one freshly initialised layer besides the head."""
+    small = _small_input(info, cfg)
+    if cfg.pretrained != "imagenet":
+        model = factory(info.num_classes)
+        set_stem(model, info.channels, small)
+        return _finish(model, head_name, cfg)
+    if info.channels != 3:
+        raise DltrainError(
+            f"ImageNet weights for {cfg.name} need 3-channel images, the data has "
+            f"{info.channels}; the data layer converts gray to RGB when pretrained is imagenet"
+        )
+    model = factory(IMAGENET_CLASSES)
+    model.head_name = head_name
+    path, state = _imagenet_state_dict(cfg.name, weights)
+    _load_state_dict(model, state, path)
+    replace_head(model, info.num_classes)
+    set_stem(model, 3, small)
+    return model
+
+
+def _finish(model: nn.Module, head_name: str, cfg: ModelConfig) -> nn.Module:
+    """Name the head and load `cfg.pretrained` when it is a file."""
+    model.head_name = head_name
+    if cfg.pretrained == "imagenet":
+        raise DltrainError(
+            f"model.pretrained: imagenet weights exist for alexnet and resnet18, not {cfg.name}; "
+            "use none or the path of a state-dict file"
+        )
+    if cfg.pretrained != "none":
+        _load_state_dict(model, _read_state_dict(cfg.pretrained), cfg.pretrained)
+    return model
+
+
+def _imagenet_state_dict(arch: str, weights: WeightsEnum) -> tuple[str, dict]:
+    """Load torchvision's ImageNet weights from torch.hub's cache, downloading them if absent."""
+    file_name = os.path.basename(urlparse(weights.url).path)
+    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+    path = os.path.join(folder, file_name)
+    cached = os.path.exists(path)
+    try:
+        # torch.hub writes "Downloading: …" to stderr; the CLI alone speaks to the user.
+        with contextlib.redirect_stderr(io.StringIO()):
+            return path, weights.get_state_dict(progress=False, weights_only=True)
+    except Exception as error:
+        if cached:  # torch.load raises many types for a damaged file
+            raise DltrainError(
+                f"the cached ImageNet weights {path} cannot be read ({_first_line(error)}); "
+                "delete the file so it is downloaded again"
+            ) from error
+        if not isinstance(error, (OSError, RuntimeError)):  # URLError and HTTPError are OSErrors
+            raise
+        raise DltrainError(
+            f"ImageNet weights for {arch} are not cached and could not be downloaded: put "
+            f"{file_name} (from {weights.url}) into {folder}{os.sep} (TORCH_HOME), "
+            "or use model.pretrained: none"
+        ) from error
+
+
+def _read_state_dict(path: str) -> dict:
+    """Read a bare state dict or a dltrain checkpoint ({"model": state dict}); tensors only."""
+    if not os.path.isfile(path):
+        raise DltrainError(f"model.pretrained: no such file: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        why = (
+            f"it holds Python objects beyond tensors ({found.group(1)}), not loaded for safety"
+            if found
+            else "it is damaged or not a PyTorch file"
+        )
+        raise DltrainError(f"model.pretrained: cannot load {path}: {why}") from error
+    except Exception as error:  # torch raises many types for damaged files
+        raise DltrainError(f"model.pretrained: cannot load {path}: {_first_line(error)}") from error
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        data = data["model"]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise DltrainError(f"model.pretrained: {path} does not hold a state dict")
+    return data
+
+
+def _load_state_dict(model: nn.Module, state: dict, source: str) -> None:
+    """Load `state` into `model`. If any head tensor's shape differs (another class count), the
+    whole head is skipped and keeps its fresh init; any other mismatch is an error."""
+    own = model.state_dict()
+    head_keys = {key for key in own if key.startswith(model.head_name + ".")}
+    if any(key in state and state[key].shape != own[key].shape for key in head_keys):
+        state = {key: value for key, value in state.items() if key not in head_keys}
+        expected = own.keys() - head_keys
+    else:
+        expected = own.keys()
+    problems = [f"missing {key}" for key in sorted(expected - state.keys())]
+    problems += [f"unexpected {key}" for key in sorted(state.keys() - own.keys())]
+    problems += [
+        f"{key} is {tuple(state[key].shape)}, model has {tuple(own[key].shape)}"
+        for key in sorted(expected & state.keys())
+        if state[key].shape != own[key].shape
+    ]
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise DltrainError(
+            f"{source} does not fit this {type(model).__name__} model: "
+            f"{'; '.join(problems[:3])}{more}"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def _check_alexnet_fits(model: nn.Module, info: DataInfo, small: bool) -> None:
+    """Refuse, at build time, images that AlexNet's convs and pools would shrink to nothing."""
+
+    def fits(size: int) -> bool:
+        for layer in model.features:
+            if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
+                kernel, stride, padding = (
+                    _first(layer.kernel_size),
+                    _first(layer.stride),
+                    _first(layer.padding),
+                )
+                size = (size + 2 * padding - kernel) // stride + 1
+                if size < 1:
+                    return False
+        return True
+
+    if not all(fits(size) for size in info.image_size):
+        smallest = next(size for size in range(1, 1024) if fits(size))
+        height, width = info.image_size
+        hint = "use cnn or resnet18" if small else "set model.small_input: true"
+        raise DltrainError(
+            f"alexnet (small_input {str(small).lower()}) needs images of at least "
+            f"{smallest}x{smallest} px, the data has {height}x{width}; {hint}"
+        )
+
+
+def _first(value: int | tuple[int, ...]) -> int:
+    return value[0] if isinstance(value, tuple) else value
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

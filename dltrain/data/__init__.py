@@ -1,0 +1,156 @@
+"""Datasets -> splits -> batches, plus the `DataInfo` a model and a checkpoint need.
+
+Datasets that fit in memory are held as one uint8 tensor (N, C, H, W) on the training
+device; batches are cut from it and converted, resized, augmented and normalized batch-wise,
+never sample by sample. Image folders go through a DataLoader with workers. Validation is
+carved out of the training data (seeded, stratified); the test split is never read by
+training.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dltrain.config import AugmentConfig, DataConfig
+from dltrain.data import datasets as _datasets  # noqa: F401 - registers the datasets
+from dltrain.data import folder as _folder
+from dltrain.data.augment import BatchAugment, pil_transforms
+from dltrain.data.core import DATASETS, DataInfo, Splits, TensorSplit, stratified_split
+from dltrain.errors import DltrainError
+
+__all__ = [
+    "DATASETS",
+    "Batches",
+    "DataInfo",
+    "Splits",
+    "TensorSplit",
+    "build_splits",
+    "make_loader",
+    "stratified_split",
+]
+
+FOLDER_TEST_SEED = 20240613  # an image folder's test split never depends on the run's seed
+
+
+def _model_view(info: DataInfo, cfg: DataConfig, rgb: bool) -> DataInfo:
+    """The data as the model sees it: after gray->RGB, resize and the normalization choice."""
+    if rgb and info.channels == 1:
+        info = info.with_(channels=3, mean=info.mean * 3, std=info.std * 3)
+    if cfg.resize:
+        info = info.with_(image_size=(cfg.resize, cfg.resize))
+    channels = info.channels
+    if cfg.normalize == "none":
+        info = info.with_(mean=[0.0] * channels, std=[1.0] * channels)
+    elif not isinstance(cfg.normalize, str):
+        if len(cfg.normalize.mean) != channels:
+            raise DltrainError(
+                f"data.normalize has {len(cfg.normalize.mean)} mean value(s) but the images "
+                f"reach the model with {channels} channel(s); give {channels}"
+            )
+        info = info.with_(mean=list(cfg.normalize.mean), std=list(cfg.normalize.std))
+    return info
+
+
+def build_splits(cfg: DataConfig, seed: int, rgb: bool = False) -> Splits:
+    """Load the dataset named in the config; carve test (if it has none) and validation out
+    of its training data. `rgb` repeats gray channels for models that need colour input."""
+    raw = DATASETS.get(cfg.dataset)(cfg)
+    train, val, test = raw.train, raw.val, raw.test
+    if test is None:
+        keep, held = stratified_split(train.labels, cfg.test_split, FOLDER_TEST_SEED, "test_split")
+        train, test = train.subset(keep), train.subset(held)
+    if val is None:
+        keep, held = stratified_split(train.labels, cfg.val_split, seed)
+        train, val = train.subset(keep), train.subset(held)
+    return Splits(_model_view(raw.info, cfg, rgb), train, val, test, raw.notes)
+
+
+class Batches:
+    """Batches cut from an in-memory split on its device and converted batch-wise.
+
+    Shuffling and augmentation draw from this loader's own generator (seeded, on the CPU), so
+    the order is reproducible and its state can be saved with a checkpoint.
+    """
+
+    def __init__(
+        self,
+        split: TensorSplit,
+        info: DataInfo,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        augment: AugmentConfig | None = None,
+    ):
+        self.split = split
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+        self.augment = BatchAugment(augment, self.generator) if augment else None
+        if self.augment is not None and not self.augment.enabled:
+            self.augment = None
+        device = split.images.device
+        self.channels = info.channels
+        self.size = tuple(info.image_size)
+        self.mean = torch.tensor(info.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(info.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        # Common case, no conversion: x / 255 then (x - mean) / std as one multiply-add.
+        self.plain = (
+            self.augment is None
+            and split.images.shape[1] == self.channels
+            and tuple(split.images.shape[2:]) == self.size
+        )
+        self.scale = 1.0 / (255.0 * self.std)
+        self.shift = -self.mean / self.std
+
+    def __len__(self) -> int:
+        return -(-len(self.split) // self.batch_size)
+
+    def convert(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, H, W) -> normalized float, resized, RGB and augmented as configured."""
+        if self.plain:
+            return torch.addcmul(self.shift, images.float(), self.scale)
+        x = images.float().mul_(1.0 / 255.0)
+        if x.shape[1] != self.channels:
+            x = x.expand(-1, self.channels, -1, -1)
+        if tuple(x.shape[2:]) != self.size:
+            x = F.interpolate(
+                x, size=self.size, mode="bilinear", antialias=True, align_corners=False
+            )
+        if self.augment is not None:
+            x = self.augment(x)
+        return (x - self.mean) / self.std
+
+    def __iter__(self):
+        n = len(self.split)
+        images, labels = self.split.images, self.split.labels
+        if self.shuffle:
+            order = torch.randperm(n, generator=self.generator).to(images.device)
+        for start in range(0, n, self.batch_size):
+            if self.shuffle:
+                index = order[start : start + self.batch_size]
+                yield self.convert(images[index]), labels[index]
+            else:
+                end = start + self.batch_size
+                yield self.convert(images[start:end]), labels[start:end]
+
+
+def _folder_transform(info: DataInfo, cfg: DataConfig, train: bool):
+    from torchvision import transforms as T
+
+    steps = [T.Resize(info.image_size)] if cfg.resize else []
+    if train:
+        steps += pil_transforms(cfg.augment, info.image_size)
+    steps += [T.ToTensor(), T.Normalize(info.mean, info.std)]
+    return T.Compose(steps)
+
+
+def make_loader(splits: Splits, name: str, cfg: DataConfig, device: torch.device, seed: int = 0):
+    """A loader for one split; only `train` is shuffled and augmented."""
+    split, train = getattr(splits, name), name == "train"
+    batch_size = cfg.batch_size if train else cfg.eval_batch_size
+    if isinstance(split, TensorSplit):
+        augment = cfg.augment if train else None
+        return Batches(split.to(device), splits.info, batch_size, train, seed, augment)
+    split = split.with_transform(_folder_transform(splits.info, cfg, train))
+    return _folder.FolderLoader(split, batch_size, train, seed, cfg.num_workers, device)

@@ -1,0 +1,110 @@
+"""Shared pieces of the data layer: DataInfo, in-memory splits, the registry, stratified splits."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+
+from dltrain.errors import DltrainError
+from dltrain.registry import Registry
+
+DATASETS: Registry = Registry("dataset")
+
+
+@dataclass
+class DataInfo:
+    """What a model, a checkpoint and `predict` need to know about the data as the model sees
+    it: classes, channels and size after any gray->RGB or resize, and the normalization."""
+
+    name: str
+    class_names: list[str]
+    channels: int
+    image_size: tuple[int, int]
+    mean: list[float]
+    std: list[float]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DataInfo:
+        return cls(**{**data, "image_size": tuple(data["image_size"])})
+
+    def with_(self, **changes) -> DataInfo:
+        return replace(self, **changes)
+
+
+@dataclass
+class TensorSplit:
+    """A split held in memory: uint8 images (N, C, H, W) and int64 labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> TensorSplit:
+        return TensorSplit(self.images[index], self.labels[index])
+
+    def to(self, device: torch.device) -> TensorSplit:
+        return TensorSplit(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class RawData:
+    """What a dataset builder returns: the official splits (val and test may be absent: they
+    are then carved out of train). A split is a TensorSplit, or a file-backed dataset with
+    `labels` and `subset` (image folders)."""
+
+    info: DataInfo
+    train: object
+    test: object | None = None
+    val: object | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Splits:
+    info: DataInfo
+    train: object
+    val: object
+    test: object
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def sizes(self) -> dict:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+def stratified_split(labels: torch.Tensor, size: float | int, seed: int, what: str = "val_split"):
+    """Split indices into (keep, held): `held` has `size` samples (a fraction or a count),
+    drawn per class in proportion to its frequency, so both parts keep the class balance."""
+    n = len(labels)
+    count = round(size * n) if size < 1 else int(size)
+    if not 0 < count < n:
+        raise DltrainError(
+            f"data.{what}={size} leaves {count} of {n} samples for that split; "
+            "choose a fraction or count that leaves samples on both sides"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    classes, counts = labels.unique(return_counts=True)
+    quota = counts.double() * count / n
+    take = quota.floor().long()
+    # Hand out what flooring lost to the classes with the largest remainders.
+    missing = count - int(take.sum())
+    if missing:
+        order = torch.argsort(quota - take, descending=True, stable=True)
+        take[order[:missing]] += 1
+    keep, held = [], []
+    for cls, k in zip(classes.tolist(), take.tolist(), strict=True):
+        members = (labels == cls).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        held.append(members[:k])
+        keep.append(members[k:])
+    return torch.cat(keep).sort().values, torch.cat(held).sort().values

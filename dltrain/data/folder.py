@@ -1,0 +1,161 @@
+"""`imagefolder`: a folder of class sub-folders of image files, read through PIL.
+
+Layout: <root>/<class>/<image> (val and test are then split off), or <root>/train/<class>/…
+with optional <root>/val/ and <root>/test/. Every file is checked before training starts,
+so a corrupt or non-image file is reported by name up front, not halfway through an epoch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from dltrain.config import DataConfig
+from dltrain.data.core import DATASETS, DataInfo, RawData
+from dltrain.errors import DltrainError
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+class FileSplit(Dataset):
+    """(path, label) pairs; images are opened as RGB and passed through `transform`."""
+
+    def __init__(self, samples: list[tuple[str, int]], transform=None):
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.tensor([label for _, label in self.samples], dtype=torch.long)
+
+    def subset(self, index: torch.Tensor) -> FileSplit:
+        return FileSplit([self.samples[i] for i in index.tolist()], self.transform)
+
+    def with_transform(self, transform) -> FileSplit:
+        return FileSplit(self.samples, transform)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        path, label = self.samples[i]
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+        return (self.transform(image) if self.transform else image), label
+
+
+def _classes(folder: Path) -> list[str]:
+    names = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not names:
+        raise DltrainError(
+            f"imagefolder: no class sub-folders in {folder}; expected {folder}/<class>/<image>"
+        )
+    return names
+
+
+def _scan(folder: Path, classes: list[str], cfg: DataConfig, notes: list[str], sizes: dict):
+    """Check every file of every class folder; returns (path, label) pairs of good images."""
+    from PIL import Image
+
+    known = {name: index for index, name in enumerate(classes)}
+    extra = [name for name in _classes(folder) if name not in known]
+    if extra:
+        raise DltrainError(
+            f"imagefolder: {folder} has class folders that train/ lacks: {', '.join(extra)}"
+        )
+    samples = []
+    for name in classes:
+        files = sorted(p for p in (folder / name).rglob("*") if p.is_file())
+        for path in files:
+            if path.name.startswith("."):
+                continue
+            try:
+                with Image.open(path) as image:
+                    size = image.size
+                    image.verify()  # reads the file and checks its structure without decoding
+            except Exception as err:  # noqa: BLE001 - PIL raises many kinds for bad files
+                message = f"imagefolder: {path} is not a readable image ({type(err).__name__})"
+                if not cfg.skip_bad_files:
+                    raise DltrainError(
+                        f"{message}; remove it, or set data.skip_bad_files: true to skip such files"
+                    ) from None
+                notes.append(f"skipped {path}: not a readable image")
+                continue
+            sizes.setdefault(size, path)
+            samples.append((str(path), known[name]))
+    if not samples:
+        raise DltrainError(f"imagefolder: no readable images under {folder}")
+    return samples
+
+
+@DATASETS.register("imagefolder")
+def imagefolder(cfg: DataConfig) -> RawData:
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise DltrainError(
+            f"imagefolder: folder not found: {root}; set data.root to a folder of class sub-folders"
+        )
+    has_train = (root / "train").is_dir()
+    train_dir = root / "train" if has_train else root
+    classes = _classes(train_dir)
+    notes: list[str] = []
+    sizes: dict = {}
+    splits = {"train": FileSplit(_scan(train_dir, classes, cfg, notes, sizes))}
+    for name in ("val", "test"):
+        if has_train and (root / name).is_dir():
+            splits[name] = FileSplit(_scan(root / name, classes, cfg, notes, sizes))
+    if cfg.resize:
+        size = (cfg.resize, cfg.resize)
+    elif len(sizes) == 1:
+        width, height = next(iter(sizes))
+        size = (height, width)
+    else:
+        examples = ", ".join(f"{p.name} {w}x{h}" for (w, h), p in list(sizes.items())[:2])
+        raise DltrainError(
+            f"imagefolder: images in {root} differ in size ({examples}); "
+            "set data.resize to the size to train at"
+        )
+    info = DataInfo("imagefolder", classes, 3, size, IMAGENET_MEAN, IMAGENET_STD)
+    return RawData(info, splits["train"], splits.get("test"), splits.get("val"), notes)
+
+
+class FolderLoader:
+    """A DataLoader over a FileSplit whose batches are moved to the training device."""
+
+    def __init__(
+        self,
+        split: FileSplit,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        num_workers: int,
+        device: torch.device,
+    ):
+        from torch.utils.data import DataLoader
+
+        self.generator = torch.Generator().manual_seed(seed)
+        self.device = device
+        self.loader = DataLoader(
+            split,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=self.generator,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+            pin_memory=device.type == "cuda",
+        )
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            yield (
+                images.to(self.device, non_blocking=True),
+                labels.to(self.device, non_blocking=True),
+            )
