@@ -216,7 +216,7 @@ def eval_(
     """Measure a checkpoint on the validation or test split."""
     if split not in ("val", "test"):
         raise DltrainError(f"--split {split!r}: expected val or test")
-    from dltrain.engine import evaluate_checkpoint
+    from dltrain.evaluation import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(ckpt, split, device, list(set_ or []))
     if as_json:

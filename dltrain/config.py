@@ -163,6 +163,9 @@ class OptimConfig(Section):
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd/rmsprop: momentum.")
     nesterov: bool = Field(False, description="sgd: use Nesterov momentum.")
     weight_decay: float = Field(0.0, ge=0.0, description="L2 penalty (decoupled for adamw).")
+    no_decay_bias_norm: bool = Field(
+        False, description="Exclude biases and normalization layers from weight decay."
+    )
 
     @field_validator("nesterov")
     @classmethod
@@ -170,6 +173,28 @@ class OptimConfig(Section):
         if value and info.data.get("momentum") == 0:
             raise ValueError("false when momentum is 0 (Nesterov momentum needs momentum > 0)")
         return value
+
+
+class ScheduleConfig(Section):
+    name: Literal["none", "step", "multistep", "cosine", "onecycle", "plateau"] = Field(
+        "none", description="Learning-rate schedule."
+    )
+    step_size: int = Field(10, ge=1, description="step: epochs between decays.")
+    milestones: list[int] = Field([30, 60], description="multistep: epochs at which to decay.")
+    gamma: float = Field(0.1, gt=0, le=1, description="step/multistep: decay factor.")
+    warmup_epochs: float = Field(
+        0.0, ge=0, description="cosine: linear warmup from 0, in epochs (stepped per batch)."
+    )
+    min_lr: float = Field(0.0, ge=0, description="cosine: learning rate at the end.")
+    max_lr_mult: float = Field(
+        10.0, gt=0, description="onecycle: peak learning rate as a multiple of optim.lr."
+    )
+    pct_start: float = Field(0.3, gt=0, lt=1, description="onecycle: fraction spent rising.")
+    monitor: Literal["val_loss", "val_acc"] = Field(
+        "val_loss", description="plateau: validation metric to watch."
+    )
+    patience: int = Field(2, ge=0, description="plateau: epochs without improvement before decay.")
+    factor: float = Field(0.1, gt=0, lt=1, description="plateau: decay factor.")
 
 
 class EarlyStoppingConfig(Section):
@@ -188,8 +213,42 @@ class EarlyStoppingConfig(Section):
 
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1, description="Number of training epochs.")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="Label smoothing of the training loss (val/test loss: none)."
+    )
+    grad_clip: float | None = Field(
+        None, gt=0, description="Clip the gradients' global norm to this value; null = off."
+    )
+    accumulate: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    precision: Literal["auto", "32", "bf16", "16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA that supports it, else fp32."
+    )
+    deterministic: bool = Field(
+        False, description="Use deterministic algorithms only (exactly repeatable, may be slower)."
+    )
     early_stopping: EarlyStoppingConfig = Field(
         default_factory=EarlyStoppingConfig, description="Best-epoch selection and early stopping."
+    )
+
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _number_as_text(cls, value):
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class FinetuneConfig(Section):
+    freeze: Literal["all_but_head", "none"] | list[str] = Field(
+        "all_but_head",
+        description="Frozen parameters: all_but_head, none, or a list of module-name prefixes.",
+    )
+    head_lr_mult: float = Field(1.0, gt=0, description="Learning rate multiplier of the head.")
+    unfreeze_at_epoch: int | None = Field(
+        None, ge=1, description="Unfreeze everything from this epoch on; null = never."
+    )
+
+    _freeze_one_error = field_validator("freeze", mode="wrap")(
+        classmethod(_one_error("all_but_head, none, or a list of module-name prefixes"))
     )
 
 
@@ -211,7 +270,13 @@ class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig, description="Dataset and loading.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Model architecture.")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer.")
+    schedule: ScheduleConfig = Field(
+        default_factory=ScheduleConfig, description="Learning-rate schedule."
+    )
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training loop.")
+    finetune: FinetuneConfig = Field(
+        default_factory=FinetuneConfig, description="Used by `dltrain finetune` only."
+    )
     checkpoint: CheckpointConfig = Field(
         default_factory=CheckpointConfig, description="What checkpoints to write."
     )

@@ -6,6 +6,7 @@ into a progress bar, log lines and tables.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dltrain import __version__, checkpoint
@@ -96,19 +98,44 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable, loss_fn: nn.Module) -> dict:
-    """Mean loss and accuracy over a whole split, in eval mode."""
+def evaluate(
+    model: nn.Module, batches: Iterable, details: bool = False, autocast=contextlib.nullcontext
+) -> dict:
+    """Mean loss (plain cross-entropy) and accuracy over a whole split, in eval mode.
+
+    With `details`, also top-5 accuracy (when there are more than 5 classes) and the confusion
+    matrix (`confusion[true][predicted]` counts) as nested lists.
+    """
     model.eval()
     device = next(model.parameters()).device
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     total_correct = torch.zeros((), dtype=torch.long, device=device)
+    total_top5 = torch.zeros((), dtype=torch.long, device=device)
+    confusion = None
     seen = 0
     for images, labels in batches:
-        logits = model(images)
-        total_loss += loss_fn(logits, labels).double() * len(labels)
-        total_correct += (logits.argmax(1) == labels).sum()
+        with autocast():
+            logits = model(images)
+        logits = logits.float()
+        total_loss += F.cross_entropy(logits, labels, reduction="sum").double()
+        predicted = logits.argmax(1)
+        total_correct += (predicted == labels).sum()
         seen += len(labels)
-    return {"loss": total_loss.item() / seen, "acc": total_correct.item() / seen}
+        if details:
+            classes = logits.shape[1]
+            if confusion is None:
+                confusion = torch.zeros(classes * classes, dtype=torch.long, device=device)
+            confusion += torch.bincount(labels * classes + predicted, minlength=classes**2)
+            if classes > 5:
+                top5 = logits.topk(5, dim=1).indices
+                total_top5 += (top5 == labels[:, None]).any(1).sum()
+    metrics = {"loss": total_loss.item() / seen, "acc": total_correct.item() / seen}
+    if details:
+        classes = int(len(confusion) ** 0.5)
+        metrics["confusion"] = confusion.view(classes, classes).tolist()
+        if classes > 5:
+            metrics["top5"] = total_top5.item() / seen
+    return metrics
 
 
 def checkpoint_payload(cfg: Config, splits: Splits, model: nn.Module, epoch: int, row: dict):
@@ -164,7 +191,7 @@ def fit(cfg: Config, run_dir: Path, progress: Progress = _quiet) -> dict:
             loss_fn,
             on_batch=lambda step, seen: progress("batch", {"step": step, "seen": seen}),
         )
-        val = evaluate(model, val_batches, loss_fn)
+        val = evaluate(model, val_batches)
         row = {
             "epoch": epoch,
             "train_loss": train["loss"],
@@ -215,25 +242,3 @@ def fit(cfg: Config, run_dir: Path, progress: Progress = _quiet) -> dict:
     files.write_summary(summary)
     progress("end", {"summary": summary, "run_dir": str(run_dir)})
     return summary
-
-
-def evaluate_checkpoint(
-    path: str | Path, split: str, device: str | None = None, overrides: list[str] = ()
-) -> dict:
-    """Rebuild data and model from a checkpoint alone and measure one split."""
-    from dltrain.config import apply_overrides, validate
-
-    payload = checkpoint.load(path)
-    data = payload["config"]
-    overridden = apply_overrides(data, list(overrides), f"{path} (config)")
-    if device:
-        data["device"] = device
-    cfg = validate(data, f"{path} (config)", overridden)
-    torch_device = resolve_device(cfg.device)
-    splits = build_splits(cfg.data, cfg.seed, rgb=needs_rgb(cfg.model))
-    model = build_model(splits.info, cfg.model)
-    model.load_state_dict(payload["model"])
-    model.to(torch_device)
-    batches = make_loader(splits, split, cfg.data, torch_device)
-    metrics = evaluate(model, batches, nn.CrossEntropyLoss())
-    return {"split": split, "samples": splits.sizes[split], "epoch": payload["epoch"], **metrics}

@@ -31,7 +31,11 @@ MODELS: Registry = Registry("model")
 IMAGENET_CLASSES = 1000
 
 
-def build_model(info: DataInfo, cfg: ModelConfig) -> nn.Module:
+def build_model(info: DataInfo, cfg: ModelConfig, weights: bool = True) -> nn.Module:
+    """Build the model for the data. `weights=False` builds the same architecture without
+    loading `cfg.pretrained` (for a model whose weights come from a dltrain checkpoint)."""
+    if not weights and cfg.pretrained != "none":
+        cfg = cfg.model_copy(update={"pretrained": "none"})
     return MODELS.get(cfg.name)(info, cfg)
 
 
