@@ -75,3 +75,71 @@ def load(path: str | Path) -> dict:
             "a bare state dict can be used as model.pretrained)"
         )
     return payload
+
+
+def rng_state() -> dict:
+    """Every random generator's state as tensors and plain values (weights_only-loadable)."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, state, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "python": {
+            "version": version,
+            "state": torch.tensor(state, dtype=torch.int64),
+            "gauss": gauss,
+        },
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss"]))
+
+
+def find_resume(target: str | Path) -> tuple[dict, Path, list[str]]:
+    """The checkpoint to resume from: a file, or a run folder's last.pt (falling back to an
+    intact best.pt when last.pt is damaged). Returns (payload, its path, notes)."""
+    target = Path(target)
+    if target.is_file():
+        return load(target), target, []
+    if not target.is_dir():
+        raise DltrainError(f"--resume {target}: no such run folder or checkpoint")
+    notes, problems = [], []
+    for name in ("last.pt", "best.pt"):
+        path = target / name
+        if not path.exists():
+            continue
+        try:
+            payload = load(path)
+        except DltrainError as err:
+            problems.append(str(err))
+            continue
+        if problems:
+            notes.append(f"{problems[0]}; resuming from {path} (epoch {payload['epoch']}) instead")
+        return payload, path, notes
+    if problems:
+        raise DltrainError(f"--resume {target}: no intact checkpoint ({problems[0]})")
+    raise DltrainError(f"--resume {target}: no last.pt or best.pt in this folder")

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dltrain import __version__
@@ -100,7 +101,8 @@ class TrainReport:
     def on_start(self, info: dict) -> None:
         sizes = info["sizes"]
         self.console.print(
-            f"run {info['run_dir']}  device {info['device']}  params {info['params']:,}  "
+            f"run {info['run_dir']}  device {info['device']} ({info['precision']})  "
+            f"params {info['params']:,}  "
             f"train/val/test {sizes['train']}/{sizes['val']}/{sizes['test']}",
             soft_wrap=True,
             markup=False,
@@ -128,7 +130,7 @@ class TrainReport:
             self.bar.start()
 
     def on_note(self, info: dict) -> None:
-        self.console.print(f"note: {info['text']}", style="yellow", markup=False, soft_wrap=True)
+        _note(info["text"])
 
     def on_epoch_start(self, info: dict) -> None:
         self.epoch_started = time.perf_counter()
@@ -172,6 +174,8 @@ class TrainReport:
         table.add_row("val accuracy", f"{best['val_acc']:.4f}")
         table.add_row("val loss", f"{best['val_loss']:.4f}")
         table.add_row("train accuracy", f"{best['train_acc']:.4f}")
+        which = "best epoch restored" if summary["restored_best"] else "weights as trained"
+        table.add_row("final val accuracy", f"{summary['final_val']['acc']:.4f} ({which})")
         table.add_row("seconds per epoch", f"{summary['seconds_per_epoch']:.2f}")
         table.add_row("run folder", info["run_dir"])
         self.console.print(table)
@@ -179,26 +183,92 @@ class TrainReport:
             self.console.print(summary["stop_reason"], markup=False, soft_wrap=True)
 
 
+RunDirOption = Annotated[
+    Path | None, typer.Option("--run-dir", help="Folder for this run's outputs.")
+]
+
+
 @app.command()
 @_friendly
 def train(
-    config: Annotated[Path, typer.Argument(help="YAML config file.")],
+    config: Annotated[Path | None, typer.Argument(help="YAML config file.")] = None,
     set_: SetOption = None,
     device: DeviceOption = None,
-    run_dir: Annotated[
-        Path | None, typer.Option("--run-dir", help="Folder for this run's outputs.")
+    run_dir: RunDirOption = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option("--resume", help="Continue a run: its folder (last.pt) or a checkpoint."),
     ] = None,
 ) -> None:
-    """Train a model from a YAML config."""
+    """Train a model from a YAML config, or continue a run with --resume."""
+    overrides = list(set_ or []) + ([f"device={device}"] if device else [])
+    if resume is not None:
+        _resume(resume, config, run_dir, overrides)
+        return
+    if config is None:
+        raise DltrainError("give a config file to train, or --resume RUN_DIR to continue a run")
+    from dltrain.config import load_config
+
+    cfg = load_config(config, overrides)
+    from dltrain.engine import fit
+    from dltrain.runs import new_run_dir
+
+    fit(cfg, new_run_dir(cfg, run_dir), progress=TrainReport(_out()))
+
+
+def _resume(target: Path, config: Path | None, run_dir: Path | None, overrides: list[str]):
+    if config is not None or run_dir is not None:
+        raise DltrainError(
+            "--resume continues a run in its own folder with its saved config; drop CONFIG and "
+            "--run-dir (use --set, e.g. --set train.epochs=20, to change values)"
+        )
+    from dltrain.checkpoint import find_resume
+    from dltrain.config import apply_overrides, validate
+
+    payload, path, notes = find_resume(target)
+    for note in notes:
+        _note(note)
+    data = payload["config"]
+    cfg = validate(data, f"{path} (config)", apply_overrides(data, overrides, f"{path} (config)"))
+    stopped = payload["early_stopping"]["stopped_epoch"]
+    if stopped is not None or payload["epoch"] >= cfg.train.epochs:
+        why = f"stopped early at epoch {stopped}" if stopped else "finished all its epochs"
+        _note(
+            f"{path.parent}: the run {why} (epoch {payload['epoch']} of {cfg.train.epochs}); "
+            "nothing to resume (raise train.epochs with --set to train longer)"
+        )
+        return
+    from dltrain.engine import fit
+
+    fit(cfg, path.parent, progress=TrainReport(_out()), resume=payload)
+
+
+def _note(text: str) -> None:
+    _err().print(f"note: {text}", style="yellow", markup=False, soft_wrap=True)
+
+
+@app.command()
+@_friendly
+def finetune(
+    config: Annotated[Path, typer.Argument(help="YAML config of the new task (its data).")],
+    source: Annotated[
+        str, typer.Option("--from", help="A dltrain checkpoint, or imagenet (torchvision).")
+    ],
+    set_: SetOption = None,
+    device: DeviceOption = None,
+    run_dir: RunDirOption = None,
+) -> None:
+    """Train on a new dataset starting from a checkpoint's (or ImageNet) weights."""
     from dltrain.config import load_config
 
     overrides = list(set_ or []) + ([f"device={device}"] if device else [])
     cfg = load_config(config, overrides)
     from dltrain.engine import fit
+    from dltrain.finetune import from_source
     from dltrain.runs import new_run_dir
 
-    folder = new_run_dir(cfg, run_dir)
-    fit(cfg, folder, progress=TrainReport(_out()))
+    cfg, parent = from_source(cfg, source)
+    fit(cfg, new_run_dir(cfg, run_dir), progress=TrainReport(_out()), parent=parent)
 
 
 # --- eval --------------------------------------------------------------------------------
@@ -219,15 +289,108 @@ def eval_(
     from dltrain.evaluation import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(ckpt, split, device, list(set_ or []))
+    uses = metrics.get("test_uses", 0)
+    if uses >= 2:
+        _err().print(
+            f"warning: this run's test set has now been used {uses} times; "
+            "select models on validation and test once",
+            style="yellow",
+            markup=False,
+            soft_wrap=True,
+        )
     if as_json:
         _out().print_json(json.dumps(metrics))
         return
-    _out().print(
+    out = _out()
+    out.print(
         f"{split}: accuracy {metrics['acc']:.4f}  loss {metrics['loss']:.4f}  "
         f"({metrics['samples']} samples, {ckpt}, epoch {metrics['epoch']})",
         markup=False,
         soft_wrap=True,
     )
+    _show_eval_details(out, metrics, ckpt, split)
+
+
+CONFUSION_MAX_CLASSES = 20  # more columns than this do not fit a terminal: see the CSV
+
+
+def _show_eval_details(out: Console, metrics: dict, ckpt: Path, split: str) -> None:
+    """Top-5, the per-class table, the confusion matrix (small ones) and where files went."""
+    from rich import box
+
+    from dltrain.evaluation import confusion_path, metrics_path
+
+    if "top5" in metrics:
+        out.print(f"top-5 accuracy {metrics['top5']:.4f}")
+    table = Table(title="per-class accuracy", box=box.SIMPLE_HEAD)
+    for name in ("class", "correct", "total", "accuracy"):
+        table.add_column(name, justify="left" if name == "class" else "right")
+    for row in metrics["per_class"]:
+        acc = "-" if row["acc"] is None else f"{row['acc']:.4f}"
+        table.add_row(escape(row["class"]), str(row["correct"]), str(row["total"]), acc)
+    out.print(table)
+    names, confusion = metrics["class_names"], metrics["confusion"]
+    csv_path = confusion_path(ckpt, split)
+    table = _confusion_table(names, confusion) if len(names) <= CONFUSION_MAX_CLASSES else None
+    if table is not None and _natural_width(out, table) <= out.width:
+        # A title would wrap over a narrow table: a line of its own instead.
+        out.print("confusion matrix (rows: true class, columns: predicted class)")
+        out.print(table)
+    else:
+        out.print(f"confusion matrix ({len(names)} classes): see {csv_path}", markup=False)
+    out.print(f"wrote {metrics_path(ckpt, split)} and {csv_path}", markup=False, soft_wrap=True)
+
+
+def _confusion_table(names: list[str], confusion: list[list[int]]) -> Table:
+    """Counts with columns headed by class index (names are too wide); zeros as dots."""
+    from rich import box
+
+    table = Table(box=box.SIMPLE_HEAD, padding=0)
+    table.add_column("true", no_wrap=True)
+    for index in range(len(names)):
+        table.add_column(str(index), justify="right", no_wrap=True)
+    for index, (name, counts) in enumerate(zip(names, confusion, strict=True)):
+        label = name if name == str(index) else f"{index} {name}"
+        cells = [
+            f"[bold]{n}[/]" if i == index else (str(n) if n else "[dim].[/]")
+            for i, n in enumerate(counts)
+        ]
+        table.add_row(escape(label), *cells)
+    return table
+
+
+def _natural_width(console: Console, table: Table) -> int:
+    from rich.measure import Measurement
+
+    # Measured with room to spare: a measure within the console's width is clamped to it.
+    return Measurement.get(console, console.options.update_width(10_000), table).maximum
+
+
+# --- predict -----------------------------------------------------------------------------
+
+
+@app.command("predict")
+@_friendly
+def predict_(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Image files or folders (searched recursively).")
+    ],
+    ckpt: Annotated[Path, typer.Option("--ckpt", help="Checkpoint file (best.pt or last.pt).")],
+    topk: Annotated[int, typer.Option("--topk", help="Classes to show per image.")] = 3,
+    device: DeviceOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Classify images with a checkpoint, using its own preprocessing."""
+    from dltrain.predict import predict
+
+    results = predict(ckpt, list(inputs), topk, device)
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    out = _out()
+    for result in results:
+        top = ", ".join(f"{item['class']} ({item['prob']:.2f})" for item in result["top"])
+        out.print(f"{result['file']}: {top}", markup=False, soft_wrap=True)
 
 
 # --- config ------------------------------------------------------------------------------

@@ -230,7 +230,6 @@ class TrainConfig(Section):
         default_factory=EarlyStoppingConfig, description="Best-epoch selection and early stopping."
     )
 
-
     @field_validator("precision", mode="before")
     @classmethod
     def _number_as_text(cls, value):

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import os
 import random
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from dltrain import __version__, checkpoint
-from dltrain.config import Config
+from dltrain.config import Config, TrainConfig
 from dltrain.data import Splits, build_splits, make_loader
 from dltrain.early_stopping import EarlyStopping
 from dltrain.errors import DltrainError
+from dltrain.finetune import apply_freeze, check_freeze
 from dltrain.models import build_model, count_parameters, needs_rgb
-from dltrain.optim import build_optimizer
+from dltrain.optim import Schedule, build_optimizer, build_schedule
 from dltrain.runs import RunFiles
 
 Progress = Callable[[str, dict], None]
@@ -66,25 +70,71 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def precision_tools(device: torch.device, precision: str):
+    """One code path for every precision: an autocast context factory (disabled for fp32)
+    and a GradScaler (enabled only for fp16, where gradients can underflow)."""
+    if precision == "auto":
+        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        dtype = torch.bfloat16 if use_bf16 else None
+    else:
+        dtype = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[precision]
+    autocast = functools.partial(
+        torch.autocast, device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    return autocast, scaler, str(dtype or torch.float32).removeprefix("torch.")
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """Train mode, except that BatchNorm layers whose parameters are all frozen stay in eval
+    mode, so a frozen backbone's running statistics do not drift."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters())
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable,
     optimizer: torch.optim.Optimizer,
     loss_fn: nn.Module,
+    cfg: TrainConfig,
+    autocast=contextlib.nullcontext,
+    scaler: torch.amp.GradScaler | None = None,
+    on_step: Callable[[], None] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """One pass over the training batches; returns mean loss and accuracy."""
-    model.train()
+    """One pass over the training batches; returns mean loss and accuracy.
+
+    Steps the optimizer every `cfg.accumulate` batches (and after the last one), clipping the
+    gradients' norm to `cfg.grad_clip`; `on_step` runs after every optimizer step.
+    """
+    scaler = scaler or torch.amp.GradScaler(enabled=False)
+    set_train_mode(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    total_batches = len(batches)
     total_loss = total_correct = None
     seen = 0
+    optimizer.zero_grad(set_to_none=True)
     for step, (images, labels) in enumerate(batches, start=1):
-        logits = model(images)
-        loss = loss_fn(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        with autocast():
+            logits = model(images)
+            loss = loss_fn(logits, labels)
+        scaler.scale(loss / cfg.accumulate).backward()
+        if step % cfg.accumulate == 0 or step == total_batches:
+            if cfg.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if on_step is not None:
+                on_step()
         # Sums stay on the device: no host sync per step.
-        batch_loss = loss.detach() * len(labels)
+        batch_loss = loss.detach().float() * len(labels)
         batch_correct = (logits.detach().argmax(1) == labels).sum()
         if total_loss is None:
             total_loss, total_correct = batch_loss, batch_correct
@@ -138,107 +188,236 @@ def evaluate(
     return metrics
 
 
-def checkpoint_payload(cfg: Config, splits: Splits, model: nn.Module, epoch: int, row: dict):
-    return {
-        "format": checkpoint.FORMAT,
-        "version": __version__,
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "config": cfg.model_dump(mode="json"),
-        "data_info": splits.info.to_dict(),
-        "class_names": list(splits.info.class_names),
-        "metrics": row,
-    }
+def set_determinism(on: bool) -> None:
+    if on:
+        # cuBLAS needs this workspace setting to be deterministic; set before CUDA starts.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.benchmark = not on
 
 
-def fit(cfg: Config, run_dir: Path, progress: Progress = _quiet) -> dict:
-    """Train per the config, writing config, metrics, summary and checkpoints to `run_dir`."""
-    started = time.perf_counter()
+@dataclass
+class Session:
+    """Everything one training run holds, built from a config (and restored on resume)."""
+
+    cfg: Config
+    run_dir: Path
+    device: torch.device
+    splits: Splits
+    train_batches: object
+    val_batches: object
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    scaler: torch.amp.GradScaler
+    autocast: Callable
+    precision: str
+    stopper: EarlyStopping
+    parent: dict | None = None
+    epoch: int = 0
+    global_step: int = 0
+    rows: list = field(default_factory=list)
+    best_weights: dict | None = None
+
+    def payload(self, row: dict) -> dict:
+        """A checkpoint: enough to evaluate, predict, and resume exactly."""
+        return {
+            "format": checkpoint.FORMAT,
+            "version": __version__,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "early_stopping": self.stopper.state_dict(),
+            "best_metric": self.stopper.best,
+            "rng": checkpoint.rng_state(),
+            "loader_rng": self.train_batches.generator.get_state(),
+            "config": self.cfg.model_dump(mode="json"),
+            "data_info": self.splits.info.to_dict(),
+            "class_names": list(self.splits.info.class_names),
+            "metrics": row,
+            "parent": self.parent,
+        }
+
+    def restore(self, payload: dict) -> None:
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.schedule.load_state_dict(payload["schedule"])
+        self.scaler.load_state_dict(payload["scaler"])
+        self.stopper.load_state_dict(payload["early_stopping"])
+        self.train_batches.generator.set_state(payload["loader_rng"])
+        checkpoint.set_rng_state(payload["rng"])
+        self.epoch, self.global_step = payload["epoch"], payload["global_step"]
+
+
+def _build(cfg: Config, run_dir: Path, parent: dict | None, resuming: bool) -> Session:
     device = resolve_device(cfg.device)
+    set_determinism(cfg.train.deterministic)
     seed_everything(cfg.seed)
     splits = build_splits(cfg.data, cfg.seed, rgb=needs_rgb(cfg.model))
-    for note in splits.notes:
-        progress("note", {"text": note})
     train_batches = make_loader(splits, "train", cfg.data, device, seed=cfg.seed)
     val_batches = make_loader(splits, "val", cfg.data, device)
-    model = build_model(splits.info, cfg.model).to(device)
-    optimizer = build_optimizer(model, cfg.optim)
-    loss_fn = nn.CrossEntropyLoss()
+    model = build_model(splits.info, cfg.model, weights=not resuming).to(device)
+    head_lr_mult = 1.0
+    if parent is not None:
+        check_freeze(model, cfg.finetune)
+        head_lr_mult = cfg.finetune.head_lr_mult
+    optimizer = build_optimizer(model, cfg.optim, model.head_name, head_lr_mult)
+    steps = -(-len(train_batches) // cfg.train.accumulate)
+    schedule = build_schedule(optimizer, cfg.schedule, cfg.train.epochs, steps)
+    autocast, scaler, precision = precision_tools(device, cfg.train.precision)
     stopper = EarlyStopping(cfg.train.early_stopping)
+    return Session(
+        cfg,
+        run_dir,
+        device,
+        splits,
+        train_batches,
+        val_batches,
+        model,
+        optimizer,
+        schedule,
+        scaler,
+        autocast,
+        precision,
+        stopper,
+        parent,
+    )
+
+
+def _resume(session: Session, payload: dict, files: RunFiles) -> None:
+    """Continue where `payload` left off: states, RNG, metrics rows, best weights."""
+    session.restore(payload)
+    session.rows = [row for row in files.read_metrics() if row["epoch"] <= session.epoch]
+    files.rewrite_metrics(session.rows)
+    best_path = session.run_dir / "best.pt"
+    best_epoch = session.stopper.best_epoch
+    if best_epoch == session.epoch:
+        session.best_weights = copy.deepcopy(session.model.state_dict())
+    elif best_epoch is not None and best_path.exists():
+        best = checkpoint.load(best_path)
+        if best["epoch"] == best_epoch:
+            session.best_weights = best["model"]
+
+
+def fit(
+    cfg: Config,
+    run_dir: Path,
+    progress: Progress = _quiet,
+    resume: dict | None = None,
+    parent: dict | None = None,
+) -> dict:
+    """Train per the config, writing config, metrics, summary and checkpoints to `run_dir`.
+
+    `resume`: a checkpoint payload to continue from (same run folder). `parent`: the source a
+    finetune run starts from; it switches on `cfg.finetune` (freezing, head learning rate).
+    """
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume is not None:
+        parent = resume.get("parent")
+    s = _build(cfg, run_dir, parent, resuming=resume is not None)
     files = RunFiles(run_dir)
+    if resume is not None:
+        _resume(s, resume, files)
+        progress("note", {"text": f"resuming {run_dir} after epoch {s.epoch}"})
     files.write_config(cfg)
-    params = count_parameters(model)
+    for note in s.splits.notes:
+        progress("note", {"text": note})
     progress(
         "start",
         {
             "run_dir": str(run_dir),
-            "device": str(device),
-            "params": params,
+            "device": str(s.device),
+            "params": count_parameters(s.model),
             "epochs": cfg.train.epochs,
-            "batches": len(train_batches),
-            "sizes": splits.sizes,
+            "batches": len(s.train_batches),
+            "sizes": s.splits.sizes,
+            "precision": s.precision,
         },
     )
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
 
-    best_weights, rows = None, []
-    for epoch in range(1, cfg.train.epochs + 1):
+    def on_step() -> None:
+        s.global_step += 1
+        s.schedule.after_step()
+
+    while s.epoch < cfg.train.epochs and not s.stopper.should_stop:
+        s.epoch += 1
         epoch_start = time.perf_counter()
-        progress("epoch_start", {"epoch": epoch})
+        if parent is not None:
+            apply_freeze(s.model, cfg.finetune, s.epoch)
+        progress("epoch_start", {"epoch": s.epoch})
         train = train_one_epoch(
-            model,
-            train_batches,
-            optimizer,
+            s.model,
+            s.train_batches,
+            s.optimizer,
             loss_fn,
-            on_batch=lambda step, seen: progress("batch", {"step": step, "seen": seen}),
+            cfg.train,
+            s.autocast,
+            s.scaler,
+            on_step,
+            lambda step, seen: progress("batch", {"step": step, "seen": seen}),
         )
-        val = evaluate(model, val_batches)
+        val = evaluate(s.model, s.val_batches, autocast=s.autocast)
         row = {
-            "epoch": epoch,
+            "epoch": s.epoch,
             "train_loss": train["loss"],
             "train_acc": train["acc"],
             "val_loss": val["loss"],
             "val_acc": val["acc"],
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": s.optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - epoch_start,
         }
-        rows.append(row)
-        improved = stopper.step(row[stopper.monitor], epoch)
+        s.schedule.after_epoch(row)
+        s.rows.append(row)
+        improved = s.stopper.step(row[s.stopper.monitor], s.epoch)
         files.append_metrics(row)
-        payload = checkpoint_payload(cfg, splits, model, epoch, row)
+        payload = s.payload(row)
         if improved:
-            best_weights = copy.deepcopy(model.state_dict())
+            s.best_weights = copy.deepcopy(s.model.state_dict())
             if cfg.checkpoint.save_best:
                 checkpoint.save(payload, run_dir / "best.pt")
         if cfg.checkpoint.save_last:
             checkpoint.save(payload, run_dir / "last.pt")
         progress("epoch", {"row": row, "improved": improved, "epochs": cfg.train.epochs})
-        if stopper.should_stop:
-            break
 
+    summary = _finish(s, time.perf_counter() - started)
+    files.write_summary(summary)
+    progress("end", {"summary": summary, "run_dir": str(run_dir), "model": s.model})
+    return summary
+
+
+def _finish(s: Session, seconds: float) -> dict:
     restored = False
-    if cfg.train.early_stopping.restore_best and best_weights is not None:
-        model.load_state_dict(best_weights)
-        restored = stopper.best_epoch != rows[-1]["epoch"]
-    reason = stopper.reason + (" (restored)" if stopper.reason and restored else "")
-    best_row = next((r for r in rows if r["epoch"] == stopper.best_epoch), rows[-1])
-    total = time.perf_counter() - started
-    summary = {
-        "name": cfg.name,
-        "status": "stopped_early" if stopper.should_stop else "finished",
+    if s.cfg.train.early_stopping.restore_best and s.best_weights is not None:
+        s.model.load_state_dict(s.best_weights)
+        restored = s.stopper.best_epoch != s.rows[-1]["epoch"]
+    # The model training hands over (restored or last), measured once more on validation.
+    final = evaluate(s.model, s.val_batches, autocast=s.autocast)
+    reason = s.stopper.reason + (" (restored)" if s.stopper.reason and restored else "")
+    best_row = next((r for r in s.rows if r["epoch"] == s.stopper.best_epoch), s.rows[-1])
+    return {
+        "name": s.cfg.name,
+        "status": "stopped_early" if s.stopper.should_stop else "finished",
         "stop_reason": reason,
-        "epochs_run": len(rows),
-        "monitor": stopper.monitor,
-        "best_epoch": stopper.best_epoch,
-        "best_value": stopper.best,
+        "epochs_run": len(s.rows),
+        "monitor": s.stopper.monitor,
+        "best_epoch": s.stopper.best_epoch,
+        "best_value": s.stopper.best,
         "best_metrics": best_row,
         "restored_best": restored,
-        "params": params,
-        "device": str(device),
-        "sizes": splits.sizes,
-        "seconds": total,
-        "seconds_per_epoch": sum(r["seconds"] for r in rows) / len(rows),
+        "final_val": {"loss": final["loss"], "acc": final["acc"]},
+        "params": count_parameters(s.model),
+        "trainable_params": sum(p.numel() for p in s.model.parameters() if p.requires_grad),
+        "device": str(s.device),
+        "precision": s.precision,
+        "sizes": s.splits.sizes,
+        "seconds": seconds,
+        "seconds_per_epoch": sum(r["seconds"] for r in s.rows) / len(s.rows),
+        "parent": s.parent,
         "version": __version__,
     }
-    files.write_summary(summary)
-    progress("end", {"summary": summary, "run_dir": str(run_dir)})
-    return summary

@@ -1,23 +1,50 @@
-"""Measuring a checkpoint: `dltrain eval` (and, later, predict).
+"""Measuring a checkpoint: `dltrain eval`.
 
 Everything is rebuilt from the checkpoint alone: its resolved config, data info and weights.
+The metrics are written beside the checkpoint (`eval-<split>.json`, `confusion-<split>.csv`),
+and every look at the test split is appended to the run's `test_ledger.jsonl`, so a run
+shows how often its test set has been used (the course: select on validation, test once).
 """
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
+import json
+import os
+from datetime import datetime
 from pathlib import Path
 
 from dltrain import checkpoint
 from dltrain.config import apply_overrides, validate
 from dltrain.data import build_splits, make_loader
 from dltrain.engine import evaluate, resolve_device
+from dltrain.errors import DltrainError
 from dltrain.models import build_model, needs_rgb
+
+LEDGER = "test_ledger.jsonl"
+
+
+def metrics_path(ckpt: str | Path, split: str) -> Path:
+    return Path(ckpt).parent / f"eval-{split}.json"
+
+
+def confusion_path(ckpt: str | Path, split: str) -> Path:
+    return Path(ckpt).parent / f"confusion-{split}.csv"
 
 
 def evaluate_checkpoint(
     path: str | Path, split: str, device: str | None = None, overrides: list[str] = ()
 ) -> dict:
-    """Rebuild data and model from a checkpoint alone and measure one split."""
+    """Rebuild data and model from a checkpoint alone and measure one split.
+
+    Returns loss, acc, top5 (over 5 classes), the confusion matrix (`confusion[true][pred]`),
+    per-class accuracy, the checkpoint's path and sha256 and, for the test split, `test_uses`
+    (how many times this run's test set has now been measured). Writes `eval-<split>.json`
+    and `confusion-<split>.csv` beside the checkpoint.
+    """
+    path = Path(path)
     payload = checkpoint.load(path)
     data = payload["config"]
     overridden = apply_overrides(data, list(overrides), f"{path} (config)")
@@ -31,4 +58,73 @@ def evaluate_checkpoint(
     model.to(torch_device)
     batches = make_loader(splits, split, cfg.data, torch_device)
     metrics = evaluate(model, batches, details=True)
-    return {"split": split, "samples": splits.sizes[split], "epoch": payload["epoch"], **metrics}
+    names = list(splits.info.class_names)
+    result = {
+        "split": split,
+        "samples": splits.sizes[split],
+        "epoch": payload["epoch"],
+        "checkpoint": str(path),
+        "sha256": file_sha256(path),
+        **metrics,
+        "per_class": per_class_accuracy(metrics["confusion"], names),
+        "class_names": names,
+    }
+    if split == "test":
+        result["test_uses"] = record_test_use(path, result)
+    checkpoint.write_json(metrics_path(path, split), result)
+    write_confusion_csv(confusion_path(path, split), metrics["confusion"], names)
+    return result
+
+
+def per_class_accuracy(confusion: list[list[int]], names: list[str]) -> list[dict]:
+    """One row per class: correct, total (true samples of that class) and their ratio; a
+    class with no samples in the split has accuracy None."""
+    rows = []
+    for index, (name, counts) in enumerate(zip(names, confusion, strict=True)):
+        total = sum(counts)
+        correct = counts[index]
+        acc = correct / total if total else None
+        rows.append({"class": name, "correct": correct, "total": total, "acc": acc})
+    return rows
+
+
+def write_confusion_csv(path: Path, confusion: list[list[int]], names: list[str]) -> None:
+    """Rows are true classes, columns predicted classes; the header row names the columns."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["true\\predicted", *names])
+    for name, counts in zip(names, confusion, strict=True):
+        writer.writerow([name, *counts])
+    text = buffer.getvalue()
+    checkpoint.atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_test_use(ckpt: Path, result: dict) -> int:
+    """Append one line to the run's test ledger; returns how many uses it now records."""
+    ledger = ckpt.parent / LEDGER
+    entry = {
+        "time": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "checkpoint": str(ckpt),
+        "sha256": result["sha256"],
+        "epoch": result["epoch"],
+        "acc": result["acc"],
+    }
+    try:
+        with open(ledger, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        with open(ledger, encoding="utf-8") as handle:
+            return sum(1 for line in handle if line.strip())
+    except OSError as err:
+        raise DltrainError(
+            f"could not record the test use in {ledger}: {err.strerror or err}"
+        ) from None

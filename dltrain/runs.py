@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import time
 from pathlib import Path
 
@@ -45,6 +46,21 @@ class RunFiles:
             if new:
                 writer.writeheader()
             writer.writerow(row)
+
+    def read_metrics(self) -> list[dict]:
+        return read_metrics(self.dir) if (self.dir / "metrics.csv").exists() else []
+
+    def rewrite_metrics(self, rows: list[dict]) -> None:
+        """Replace metrics.csv with `rows` (on resume: drop epochs after the checkpoint)."""
+        if not rows:
+            (self.dir / "metrics.csv").unlink(missing_ok=True)
+            return
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buffer.getvalue()
+        atomic_write(self.dir / "metrics.csv", lambda handle: handle.write(text.encode()))
 
     def write_summary(self, summary: dict) -> None:
         write_json(self.dir / "summary.json", summary)

@@ -1,0 +1,84 @@
+"""Transfer learning: which parameters train, and the source a finetune run starts from."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from torch import nn
+
+from dltrain import checkpoint
+from dltrain.config import Config, FinetuneConfig
+from dltrain.errors import DltrainError
+
+
+def _frozen(name: str, head_name: str, freeze) -> bool:
+    if freeze == "none":
+        return False
+    if freeze == "all_but_head":
+        return not (name == head_name or name.startswith(head_name + "."))
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in freeze)
+
+
+def check_freeze(model: nn.Module, cfg: FinetuneConfig) -> None:
+    """Every prefix in a freeze list must name some parameters."""
+    if isinstance(cfg.freeze, str):
+        return
+    names = [name for name, _ in model.named_parameters()]
+    for prefix in cfg.freeze:
+        if not any(name == prefix or name.startswith(prefix + ".") for name in names):
+            top = list(dict.fromkeys(name.split(".")[0] for name in names))
+            raise DltrainError(
+                f"finetune.freeze: {prefix!r} names no parameters of this model; "
+                f"its top-level modules are {', '.join(top)}"
+            )
+
+
+def apply_freeze(model: nn.Module, cfg: FinetuneConfig, epoch: int) -> int:
+    """Set requires_grad for `epoch` (everything trains from `unfreeze_at_epoch` on);
+    returns how many parameters are frozen."""
+    phase_frozen = cfg.unfreeze_at_epoch is None or epoch < cfg.unfreeze_at_epoch
+    frozen = 0
+    for name, param in model.named_parameters():
+        param.requires_grad = not (phase_frozen and _frozen(name, model.head_name, cfg.freeze))
+        frozen += 0 if param.requires_grad else param.numel()
+    return frozen
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def from_source(cfg: Config, source: str) -> tuple[Config, dict]:
+    """The config a finetune run trains with, and its parent record.
+
+    `imagenet`: the config's own model (alexnet or resnet18) with torchvision's ImageNet
+    weights. A checkpoint: its model architecture, with its weights loaded through
+    `model.pretrained` (the head is replaced when the class count differs).
+    """
+    if source == "imagenet":
+        if cfg.model.name not in ("alexnet", "resnet18"):
+            raise DltrainError(
+                f"finetune --from imagenet: ImageNet weights exist for alexnet and resnet18, "
+                f"the config's model is {cfg.model.name}"
+            )
+        model = cfg.model.model_copy(update={"pretrained": "imagenet"})
+        parent = {"source": "imagenet", "model": cfg.model.name}
+    else:
+        path = Path(source)
+        payload = checkpoint.load(path)
+        source_model = Config.model_validate(payload["config"]).model
+        model = source_model.model_copy(update={"pretrained": str(path)})
+        parent = {
+            "source": "checkpoint",
+            "checkpoint": str(path),
+            "sha256": file_sha256(path),
+            "epoch": payload["epoch"],
+            "name": payload["config"]["name"],
+            "classes": len(payload["class_names"]),
+        }
+    return cfg.model_copy(update={"model": model}), parent

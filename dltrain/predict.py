@@ -1,0 +1,129 @@
+"""`dltrain predict`: classify image files with a checkpoint, using its own preprocessing.
+
+The checkpoint's `data_info` says how images reached the model in training: channels, size
+and normalization. An image is decoded with PIL, made gray or RGB to match, resized the way
+the in-memory training path resizes (bilinear, antialiased) when its size differs, scaled to
+[0, 1] and normalized: an image of the right size gives the training path's tensor (up to
+float rounding).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from dltrain import checkpoint
+from dltrain.config import validate
+from dltrain.data import DataInfo
+from dltrain.engine import resolve_device
+from dltrain.errors import DltrainError
+from dltrain.models import build_model
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+BATCH_SIZE = 256
+
+
+def predict(
+    ckpt_path: str | Path, inputs: list[Path], topk: int = 3, device: str | None = None
+) -> list[dict]:
+    """Top-k classes with softmax probabilities for each image: [{"file", "top": [{"class",
+    "prob"}, ...]}, ...], in the order of `inputs` (folders expanded, sorted)."""
+    if topk < 1:
+        raise DltrainError(f"topk must be at least 1 (got {topk})")
+    files = expand_inputs(inputs)
+    model, info, torch_device = load_model(ckpt_path, device)
+    k = min(topk, info.num_classes)
+    results = []
+    for start in range(0, len(files), BATCH_SIZE):
+        chunk = files[start : start + BATCH_SIZE]
+        with torch.inference_mode():
+            logits = model(to_batch(chunk, info, torch_device))
+            probs, indices = logits.float().softmax(1).topk(k, dim=1)
+        for path, row_probs, row_indices in zip(
+            chunk, probs.tolist(), indices.tolist(), strict=True
+        ):
+            top = [
+                {"class": info.class_names[i], "prob": p}
+                for p, i in zip(row_probs, row_indices, strict=True)
+            ]
+            results.append({"file": str(path), "top": top})
+    return results
+
+
+def expand_inputs(inputs: list[Path]) -> list[Path]:
+    """Files as given; folders become their image files (recursive, sorted, no hidden ones)."""
+    files = []
+    for item in map(Path, inputs):
+        if item.is_file():
+            files.append(item)
+        elif item.is_dir():
+            found = sorted(
+                path
+                for path in item.rglob("*")
+                if path.is_file()
+                and path.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in path.relative_to(item).parts)
+            )
+            if not found:
+                raise DltrainError(
+                    f"{item}: no image files in this folder (looked for "
+                    f"{', '.join(IMAGE_SUFFIXES)})"
+                )
+            files.extend(found)
+        else:
+            raise DltrainError(f"{item}: no such file or folder")
+    if not files:
+        raise DltrainError("no images given: name image files or folders")
+    return files
+
+
+def load_model(ckpt_path: str | Path, device: str | None = None):
+    """The checkpoint's model in eval mode on its device, with the checkpoint's DataInfo."""
+    payload = checkpoint.load(ckpt_path)
+    data = dict(payload["config"])
+    if device:
+        data["device"] = device
+    cfg = validate(data, f"{ckpt_path} (config)")
+    info = DataInfo.from_dict(payload["data_info"])
+    torch_device = resolve_device(cfg.device)
+    model = build_model(info, cfg.model, weights=False)
+    model.load_state_dict(payload["model"])
+    model.to(torch_device).eval()
+    return model, info, torch_device
+
+
+def load_image(path: Path, info: DataInfo) -> torch.Tensor:
+    """One file -> float (C, H, W) in [0, 1], with the checkpoint's channels and size."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if info.channels == 1 else "RGB")
+    except UnidentifiedImageError:
+        raise DltrainError(f"{path} is not an image (PIL cannot identify its format)") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DltrainError(f"{path} is not an image ({reason})") from None
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8))
+    pixels = pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1)
+    x = pixels.float().mul_(1.0 / 255.0)
+    if tuple(x.shape[1:]) != tuple(info.image_size):
+        # The same resize as the in-memory training path (dltrain.data.Batches.convert).
+        x = F.interpolate(
+            x[None],
+            size=tuple(info.image_size),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )[0]
+    return x
+
+
+def to_batch(files: list[Path], info: DataInfo, device: torch.device) -> torch.Tensor:
+    """Files -> one normalized float batch (N, C, H, W) on `device`."""
+    x = torch.stack([load_image(path, info) for path in files]).to(device)
+    mean = torch.tensor(info.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(info.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return (x - mean) / std
