@@ -8,6 +8,7 @@ name. Checkpoints hold only tensors and plain types and are read with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -43,6 +44,15 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 def write_json(path: Path, data: dict) -> None:
     text = json.dumps(data, indent=2, sort_keys=False) + "\n"
     atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256, to record exactly which checkpoint was used."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save(payload: dict, path: Path) -> None:

@@ -9,7 +9,6 @@ shows how often its test set has been used (the course: select on validation, te
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -64,7 +63,7 @@ def evaluate_checkpoint(
         "samples": splits.sizes[split],
         "epoch": payload["epoch"],
         "checkpoint": str(path),
-        "sha256": file_sha256(path),
+        "sha256": checkpoint.file_sha256(path),
         **metrics,
         "per_class": per_class_accuracy(metrics["confusion"], names),
         "class_names": names,
@@ -97,14 +96,6 @@ def write_confusion_csv(path: Path, confusion: list[list[int]], names: list[str]
         writer.writerow([name, *counts])
     text = buffer.getvalue()
     checkpoint.atomic_write(path, lambda handle: handle.write(text.encode()))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def record_test_use(ckpt: Path, result: dict) -> int:

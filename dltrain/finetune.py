@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from torch import nn
@@ -45,14 +44,6 @@ def apply_freeze(model: nn.Module, cfg: FinetuneConfig, epoch: int) -> int:
     return frozen
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def from_source(cfg: Config, source: str) -> tuple[Config, dict]:
     """The config a finetune run trains with, and its parent record.
 
@@ -76,7 +67,7 @@ def from_source(cfg: Config, source: str) -> tuple[Config, dict]:
         parent = {
             "source": "checkpoint",
             "checkpoint": str(path),
-            "sha256": file_sha256(path),
+            "sha256": checkpoint.file_sha256(path),
             "epoch": payload["epoch"],
             "name": payload["config"]["name"],
             "classes": len(payload["class_names"]),
