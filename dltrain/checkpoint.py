@@ -8,11 +8,11 @@ name. Checkpoints hold only tensors and plain types and are read with
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import pickle
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -37,7 +37,11 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         if isinstance(err, OSError):
-            raise DltrainError(f"could not write {path}: {err.strerror or err}") from None
+            hint = " (the disk is full: free some space)" if err.errno == errno.ENOSPC else ""
+            raise DltrainError(
+                f"could not write {path}: {err.strerror or err}{hint}; the previous {path.name}, "
+                "if any, is intact"
+            ) from None
         raise
 
 
@@ -62,6 +66,8 @@ def save(payload: dict, path: Path) -> None:
 def load(path: str | Path) -> dict:
     """Load a dltrain checkpoint safely; every failure is a one-line DltrainError."""
     path = Path(path)
+    if path.is_dir():
+        raise DltrainError(f"{path} is a folder; give a checkpoint file such as {path}/best.pt")
     if not path.is_file():
         raise DltrainError(f"checkpoint not found: {path}")
     try:
@@ -76,7 +82,7 @@ def load(path: str | Path) -> dict:
         raise DltrainError(
             f"{path}: the checkpoint is damaged (not a readable checkpoint)"
         ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - torch's unpickler fails in many ways on garbage
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DltrainError(f"{path}: the checkpoint is damaged or truncated ({reason})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dltrain import __version__
-from dltrain.errors import DltrainError
+from dltrain.errors import DltrainError, Interrupted
 
 app = typer.Typer(
     help="Train image classifiers from YAML configs.",
@@ -49,8 +49,11 @@ def _err() -> Console:
 def _fail(err: DltrainError) -> None:
     lines = str(err).splitlines() or [type(err).__name__]
     console = _err()
+    label, style = (
+        ("interrupted", "yellow") if isinstance(err, Interrupted) else ("error", "bold red")
+    )
     for line in lines:
-        console.print(f"error: {line}", style="bold red", markup=False, soft_wrap=True)
+        console.print(f"{label}: {line}", style=style, markup=False, soft_wrap=True)
     raise typer.Exit(err.exit_code)
 
 
@@ -64,6 +67,8 @@ def _friendly(command):
             return command(*args, **kwargs)
         except DltrainError as err:
             _fail(err)
+        except KeyboardInterrupt:  # before training started: nothing to save
+            _fail(Interrupted("stopped by Ctrl-C before training started", 130))
 
     return wrapper
 
@@ -161,9 +166,13 @@ class TrainReport:
             markup=False,
         )
 
-    def on_end(self, info: dict) -> None:
+    def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+            self.bar = None
+
+    def on_end(self, info: dict) -> None:
+        self.close()
         summary = info["summary"]
         best = summary["best_metrics"]
         table = Table(title="summary", show_header=False)
@@ -186,6 +195,9 @@ class TrainReport:
 RunDirOption = Annotated[
     Path | None, typer.Option("--run-dir", help="Folder for this run's outputs.")
 ]
+ForceOption = Annotated[
+    bool, typer.Option("--force", help="Replace a run that --run-dir already holds.")
+]
 
 
 @app.command()
@@ -195,6 +207,7 @@ def train(
     set_: SetOption = None,
     device: DeviceOption = None,
     run_dir: RunDirOption = None,
+    force: ForceOption = False,
     resume: Annotated[
         Path | None,
         typer.Option("--resume", help="Continue a run: its folder (last.pt) or a checkpoint."),
@@ -210,10 +223,19 @@ def train(
     from dltrain.config import load_config
 
     cfg = load_config(config, overrides)
-    from dltrain.engine import fit
     from dltrain.runs import new_run_dir
 
-    fit(cfg, new_run_dir(cfg, run_dir), progress=TrainReport(_out()))
+    _fit(cfg, new_run_dir(cfg, run_dir, force=force))
+
+
+def _fit(cfg, folder: Path, **kwargs) -> None:
+    from dltrain.engine import fit
+
+    report = TrainReport(_out())
+    try:
+        fit(cfg, folder, progress=report, **kwargs)
+    finally:
+        report.close()
 
 
 def _resume(target: Path, config: Path | None, run_dir: Path | None, overrides: list[str]):
@@ -238,9 +260,7 @@ def _resume(target: Path, config: Path | None, run_dir: Path | None, overrides: 
             "nothing to resume (raise train.epochs with --set to train longer)"
         )
         return
-    from dltrain.engine import fit
-
-    fit(cfg, path.parent, progress=TrainReport(_out()), resume=payload)
+    _fit(cfg, path.parent, resume=payload)
 
 
 def _note(text: str) -> None:
@@ -257,18 +277,18 @@ def finetune(
     set_: SetOption = None,
     device: DeviceOption = None,
     run_dir: RunDirOption = None,
+    force: ForceOption = False,
 ) -> None:
     """Train on a new dataset starting from a checkpoint's (or ImageNet) weights."""
     from dltrain.config import load_config
 
     overrides = list(set_ or []) + ([f"device={device}"] if device else [])
     cfg = load_config(config, overrides)
-    from dltrain.engine import fit
     from dltrain.finetune import from_source
     from dltrain.runs import new_run_dir
 
     cfg, parent = from_source(cfg, source)
-    fit(cfg, new_run_dir(cfg, run_dir), progress=TrainReport(_out()), parent=parent)
+    _fit(cfg, new_run_dir(cfg, run_dir, force=force), parent=parent)
 
 
 # --- eval --------------------------------------------------------------------------------

@@ -256,6 +256,21 @@ class CheckpointConfig(Section):
     save_best: bool = Field(True, description="Write best.pt when the monitored metric improves.")
 
 
+# Image sizes known without reading data (imagefolder: only through data.resize).
+DATASET_SIZES = {"digits": 8, "mnist": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
+# AlexNet's smallest input with (True) and without (False) the small-input stem; a test keeps
+# these equal to what models.py builds.
+ALEXNET_MIN_SIZE = {True: 15, False: 63}
+
+
+def image_size(data: DataConfig) -> int | None:
+    if data.resize:
+        return data.resize
+    if data.dataset == "fake":
+        return data.fake.image_size
+    return DATASET_SIZES.get(data.dataset)
+
+
 class Config(Section):
     name: str = Field(
         "run", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name; outputs go to runs/<name>/."
@@ -322,8 +337,8 @@ def parse_yaml(text: str, source: str) -> Any:
             tag = problem.split("tag ", 1)[-1].strip("'").replace("tag:yaml.org,2002:", "!!")
             problem = f"tag {tag} is not allowed (dltrain reads plain YAML only; remove the tag)"
         raise ConfigError([f"{where}: {problem}"], source) from None
-    except yaml.YAMLError as err:
-        raise ConfigError([f"invalid YAML: {err}"], source) from None
+    except yaml.YAMLError as err:  # e.g. a character YAML does not allow
+        raise ConfigError([f"invalid YAML: {str(err).splitlines()[0]}"], source) from None
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -404,14 +419,19 @@ def _closest(word: str, options) -> str | None:
     return found[0] if found else None
 
 
+def _path(loc: tuple) -> str:
+    """A dotted path; a key that is not plain text is shown quoted (keeps lines single)."""
+    return ".".join(str(p) if str(p).isprintable() and " " not in str(p) else repr(p) for p in loc)
+
+
 def _describe(error: dict) -> str:
     loc = tuple(error["loc"])
-    path = ".".join(str(p) for p in loc)
+    path = _path(loc)
     kind, value = error["type"], error.get("input")
     if kind == "extra_forbidden":
         model = _model_at(loc)
         keys = list(model.model_fields) if model else []
-        prefix = ".".join(str(p) for p in loc[:-1])
+        prefix = _path(loc[:-1])
         match = _closest(loc[-1], keys)
         if match:
             return f"{path}: unknown key; did you mean {prefix + '.' if prefix else ''}{match}?"
@@ -431,18 +451,57 @@ def _describe(error: dict) -> str:
     return f"{path}: got {value!r}; expected {expected}"
 
 
-def validate(data: dict, source: str = "config", overridden: set[str] = frozenset()) -> Config:
+def _cross_problems(model: ModelConfig | None, data: DataConfig | None) -> list[str]:
+    """Mismatches between model and data that are known before any data is read."""
+    problems = []
+    if model is None:
+        return problems
+    if model.pretrained == "imagenet" and model.name not in ("alexnet", "resnet18"):
+        problems.append(
+            f"model.pretrained: imagenet weights exist for alexnet and resnet18, not "
+            f"{model.name}; use none or the path of a state-dict file"
+        )
+    size = image_size(data) if data is not None else None
+    if model.name == "alexnet" and size is not None:
+        small = size < 64 if model.small_input == "auto" else model.small_input
+        smallest = ALEXNET_MIN_SIZE[bool(small)]
+        if size < smallest:
+            problems.append(
+                f"model.name: alexnet (small_input {str(small).lower()}) needs images of at "
+                f"least {smallest} px; {data.dataset} gives {size} px: set data.resize, or use "
+                "cnn or resnet18"
+            )
+    return problems
+
+
+def _section(model: type[Section], data: dict, key: str):
+    """One section, if it is valid on its own (to check across sections despite errors)."""
     try:
-        return Config.model_validate(data)
+        return model.model_validate(data.get(key) or {})
+    except (ValidationError, AttributeError, TypeError):
+        return None
+
+
+def validate(data: dict, source: str = "config", overridden: set[str] = frozenset()) -> Config:
+    lines = []
+    try:
+        cfg = Config.model_validate(data)
     except ValidationError as err:
-        lines = []
+        cfg = None
         for error in err.errors():
-            line = _describe(error)
-            path = ".".join(str(p) for p in error["loc"])
-            if path in overridden:
-                line += " (from --set)"
-            lines.append(line)
-        raise ConfigError(lines, source) from None
+            path = _path(tuple(error["loc"]))
+            lines.append(_describe(error) + (" (from --set)" if path in overridden else ""))
+    if cfg is not None:
+        lines += _cross_problems(cfg.model, cfg.data)
+    else:
+        model, data_section = (
+            _section(ModelConfig, data, "model"),
+            _section(DataConfig, data, "data"),
+        )
+        lines += _cross_problems(model, data_section)
+    if lines:
+        raise ConfigError(lines, source)
+    return cfg
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:

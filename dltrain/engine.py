@@ -11,6 +11,8 @@ import copy
 import functools
 import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from dltrain import __version__, checkpoint
 from dltrain.config import Config, TrainConfig
 from dltrain.data import Splits, build_splits, make_loader
 from dltrain.early_stopping import EarlyStopping
-from dltrain.errors import DltrainError
+from dltrain.errors import DltrainError, Interrupted
 from dltrain.finetune import apply_freeze, check_freeze
 from dltrain.models import build_model, count_parameters, needs_rgb
 from dltrain.optim import Schedule, build_optimizer, build_schedule
@@ -96,54 +98,87 @@ def set_train_mode(model: nn.Module) -> None:
                 module.eval()
 
 
+@dataclass
+class Loop:
+    """How one training epoch runs: precision tools, and callbacks for the caller."""
+
+    autocast: Callable = contextlib.nullcontext
+    scaler: torch.amp.GradScaler | None = None
+    on_step: Callable[[], None] | None = None  # after every optimizer step
+    on_batch: Callable[[int, int], None] | None = None  # (step, samples seen)
+    should_stop: Callable[[], bool] | None = None  # checked after every optimizer step
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, step: int):
+        self.step = step
+
+
+NAN_CHECK_EVERY = 16  # steps between host checks of the loss (each check is a device sync)
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable,
     optimizer: torch.optim.Optimizer,
     loss_fn: nn.Module,
     cfg: TrainConfig,
-    autocast=contextlib.nullcontext,
-    scaler: torch.amp.GradScaler | None = None,
-    on_step: Callable[[], None] | None = None,
-    on_batch: Callable[[int, int], None] | None = None,
+    loop: Loop | None = None,
+    start: dict | None = None,
 ) -> dict:
     """One pass over the training batches; returns mean loss and accuracy.
 
     Steps the optimizer every `cfg.accumulate` batches (and after the last one), clipping the
-    gradients' norm to `cfg.grad_clip`; `on_step` runs after every optimizer step.
+    gradients' norm to `cfg.grad_clip`. When `loop.should_stop()` turns true at an optimizer
+    step, returns {"partial": …} instead: the steps done and the running sums, which `start`
+    takes to continue the same epoch (its first `steps` batches are drawn and skipped, so the
+    loader's random state replays exactly). Raises NonFiniteLoss(step) for a NaN/Inf loss.
     """
-    scaler = scaler or torch.amp.GradScaler(enabled=False)
+    loop = loop or Loop()
+    scaler = loop.scaler or torch.amp.GradScaler(enabled=False)
     set_train_mode(model)
     params = [p for p in model.parameters() if p.requires_grad]
+    device = next(model.parameters()).device
     total_batches = len(batches)
-    total_loss = total_correct = None
-    seen = 0
+    start = start or {}
+    skip = start.get("steps", 0)
+    total_loss = start.get("loss_sum", torch.zeros(())).to(device)
+    total_correct = start.get("correct", torch.zeros((), dtype=torch.long)).to(device)
+    seen = start.get("seen", 0)
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
     optimizer.zero_grad(set_to_none=True)
     for step, (images, labels) in enumerate(batches, start=1):
-        with autocast():
+        if step <= skip:
+            continue
+        with loop.autocast():
             logits = model(images)
             loss = loss_fn(logits, labels)
+        # Sums and the NaN watch stay on the device: no host sync per step.
+        total_loss += loss.detach().float() * len(labels)
+        total_correct += (logits.detach().argmax(1) == labels).sum()
+        seen += len(labels)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
         scaler.scale(loss / cfg.accumulate).backward()
-        if step % cfg.accumulate == 0 or step == total_batches:
+        boundary = step % cfg.accumulate == 0 or step == total_batches
+        if boundary:
             if cfg.grad_clip is not None:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            if on_step is not None:
-                on_step()
-        # Sums stay on the device: no host sync per step.
-        batch_loss = loss.detach().float() * len(labels)
-        batch_correct = (logits.detach().argmax(1) == labels).sum()
-        if total_loss is None:
-            total_loss, total_correct = batch_loss, batch_correct
-        else:
-            total_loss += batch_loss
-            total_correct += batch_correct
-        seen += len(labels)
-        if on_batch is not None:
-            on_batch(step, seen)
+            if loop.on_step is not None:
+                loop.on_step()
+        if step % NAN_CHECK_EVERY == 0 or step == total_batches:
+            if int(first_bad) >= 0:
+                raise NonFiniteLoss(int(first_bad))
+        if loop.on_batch is not None:
+            loop.on_batch(step, seen)
+        if boundary and step < total_batches and loop.should_stop and loop.should_stop():
+            if int(first_bad) >= 0:
+                raise NonFiniteLoss(int(first_bad))
+            sums = {"loss_sum": total_loss.cpu(), "correct": total_correct.cpu(), "seen": seen}
+            return {"partial": {"steps": step, **sums}}
     return {"loss": total_loss.item() / seen, "acc": total_correct.item() / seen}
 
 
@@ -218,6 +253,7 @@ class Session:
     global_step: int = 0
     rows: list = field(default_factory=list)
     best_weights: dict | None = None
+    partial: dict | None = None  # an interrupted epoch: steps done, sums, loader state
 
     def payload(self, row: dict) -> dict:
         """A checkpoint: enough to evaluate, predict, and resume exactly."""
@@ -239,6 +275,7 @@ class Session:
             "class_names": list(self.splits.info.class_names),
             "metrics": row,
             "parent": self.parent,
+            "partial": self.partial,
         }
 
     def restore(self, payload: dict) -> None:
@@ -287,19 +324,54 @@ def _build(cfg: Config, run_dir: Path, parent: dict | None, resuming: bool) -> S
     )
 
 
-def _resume(session: Session, payload: dict, files: RunFiles) -> None:
-    """Continue where `payload` left off: states, RNG, metrics rows, best weights."""
+def _resume(session: Session, payload: dict, files: RunFiles) -> dict | None:
+    """Continue where `payload` left off: states, RNG, metrics rows, best weights. Returns
+    the interrupted epoch's progress when the checkpoint was written mid-epoch."""
     session.restore(payload)
+    partial = payload.get("partial")
     session.rows = [row for row in files.read_metrics() if row["epoch"] <= session.epoch]
     files.rewrite_metrics(session.rows)
-    best_path = session.run_dir / "best.pt"
+    for stale in session.run_dir.glob(".*.tmp-*"):  # left by a process killed while saving
+        stale.unlink(missing_ok=True)
     best_epoch = session.stopper.best_epoch
-    if best_epoch == session.epoch:
+    if best_epoch == session.epoch and partial is None:
         session.best_weights = copy.deepcopy(session.model.state_dict())
-    elif best_epoch is not None and best_path.exists():
-        best = checkpoint.load(best_path)
-        if best["epoch"] == best_epoch:
-            session.best_weights = best["model"]
+    elif best_epoch is not None and (session.run_dir / "best.pt").exists():
+        with contextlib.suppress(DltrainError):
+            best = checkpoint.load(session.run_dir / "best.pt")
+            if best["epoch"] == best_epoch and not best.get("partial"):
+                session.best_weights = best["model"]
+    return partial
+
+
+class StopSignal:
+    """Ctrl-C (SIGINT) and SIGTERM ask training to stop at the next optimizer step.
+
+    Further signals are ignored while the run saves its checkpoint: the save finishes and
+    nothing is corrupted. Handlers can only be installed from the main thread; elsewhere
+    (e.g. a worker thread) the default behaviour stays.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def __call__(self) -> bool:
+        return self.signum is not None
 
 
 def fit(
@@ -311,8 +383,10 @@ def fit(
 ) -> dict:
     """Train per the config, writing config, metrics, summary and checkpoints to `run_dir`.
 
-    `resume`: a checkpoint payload to continue from (same run folder). `parent`: the source a
-    finetune run starts from; it switches on `cfg.finetune` (freezing, head learning rate).
+    `resume`: a checkpoint payload to continue from (same run folder, mid-epoch too).
+    `parent`: the source a finetune run starts from; it switches on `cfg.finetune` (freezing,
+    head learning rate). Raises Interrupted after SIGINT/SIGTERM (a resumable last.pt is
+    written first) and DltrainError for a NaN/Inf loss or CUDA running out of memory.
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -321,9 +395,11 @@ def fit(
         parent = resume.get("parent")
     s = _build(cfg, run_dir, parent, resuming=resume is not None)
     files = RunFiles(run_dir)
+    partial = None
     if resume is not None:
-        _resume(s, resume, files)
-        progress("note", {"text": f"resuming {run_dir} after epoch {s.epoch}"})
+        partial = _resume(s, resume, files)
+        where = f"epoch {s.epoch + 1}, step {partial['steps']}" if partial else f"epoch {s.epoch}"
+        progress("note", {"text": f"resuming {run_dir} after {where}"})
     files.write_config(cfg)
     for note in s.splits.notes:
         progress("note", {"text": note})
@@ -339,29 +415,52 @@ def fit(
             "precision": s.precision,
         },
     )
+    with StopSignal() as stop:
+        try:
+            _epochs(s, files, progress, stop, partial)
+        except NonFiniteLoss as bad:
+            _fail(s, files, _nan_message(s, bad.step), started)
+        except torch.cuda.OutOfMemoryError:
+            _fail(s, files, _oom_message(s), started)
+        if stop():
+            _interrupted(s, files, stop.signum, started)
+    summary = _finish(s, time.perf_counter() - started)
+    files.write_summary(summary)
+    progress("end", {"summary": summary, "run_dir": str(run_dir), "model": s.model})
+    return summary
+
+
+def _epochs(s: Session, files: RunFiles, progress: Progress, stop: StopSignal, partial) -> None:
+    cfg = s.cfg
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
 
     def on_step() -> None:
         s.global_step += 1
         s.schedule.after_step()
 
-    while s.epoch < cfg.train.epochs and not s.stopper.should_stop:
-        s.epoch += 1
+    loop = Loop(
+        s.autocast,
+        s.scaler,
+        on_step,
+        lambda step, seen: progress("batch", {"step": step, "seen": seen}),
+        stop,
+    )
+    while s.epoch < cfg.train.epochs and not s.stopper.should_stop and not stop():
         epoch_start = time.perf_counter()
-        if parent is not None:
-            apply_freeze(s.model, cfg.finetune, s.epoch)
-        progress("epoch_start", {"epoch": s.epoch})
+        if partial is not None:  # continue an epoch that was interrupted
+            s.train_batches.generator.set_state(partial["loader_rng"])
+        epoch_rng = s.train_batches.generator.get_state()
+        if s.parent is not None:
+            apply_freeze(s.model, cfg.finetune, s.epoch + 1)
+        progress("epoch_start", {"epoch": s.epoch + 1})
         train = train_one_epoch(
-            s.model,
-            s.train_batches,
-            s.optimizer,
-            loss_fn,
-            cfg.train,
-            s.autocast,
-            s.scaler,
-            on_step,
-            lambda step, seen: progress("batch", {"step": step, "seen": seen}),
+            s.model, s.train_batches, s.optimizer, loss_fn, cfg.train, loop, partial
         )
+        partial = None
+        if "partial" in train:
+            s.partial = {**train["partial"], "epoch": s.epoch + 1, "loader_rng": epoch_rng}
+            return
+        s.epoch += 1
         val = evaluate(s.model, s.val_batches, autocast=s.autocast)
         row = {
             "epoch": s.epoch,
@@ -380,15 +479,71 @@ def fit(
         if improved:
             s.best_weights = copy.deepcopy(s.model.state_dict())
             if cfg.checkpoint.save_best:
-                checkpoint.save(payload, run_dir / "best.pt")
-        if cfg.checkpoint.save_last:
-            checkpoint.save(payload, run_dir / "last.pt")
+                checkpoint.save(payload, s.run_dir / "best.pt")
+        if cfg.checkpoint.save_last or stop():
+            checkpoint.save(payload, s.run_dir / "last.pt")
         progress("epoch", {"row": row, "improved": improved, "epochs": cfg.train.epochs})
 
-    summary = _finish(s, time.perf_counter() - started)
-    files.write_summary(summary)
-    progress("end", {"summary": summary, "run_dir": str(run_dir), "model": s.model})
-    return summary
+
+def _interrupted(s: Session, files: RunFiles, signum: int, started: float) -> None:
+    """Save where training stopped (mid-epoch too), record it, raise Interrupted."""
+    if s.partial is not None:
+        checkpoint.save(s.payload(s.rows[-1] if s.rows else {}), s.run_dir / "last.pt")
+        where = f"epoch {s.partial['epoch']}, step {s.partial['steps']}"
+    else:
+        where = f"the end of epoch {s.epoch}"
+    name = signal.Signals(signum).name
+    reason = f"interrupted by {name} at {where}"
+    files.write_summary(_status(s, "interrupted", reason, time.perf_counter() - started))
+    raise Interrupted(
+        f"{reason}; saved {s.run_dir / 'last.pt'}; resume with: dltrain train --resume {s.run_dir}",
+        128 + signum,
+    )
+
+
+def _fail(s: Session, files: RunFiles, reason: str, started: float) -> None:
+    files.write_summary(_status(s, "failed", reason, time.perf_counter() - started))
+    raise DltrainError(reason)
+
+
+def _nan_message(s: Session, step: int) -> str:
+    kept = f"checkpoints hold epoch {s.epoch}" if s.epoch else "no checkpoint was written"
+    return (
+        f"loss became NaN/Inf at epoch {s.epoch + 1}, step {step}; training stopped and {kept} "
+        f"(no NaN weights saved): lower optim.lr (now {s.cfg.optim.lr:g}) or set "
+        "train.grad_clip, e.g. --set train.grad_clip=1.0"
+    )
+
+
+def _oom_message(s: Session) -> str:
+    size = s.cfg.data.batch_size
+    kept = f"checkpoints up to epoch {s.epoch} are intact" if s.epoch else "nothing was saved"
+    return (
+        f"{s.device} ran out of memory in epoch {s.epoch + 1} with data.batch_size={size}; "
+        f"try --set data.batch_size={max(1, size // 2)} (train.accumulate keeps the effective "
+        f"batch); {kept}"
+    )
+
+
+def _status(s: Session, status: str, reason: str, seconds: float) -> dict:
+    """The summary of a run that did not finish."""
+    return {
+        "name": s.cfg.name,
+        "status": status,
+        "stop_reason": reason,
+        "epochs_run": len(s.rows),
+        "monitor": s.stopper.monitor,
+        "best_epoch": s.stopper.best_epoch,
+        "best_value": s.stopper.best,
+        "best_metrics": next((r for r in s.rows if r["epoch"] == s.stopper.best_epoch), None),
+        "params": count_parameters(s.model),
+        "device": str(s.device),
+        "precision": s.precision,
+        "sizes": s.splits.sizes,
+        "seconds": seconds,
+        "parent": s.parent,
+        "version": __version__,
+    }
 
 
 def _finish(s: Session, seconds: float) -> dict:
@@ -399,25 +554,11 @@ def _finish(s: Session, seconds: float) -> dict:
     # The model training hands over (restored or last), measured once more on validation.
     final = evaluate(s.model, s.val_batches, autocast=s.autocast)
     reason = s.stopper.reason + (" (restored)" if s.stopper.reason and restored else "")
-    best_row = next((r for r in s.rows if r["epoch"] == s.stopper.best_epoch), s.rows[-1])
+    status = "stopped_early" if s.stopper.should_stop else "finished"
     return {
-        "name": s.cfg.name,
-        "status": "stopped_early" if s.stopper.should_stop else "finished",
-        "stop_reason": reason,
-        "epochs_run": len(s.rows),
-        "monitor": s.stopper.monitor,
-        "best_epoch": s.stopper.best_epoch,
-        "best_value": s.stopper.best,
-        "best_metrics": best_row,
+        **_status(s, status, reason, seconds),
         "restored_best": restored,
         "final_val": {"loss": final["loss"], "acc": final["acc"]},
-        "params": count_parameters(s.model),
         "trainable_params": sum(p.numel() for p in s.model.parameters() if p.requires_grad),
-        "device": str(s.device),
-        "precision": s.precision,
-        "sizes": s.splits.sizes,
-        "seconds": seconds,
         "seconds_per_epoch": sum(r["seconds"] for r in s.rows) / len(s.rows),
-        "parent": s.parent,
-        "version": __version__,
     }

@@ -17,6 +17,22 @@ class ConfigError(DltrainError):
     exit_code = 2
 
     def __init__(self, lines: list[str], source: str = "config"):
-        self.lines = lines
-        self.source = source
-        super().__init__("\n".join(f"{source}: {line}" for line in lines))
+        # One line per problem, whatever characters a bad key or value brought in.
+        self.lines = [_one_line(line) for line in lines]
+        self.source = _one_line(source)
+        super().__init__("\n".join(f"{self.source}: {line}" for line in self.lines))
+
+
+_LINE_BREAKS = set("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")  # what splitlines() splits on
+
+
+def _one_line(text: str) -> str:
+    return "".join(repr(c)[1:-1] if c in _LINE_BREAKS else c for c in text)
+
+
+class Interrupted(DltrainError):
+    """Training stopped on SIGINT/SIGTERM after saving a resumable checkpoint."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

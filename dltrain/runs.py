@@ -11,22 +11,47 @@ from dltrain.checkpoint import atomic_write, write_json
 from dltrain.config import Config
 from dltrain.errors import DltrainError
 
+RUN_FILES = (
+    "config.yaml",
+    "metrics.csv",
+    "summary.json",
+    "last.pt",
+    "best.pt",
+    "test_ledger.jsonl",
+)
 
-def new_run_dir(cfg: Config, run_dir: str | Path | None = None, root: str | Path = "runs") -> Path:
-    """`run_dir` if given (it must not hold a run already), else runs/<name>/<timestamp>/."""
-    if run_dir is not None:
+
+def new_run_dir(
+    cfg: Config, run_dir: str | Path | None = None, root: str | Path = "runs", force: bool = False
+) -> Path:
+    """`run_dir` if given, else runs/<name>/<timestamp>/. A folder that holds a run already is
+    refused unless `force`, which first removes that run's files."""
+    if run_dir is None:
+        base = Path(root) / cfg.name / time.strftime("%Y%m%d-%H%M%S")
+        path, n = base, 1
+        while path.exists():
+            path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    else:
         path = Path(run_dir)
+        if path.exists() and not path.is_dir():
+            raise DltrainError(f"--run-dir {path} is a file; give a folder for the run's outputs")
         if (path / "config.yaml").exists():
-            raise DltrainError(
-                f"{path} already holds a run; choose another --run-dir or leave it out"
-            )
+            if not force:
+                raise DltrainError(
+                    f"{path} already holds a run; continue it with --resume {path}, replace it "
+                    "with --force, or choose another --run-dir"
+                )
+            for name in RUN_FILES:
+                (path / name).unlink(missing_ok=True)
+            for extra in [*path.glob("eval-*.json"), *path.glob("confusion-*.csv")]:
+                extra.unlink()
+    try:
         path.mkdir(parents=True, exist_ok=True)
-        return path
-    base = Path(root) / cfg.name / time.strftime("%Y%m%d-%H%M%S")
-    path, n = base, 1
-    while path.exists():
-        path, n = base.with_name(f"{base.name}-{n}"), n + 1
-    path.mkdir(parents=True)
+        probe = path / ".dltrain-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise DltrainError(f"cannot write the run folder {path}: {err.strerror or err}") from None
     return path
 
 

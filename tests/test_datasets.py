@@ -260,5 +260,5 @@ def test_imagefolder_pil_path_matches_fast_normalization(tmp_path):
 
 
 def test_imagefolder_missing_folder(tmp_path):
-    with pytest.raises(DltrainError, match="imagefolder: folder not found"):
+    with pytest.raises(DltrainError, match="imagefolder: .*nope folder not found"):
         build_splits(DataConfig(dataset="imagefolder", root=str(tmp_path / "nope")), seed=0)

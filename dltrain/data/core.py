@@ -101,6 +101,16 @@ def stratified_split(labels: torch.Tensor, size: float | int, seed: int, what: s
     if missing:
         order = torch.argsort(quota - take, descending=True, stable=True)
         take[order[:missing]] += 1
+    emptied = [
+        str(c)
+        for c, k, m in zip(classes.tolist(), take.tolist(), counts.tolist(), strict=True)
+        if k == m
+    ]
+    if emptied:
+        raise DltrainError(
+            f"data.{what}={size} leaves no training samples of class(es) {', '.join(emptied)}; "
+            "choose a smaller split"
+        )
     keep, held = [], []
     for cls, k in zip(classes.tolist(), take.tolist(), strict=True):
         members = (labels == cls).nonzero().flatten()

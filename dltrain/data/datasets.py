@@ -91,6 +91,8 @@ def _load_torchvision(name: str, cfg: DataConfig) -> RawData:
     class_name, mean, std = TORCHVISION[name]
     cls = getattr(datasets, class_name)
     root = Path(cfg.root)
+    if root.exists() and not root.is_dir():
+        raise DltrainError(f"data.root {root} is a file; point it at the folder for datasets")
     folder, expected = _expected_files(cls, root)
     present = all((folder / f).is_file() for f in expected)
     before = _files_under(root)

@@ -90,6 +90,13 @@ def _scan(folder: Path, classes: list[str], cfg: DataConfig, notes: list[str], s
             samples.append((str(path), known[name]))
     if not samples:
         raise DltrainError(f"imagefolder: no readable images under {folder}")
+    counts = torch.bincount(torch.tensor([label for _, label in samples]), minlength=len(classes))
+    empty = [name for name, count in zip(classes, counts.tolist(), strict=True) if count == 0]
+    if empty and folder.name not in ("val", "test"):
+        raise DltrainError(
+            f"imagefolder: class folder(s) {', '.join(empty)} in {folder} hold no readable "
+            "images; add images or remove the folder"
+        )
     return samples
 
 
@@ -97,8 +104,9 @@ def _scan(folder: Path, classes: list[str], cfg: DataConfig, notes: list[str], s
 def imagefolder(cfg: DataConfig) -> RawData:
     root = Path(cfg.root)
     if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "folder not found"
         raise DltrainError(
-            f"imagefolder: folder not found: {root}; set data.root to a folder of class sub-folders"
+            f"imagefolder: {root} {what}; set data.root to a folder of class sub-folders"
         )
     has_train = (root / "train").is_dir()
     train_dir = root / "train" if has_train else root
