@@ -436,5 +436,134 @@ def config_schema() -> None:
     print(json.dumps(Config.model_json_schema(), indent=2))
 
 
+# --- runs and plots ----------------------------------------------------------------------
+
+
+@app.command("plot")
+@_friendly
+def plot_(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run folders (runs/<name>/<time>).")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Image to write (.png, .svg or .pdf)."),
+    ] = None,
+) -> None:
+    """Draw learning curves: one run's curves.png, or several runs overlaid in one image."""
+    from dltrain.plots import overlay_path, plot_run, plot_runs
+
+    run_dirs = list(dict.fromkeys(run_dirs))
+    if len(run_dirs) == 1:
+        path = plot_run(run_dirs[0], out)
+    else:
+        path = plot_runs(run_dirs, out or overlay_path(run_dirs))
+    _out().print(f"wrote {path}", markup=False, soft_wrap=True)
+
+
+RUN_STATUS_STYLES = {
+    "finished": "green",
+    "stopped_early": "green",
+    "interrupted": "yellow",
+    "incomplete": "yellow",
+    "failed": "red",
+    "unreadable": "red",
+}
+
+
+@app.command("runs")
+@_friendly
+def runs_(
+    root: Annotated[Path, typer.Argument(help="Folder to search for runs.")] = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
+) -> None:
+    """List runs, newest first: model, data, epochs, accuracy, test uses, time, status."""
+    from dltrain.runs import list_runs
+
+    runs = list_runs(root)
+    if as_json:
+        print(json.dumps(runs, indent=2))
+        return
+    out = _out()
+    if not runs:
+        out.print(f"no runs under {root}", markup=False, soft_wrap=True)
+        return
+    # A narrow terminal drops the least needed columns rather than squeezing every one; the
+    # run's folder may wrap onto a second line down to RUN_FOLD characters.
+    longest = max(len(_run_label(run, root)) for run in runs)
+    for left_out in ((), ("params",), ("params", "time"), ("params", "time", "model/data")):
+        table = _runs_table(runs, root, left_out)
+        if _natural_width(out, table) - max(longest - RUN_FOLD, 0) <= out.width:
+            break
+    out.print(table)
+    for run in runs:
+        if run["problem"]:
+            _note(f"{run['path']}: {run['problem']}")
+
+
+RUN_FOLD = 24
+RUN_COLUMNS = ("run", "model/data", "epochs", "val acc", "test acc", "params", "time", "status")
+
+
+def _runs_table(runs: list[dict], root: Path, left_out: tuple[str, ...] = ()) -> Table:
+    from rich import box
+
+    table = Table(box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False, show_edge=False)
+    columns = [name for name in RUN_COLUMNS if name not in left_out]
+    for name in columns:
+        if name in ("run", "model/data"):
+            table.add_column(name, overflow="fold")
+        else:
+            table.add_column(name, justify="left" if name == "status" else "right", no_wrap=True)
+    for run in runs:
+        cells = _run_cells(run, root)
+        table.add_row(*(cells[name] for name in columns))
+    return table
+
+
+def _run_cells(run: dict, root: Path) -> dict:
+    from rich.text import Text
+
+    uses, status = run["test_uses"], run["status"]
+    test = _maybe(run["test_acc"], "{:.4f}") + (f" ×{uses}" if uses > 1 else "")
+    return {
+        "run": Text(_run_label(run, root)),
+        "model/data": Text(f"{run['model'] or '-'}/{run['dataset'] or '-'}"),
+        "epochs": f"{run['epochs']}" + (f"/{run['max_epochs']}" if run["max_epochs"] else ""),
+        "val acc": _maybe(run["best_val_acc"], "{:.4f}"),
+        "test acc": Text(test, style="yellow" if uses > 1 else ""),
+        "params": _maybe(run["params"], _count),
+        "time": _maybe(run["seconds"], _duration),
+        "status": Text(status.replace("_", " "), style=RUN_STATUS_STYLES.get(status, "")),
+    }
+
+
+def _run_label(run: dict, root: Path) -> str:
+    """The folder under ROOT; the run's name first when the folder does not show it."""
+    folder = Path(run["path"])
+    if folder != root and folder.is_relative_to(root):
+        folder = folder.relative_to(root)
+    name = run["name"]
+    return str(folder) if not name or name in folder.parts else f"{name} {folder}"
+
+
+def _count(n: int) -> str:
+    """Parameters: 4,810 / 11.2M."""
+    return f"{n:,}" if n < 1_000_000 else f"{n / 1e6:.1f}M"
+
+
+def _maybe(value, form) -> str:
+    if value is None:
+        return "-"
+    return form(value) if callable(form) else form.format(value)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
 def main() -> None:
     app()

@@ -97,3 +97,206 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
             {key: float(value) if key != "epoch" else int(value) for key, value in row.items()}
             for row in csv.DictReader(handle)
         ]
+
+
+# --- reading runs back: `dltrain runs`, `dltrain plot` -----------------------------------
+
+SUMMARY_STATUSES = ("finished", "stopped_early", "interrupted", "failed")  # summary.json's
+RUN_STATUSES = (*SUMMARY_STATUSES, "incomplete", "unreadable")  # incomplete: no summary yet
+
+
+def read_metrics_lenient(run_dir: str | Path) -> list[dict]:
+    """metrics.csv of a run that may still be writing it: numbers as floats (epoch as int),
+    empty cells as None; a row shorter than the header (a half-written last line) is dropped.
+    [] without a metrics.csv; DltrainError for a file that is not CSV at all."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return []
+    rows = []
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+            for raw in csv.DictReader(handle):
+                raw.pop(None, None)  # cells beyond the header
+                if None in raw.values():
+                    continue
+                try:
+                    row = {key: float(value) if value else None for key, value in raw.items()}
+                    row["epoch"] = int(float(raw["epoch"]))
+                except (KeyError, ValueError):
+                    continue
+                rows.append(row)
+    except csv.Error as err:
+        raise DltrainError(f"{path} is damaged: {err}") from None
+    return rows
+
+
+def best_epoch_so_far(rows: list[dict], monitor: str = "val_acc", mode: str = "auto") -> int | None:
+    """The epoch the run's early stopping would call best so far (first of equal values)."""
+    scored = [row for row in rows if row.get(monitor) is not None]
+    if not scored:
+        return None
+    lower = mode == "min" or (mode == "auto" and monitor.endswith("loss"))
+    pick = min if lower else max
+    return pick(scored, key=lambda row: row[monitor])["epoch"]
+
+
+def list_runs(root: str | Path) -> list[dict]:
+    """Every run folder under `root` (one holding config.yaml or metrics.csv), newest first,
+    each described by `describe_run`. A damaged file marks its run "unreadable" and the
+    listing goes on."""
+    import os
+
+    root = Path(root)
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise DltrainError(f"{root} {what}; give the folder that holds your runs (default: runs)")
+    folders = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if "config.yaml" in files or "metrics.csv" in files:
+            folders.append(Path(folder))
+    runs = [describe_run(folder) for folder in folders]
+    return sorted(runs, key=lambda run: (run["started_ts"], run["path"]), reverse=True)
+
+
+def describe_run(run_dir: str | Path) -> dict:
+    """One run as plain values: path, name, model, dataset, status (one of RUN_STATUSES),
+    epochs, max_epochs, best_epoch, best_val_acc, test_acc, test_uses, params, seconds,
+    started (ISO time), started_ts (seconds since the epoch, for sorting) and problem (why it
+    is unreadable, else None). Missing values are None."""
+    from datetime import datetime
+
+    run_dir = Path(run_dir)
+    problems: list[str] = []
+    config = _read_mapping(run_dir / "config.yaml", "yaml", problems)
+    summary = _read_mapping(run_dir / "summary.json", "json", problems)
+    try:
+        rows = read_metrics_lenient(run_dir)
+    except (OSError, DltrainError) as err:
+        rows, problems = [], [*problems, f"metrics.csv: {getattr(err, 'strerror', None) or err}"]
+    stale = summary is not None and _newer(run_dir / "metrics.csv", run_dir / "summary.json")
+    started = _started(run_dir)
+    run = {
+        "path": str(run_dir),
+        "name": _text(_dig(summary, "name") or _dig(config, "name")),
+        "model": _text(_dig(config, "model", "name")),
+        "dataset": _text(_dig(config, "data", "dataset")),
+        "status": "incomplete",
+        "epochs": len(rows),
+        "max_epochs": _num(_dig(config, "train", "epochs")),
+        "best_epoch": None,
+        "best_val_acc": None,
+        **_test_uses(run_dir),
+        "params": _num(_dig(summary, "params")),
+        "seconds": sum(row.get("seconds") or 0.0 for row in rows) if rows else None,
+        "started": datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds"),
+        "started_ts": started,
+        "problem": None,
+    }
+    if summary is not None and not stale:  # else the run has gone on since (resumed)
+        status = summary.get("status")
+        if status not in SUMMARY_STATUSES:
+            problems.append(f"summary.json: unknown status {status!r}")
+        run["status"] = status
+        epochs = _num(summary.get("epochs_run"))
+        run["epochs"] = run["epochs"] if epochs is None else epochs
+        run["best_epoch"] = _num(summary.get("best_epoch"))
+        run["best_val_acc"] = _num(_dig(summary, "best_metrics", "val_acc"))
+        run["seconds"] = _num(summary.get("seconds"))
+    else:
+        monitor = _dig(config, "train", "early_stopping", "monitor") or "val_acc"
+        mode = _dig(config, "train", "early_stopping", "mode") or "auto"
+        run["best_epoch"] = best_epoch_so_far(rows, str(monitor), str(mode))
+        best = next((row for row in rows if row["epoch"] == run["best_epoch"]), {})
+        run["best_val_acc"] = best.get("val_acc")
+    if problems:
+        run["status"], run["problem"] = "unreadable", "; ".join(problems)
+    return run
+
+
+def _read_mapping(path: Path, kind: str, problems: list[str]) -> dict | None:
+    """A YAML or JSON file holding a mapping; None if absent; a damaged one adds a problem."""
+    import json
+
+    import yaml
+
+    if not path.exists():
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if kind == "json" else yaml.safe_load(text)
+    except OSError as err:
+        problems.append(f"{path.name}: {err.strerror or err}")
+        return None
+    except (ValueError, yaml.YAMLError):  # JSONDecodeError and UnicodeDecodeError included
+        problems.append(f"{path.name}: not valid {kind.upper()}")
+        return None
+    if not isinstance(data, dict):
+        problems.append(f"{path.name}: expected a mapping, found {type(data).__name__}")
+        return None
+    return data
+
+
+def _test_uses(run_dir: Path) -> dict:
+    """How many times the run's test set was measured (test_ledger.jsonl) and the last
+    accuracy (from the ledger, else eval-test.json)."""
+    import json
+
+    uses, acc = 0, None
+    try:
+        lines = (run_dir / "test_ledger.jsonl").read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError):
+        lines = []
+    for line in filter(str.strip, lines):
+        uses += 1
+        try:
+            value = _num(json.loads(line).get("acc"))
+        except (ValueError, AttributeError):
+            continue
+        acc = value if value is not None else acc
+    if acc is None and (run_dir / "eval-test.json").is_file():
+        try:
+            acc = _num(json.loads((run_dir / "eval-test.json").read_text()).get("acc"))
+            uses = max(uses, 1)
+        except (OSError, ValueError, AttributeError):
+            pass
+    return {"test_acc": acc, "test_uses": uses}
+
+
+def _started(run_dir: Path) -> float:
+    """When the run started: the time in its folder name (runs/<name>/<time>), else the
+    modification time of its config.yaml, metrics.csv or the folder."""
+    stamp = run_dir.name[:15]
+    try:
+        return time.mktime(time.strptime(stamp, "%Y%m%d-%H%M%S"))
+    except ValueError:
+        pass
+    for path in (run_dir / "config.yaml", run_dir / "metrics.csv", run_dir):
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            continue
+    return 0.0
+
+
+def _newer(path: Path, than: Path) -> bool:
+    try:
+        return path.stat().st_mtime_ns > than.stat().st_mtime_ns
+    except OSError:
+        return False
+
+
+def _dig(data, *keys):
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def _num(value) -> float | int | None:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _text(value) -> str | None:
+    return None if value is None else str(value)

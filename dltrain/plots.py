@@ -1,0 +1,258 @@
+"""Learning curves as image files: one run (`curves.png`), several runs overlaid, and groups of
+runs (one config, several seeds) compared by their mean and spread.
+
+matplotlib is imported inside the functions, so the CLI starts without it, and used through
+its object API (`Figure`, no pyplot): nothing is shown, no global backend is switched, any
+machine can draw (headless too), and a figure is freed like any other object.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from dltrain.checkpoint import atomic_write
+from dltrain.errors import DltrainError
+from dltrain.runs import describe_run, read_metrics_lenient
+
+FIGSIZE, DPI = (12, 5), 100  # every image is 1200×500 pixels
+FORMATS = ("png", "svg", "pdf")
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Draw one run's learning curves to `out` (default `<run_dir>/curves.png`).
+
+    Loss (left, with the learning rate on a second axis) and accuracy (right), train against
+    val per epoch; vertical lines at the best epoch and where early stopping stopped. Works on
+    a run still going (no summary.json yet): it draws the epochs metrics.csv holds.
+    """
+    run_dir = Path(run_dir)
+    run = _load_run(run_dir)
+    fig, (loss_ax, acc_ax) = _figure()
+    for ax, metric in ((loss_ax, "loss"), (acc_ax, "acc")):
+        _train_val(ax, run["rows"], metric)
+        _markers(ax, run["best_epoch"], run["stopped_at"])
+    handles = _lr_axis(loss_ax, run["rows"])
+    for ax in (loss_ax, acc_ax):
+        lines, labels = ax.get_legend_handles_labels()
+        extra = handles if ax is loss_ax else []
+        ax.legend(lines + extra, labels + [h.get_label() for h in extra], fontsize="small")
+    loss_ax.set_ylabel("loss")
+    acc_ax.set_ylabel("accuracy")
+    status = run["status"].replace("_", " ")
+    fig.suptitle(f"{run['name']} ({status}) — {run_dir}")
+    return _save(fig, Path(out) if out is not None else run_dir / "curves.png")
+
+
+def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
+    """Overlay several runs: val loss and val accuracy per epoch as solid lines, train as
+    dashed lines in the same colour, one colour per run."""
+    runs = [_load_run(Path(folder)) for folder in run_dirs]
+    fig, (loss_ax, acc_ax) = _figure()
+    colors = _colors(len(runs))
+    for run, label, color in zip(runs, _labels(runs), colors, strict=True):
+        for ax, metric in ((loss_ax, "loss"), (acc_ax, "acc")):
+            train = _train_key(run["rows"], metric)
+            _line(ax, run["rows"], f"val_{metric}", color=color, label=label)
+            _line(ax, run["rows"], train, color=color, linestyle="--", linewidth=0.8, marker="")
+    _legend_with_styles(acc_ax, len(runs))
+    loss_ax.set_ylabel("loss")
+    acc_ax.set_ylabel("accuracy")
+    fig.suptitle(f"{len(runs)} runs: validation (solid) and training (dashed)")
+    return _save(fig, Path(out))
+
+
+def plot_compare(groups: dict[str, list[str | Path]], out: str | Path) -> Path:
+    """Compare configs across seeds: for each label, the mean val loss and val accuracy per
+    epoch over its runs, with a band from their minimum to their maximum. Where some runs
+    stopped early, later epochs average the runs that got there."""
+    fig, (loss_ax, acc_ax) = _figure()
+    for (label, folders), color in zip(groups.items(), _colors(len(groups)), strict=True):
+        if not folders:
+            raise DltrainError(f"compare: {label!r} has no runs")
+        runs = [_load_run(Path(folder)) for folder in folders]
+        for ax, key in ((loss_ax, "val_loss"), (acc_ax, "val_acc")):
+            epochs, mean, low, high = _spread(runs, key)
+            ax.plot(epochs, mean, color=color, label=f"{label} (n={len(runs)})", **_dots(epochs))
+            ax.fill_between(epochs, low, high, color=color, alpha=0.2, linewidth=0)
+    acc_ax.legend(fontsize="small")
+    loss_ax.set_ylabel("val loss")
+    acc_ax.set_ylabel("val accuracy")
+    fig.suptitle("mean over seeds (line) and min–max (band)")
+    return _save(fig, Path(out))
+
+
+def overlay_path(run_dirs: list[str | Path]) -> Path:
+    """Where `dltrain plot A B …` writes by default: overlay-<time>.png in the folder that
+    holds all the runs."""
+    parents = [os.path.abspath(Path(folder).parent) for folder in run_dirs]
+    common = Path(os.path.commonpath(parents))
+    try:
+        common = common.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return common / f"overlay-{time.strftime('%Y%m%d-%H%M%S')}.png"
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def _load_run(run_dir: Path) -> dict:
+    """A run folder's epochs, name, status, best epoch and early-stopping epoch."""
+    if not run_dir.is_dir():
+        raise DltrainError(f"{run_dir}: no such folder; give a run folder (runs/<name>/<time>)")
+    if not (run_dir / "metrics.csv").is_file():
+        found = [*run_dir.glob("*/metrics.csv"), *run_dir.glob("*/*/metrics.csv")]
+        inside = sorted(p.parent for p in found)
+        count = f"{len(inside)} run" + ("s" if len(inside) > 1 else "")
+        hint = f"; it holds {count}, e.g. {inside[0]} (list them: dltrain runs)" if inside else ""
+        raise DltrainError(f"{run_dir}: no metrics.csv, so not a run folder{hint}")
+    try:
+        rows = read_metrics_lenient(run_dir)
+    except OSError as err:
+        raise DltrainError(f"{run_dir / 'metrics.csv'}: {err.strerror or err}") from None
+    if not rows:
+        raise DltrainError(f"{run_dir / 'metrics.csv'}: no epoch recorded yet")
+    # Status and best epoch as `dltrain runs` shows them: summary.json when it is current,
+    # else what the config's early stopping would pick so far.
+    run = describe_run(run_dir)
+    return {
+        "dir": run_dir,
+        "rows": rows,
+        "name": run["name"] or run_dir.name,
+        "status": run["status"],
+        "best_epoch": run["best_epoch"],
+        "stopped_at": run["epochs"] if run["status"] == "stopped_early" else None,
+    }
+
+
+def _train_key(rows: list[dict], metric: str) -> str:
+    """Training accuracy measured in eval mode on a fixed subset when metrics.csv has it (the
+    running mean over an epoch mixes changing weights, dropout and augmentation)."""
+    honest = f"train_eval_{metric}"
+    return honest if any(row.get(honest) is not None for row in rows) else f"train_{metric}"
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    pairs = [(row["epoch"], row[key]) for row in rows if row.get(key) is not None]
+    return [e for e, _ in pairs], [v for _, v in pairs]
+
+
+def _spread(runs: list[dict], key: str) -> tuple[list[int], list, list, list]:
+    by_epoch: dict[int, list[float]] = {}
+    for run in runs:
+        for epoch, value in zip(*_series(run["rows"], key), strict=True):
+            by_epoch.setdefault(epoch, []).append(value)
+    epochs = sorted(by_epoch)
+    values = [by_epoch[e] for e in epochs]
+    return (
+        epochs,
+        [sum(v) / len(v) for v in values],
+        [min(v) for v in values],
+        [max(v) for v in values],
+    )
+
+
+# --- drawing ---------------------------------------------------------------------------------
+
+
+def _figure():
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    return fig, axes
+
+
+def _dots(epochs: list) -> dict:
+    """Markers on short curves, so that a run of one or a few epochs still shows."""
+    return {"marker": "o", "markersize": 3} if len(epochs) <= 40 else {}
+
+
+def _line(ax, rows: list[dict], key: str, **style) -> None:
+    epochs, values = _series(rows, key)
+    if epochs:
+        ax.plot(epochs, values, **{**_dots(epochs), **style})
+
+
+def _train_val(ax, rows: list[dict], metric: str) -> None:
+    train = _train_key(rows, metric)
+    if train.startswith("train_eval"):
+        _line(ax, rows, train, color="C0", label="train (eval mode)")
+        label = "train (running, train mode)"
+        thin = {"linestyle": "--", "linewidth": 0.8, "marker": ""}
+        _line(ax, rows, f"train_{metric}", color="C0", label=label, **thin)
+    else:
+        _line(ax, rows, train, color="C0", label="train")
+    _line(ax, rows, f"val_{metric}", color="C1", label="val")
+
+
+def _markers(ax, best: int | None, stopped_at: int | None) -> None:
+    if best is not None:
+        ax.axvline(best, color="green", linestyle=":", linewidth=1.5, label=f"best epoch {best}")
+    if stopped_at is not None:
+        label = f"early stop at {stopped_at}"
+        ax.axvline(stopped_at, color="red", linestyle="--", linewidth=1, label=label)
+
+
+def _lr_axis(ax, rows: list[dict]) -> list:
+    """The learning rate on a second y-axis; log scale when it spans more than 10×."""
+    epochs, rates = _series(rows, "lr")
+    positive = [rate for rate in rates if rate > 0]
+    if not positive:
+        return []
+    twin = ax.twinx()
+    if max(positive) > 10 * min(positive):
+        twin.set_yscale("log")
+        rates = [rate if rate > 0 else float("nan") for rate in rates]  # log has no zero
+    else:  # from zero, so that a constant rate is a flat line rather than a zoomed-in one
+        twin.set_ylim(0, max(positive) * 1.15)
+        twin.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    (line,) = twin.plot(epochs, rates, color="grey", linewidth=1, alpha=0.8, label="learning rate")
+    twin.set_ylabel("learning rate", color="grey")
+    twin.tick_params(axis="y", colors="grey")
+    return [line]
+
+
+def _colors(count: int) -> list:
+    if count <= 10:
+        return [f"C{i}" for i in range(count)]
+    from matplotlib import colormaps
+
+    return [colormaps["viridis"](i / (count - 1)) for i in range(count)]
+
+
+def _labels(runs: list[dict]) -> list[str]:
+    """The run's name, with its folder when that is not just the name; paths if ambiguous."""
+    labels = [
+        run["name"] if run["dir"].name == run["name"] else f"{run['name']} ({run['dir'].name})"
+        for run in runs
+    ]
+    return labels if len(set(labels)) == len(labels) else [str(run["dir"]) for run in runs]
+
+
+def _legend_with_styles(ax, count: int) -> None:
+    from matplotlib.lines import Line2D
+
+    handles, labels = ax.get_legend_handles_labels()
+    handles += [Line2D([], [], color="black"), Line2D([], [], color="black", linestyle="--")]
+    labels += ["val", "train"]
+    small = "small" if count <= 8 else "x-small"
+    ax.legend(handles, labels, fontsize=small, ncol=1 if count <= 8 else 2)
+
+
+def _save(fig, out: Path) -> Path:
+    """Write the figure atomically; the format follows the file's suffix (png by default)."""
+    kind = out.suffix.lower().lstrip(".") or "png"
+    if kind not in FORMATS:
+        raise DltrainError(f"{out}: cannot draw a .{kind} file; use .png, .svg or .pdf")
+    if out.parent and not out.parent.is_dir():
+        raise DltrainError(f"{out}: the folder {out.parent} does not exist")
+    atomic_write(out, lambda handle: fig.savefig(handle, format=kind, dpi=DPI))
+    return out
