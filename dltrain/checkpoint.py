@@ -17,8 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-import torch
-
 from dltrain.errors import DltrainError
 
 FORMAT = "dltrain-checkpoint"
@@ -60,11 +58,15 @@ def file_sha256(path: Path) -> str:
 
 
 def save(payload: dict, path: Path) -> None:
+    import torch  # here, not at the top: `dltrain runs` and `plot` start without torch
+
     atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 def load(path: str | Path) -> dict:
     """Load a dltrain checkpoint safely; every failure is a one-line DltrainError."""
+    import torch
+
     path = Path(path)
     if path.is_dir():
         raise DltrainError(f"{path} is a folder; give a checkpoint file such as {path}/best.pt")
@@ -98,6 +100,7 @@ def rng_state() -> dict:
     import random
 
     import numpy as np
+    import torch
 
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, state, gauss = random.getstate()
@@ -123,6 +126,7 @@ def set_rng_state(state: dict) -> None:
     import random
 
     import numpy as np
+    import torch
 
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():

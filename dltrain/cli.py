@@ -94,14 +94,16 @@ def _main(
 class TrainReport:
     """Shows training as it happens: a live bar on a terminal, one line per epoch otherwise."""
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, mode: str = "normal"):
         self.console = console
-        self.live = console.is_terminal
+        self.mode = mode  # normal, quiet (the final summary only) or json (one object)
+        self.live = console.is_terminal and mode == "normal"
         self.bar = None
         self.last_refresh = 0.0
 
     def __call__(self, event: str, info: dict) -> None:
-        getattr(self, f"on_{event}")(info)
+        if self.mode == "normal" or event in ("note", "end"):
+            getattr(self, f"on_{event}")(info)
 
     def on_start(self, info: dict) -> None:
         sizes = info["sizes"]
@@ -158,10 +160,11 @@ class TrainReport:
         if self.bar is not None:
             self.bar.remove_task(self.task)
         mark = "  *best" if info["improved"] else ""
+        gap = f"  gap {row['gap']:+.4f}" if row.get("gap") is not None else ""
         self.console.print(
             f"epoch {row['epoch']}/{info['epochs']}  train_loss {row['train_loss']:.4f}  "
             f"train_acc {row['train_acc']:.4f}  val_loss {row['val_loss']:.4f}  "
-            f"val_acc {row['val_acc']:.4f}  {row['seconds']:.2f}s{mark}",
+            f"val_acc {row['val_acc']:.4f}{gap}  {row['seconds']:.2f}s{mark}",
             soft_wrap=True,
             markup=False,
         )
@@ -174,6 +177,9 @@ class TrainReport:
     def on_end(self, info: dict) -> None:
         self.close()
         summary = info["summary"]
+        if self.mode == "json":
+            print(json.dumps({**summary, "run_dir": info["run_dir"]}))
+            return
         best = summary["best_metrics"]
         table = Table(title="summary", show_header=False)
         table.add_row("status", summary["status"].replace("_", " "))
@@ -182,7 +188,12 @@ class TrainReport:
         table.add_row("best epoch", f"{summary['best_epoch']} of {summary['epochs_run']}")
         table.add_row("val accuracy", f"{best['val_acc']:.4f}")
         table.add_row("val loss", f"{best['val_loss']:.4f}")
-        table.add_row("train accuracy", f"{best['train_acc']:.4f}")
+        table.add_row("train accuracy", f"{best['train_acc']:.4f} (running, in train mode)")
+        if best.get("gap") is not None:
+            table.add_row("train accuracy, eval mode", f"{best['train_eval_acc']:.4f}")
+            table.add_row("train-val gap", f"{best['gap']:+.4f}")
+        if summary.get("overfitting"):
+            table.add_row("overfitting", summary["overfitting"])
         which = "best epoch restored" if summary["restored_best"] else "weights as trained"
         table.add_row("final val accuracy", f"{summary['final_val']['acc']:.4f} ({which})")
         table.add_row("seconds per epoch", f"{summary['seconds_per_epoch']:.2f}")
@@ -198,6 +209,10 @@ RunDirOption = Annotated[
 ForceOption = Annotated[
     bool, typer.Option("--force", help="Replace a run that --run-dir already holds.")
 ]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print one JSON object (the summary) and nothing else.")
+]
 
 
 @app.command()
@@ -208,6 +223,8 @@ def train(
     device: DeviceOption = None,
     run_dir: RunDirOption = None,
     force: ForceOption = False,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
     resume: Annotated[
         Path | None,
         typer.Option("--resume", help="Continue a run: its folder (last.pt) or a checkpoint."),
@@ -215,8 +232,9 @@ def train(
 ) -> None:
     """Train a model from a YAML config, or continue a run with --resume."""
     overrides = list(set_ or []) + ([f"device={device}"] if device else [])
+    mode = "json" if as_json else "quiet" if quiet else "normal"
     if resume is not None:
-        _resume(resume, config, run_dir, overrides)
+        _resume(resume, config, run_dir, overrides, mode)
         return
     if config is None:
         raise DltrainError("give a config file to train, or --resume RUN_DIR to continue a run")
@@ -225,20 +243,22 @@ def train(
     cfg = load_config(config, overrides)
     from dltrain.runs import new_run_dir
 
-    _fit(cfg, new_run_dir(cfg, run_dir, force=force))
+    _fit(cfg, new_run_dir(cfg, run_dir, force=force), mode)
 
 
-def _fit(cfg, folder: Path, **kwargs) -> None:
+def _fit(cfg, folder: Path, mode: str = "normal", **kwargs) -> None:
     from dltrain.engine import fit
 
-    report = TrainReport(_out())
+    report = TrainReport(_out(), mode)
     try:
         fit(cfg, folder, progress=report, **kwargs)
     finally:
         report.close()
 
 
-def _resume(target: Path, config: Path | None, run_dir: Path | None, overrides: list[str]):
+def _resume(
+    target: Path, config: Path | None, run_dir: Path | None, overrides: list[str], mode: str
+):
     if config is not None or run_dir is not None:
         raise DltrainError(
             "--resume continues a run in its own folder with its saved config; drop CONFIG and "
@@ -260,7 +280,7 @@ def _resume(target: Path, config: Path | None, run_dir: Path | None, overrides: 
             "nothing to resume (raise train.epochs with --set to train longer)"
         )
         return
-    _fit(cfg, path.parent, resume=payload)
+    _fit(cfg, path.parent, mode, resume=payload)
 
 
 def _note(text: str) -> None:
@@ -278,6 +298,8 @@ def finetune(
     device: DeviceOption = None,
     run_dir: RunDirOption = None,
     force: ForceOption = False,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Train on a new dataset starting from a checkpoint's (or ImageNet) weights."""
     from dltrain.config import load_config
@@ -288,7 +310,63 @@ def finetune(
     from dltrain.runs import new_run_dir
 
     cfg, parent = from_source(cfg, source)
-    _fit(cfg, new_run_dir(cfg, run_dir, force=force), parent=parent)
+    mode = "json" if as_json else "quiet" if quiet else "normal"
+    _fit(cfg, new_run_dir(cfg, run_dir, force=force), mode, parent=parent)
+
+
+@app.command()
+@_friendly
+def compare(
+    configs: Annotated[list[Path], typer.Argument(help="Two or more YAML configs.")],
+    seeds: Annotated[int, typer.Option("--seeds", help="Seeds per config.")] = 3,
+    set_: SetOption = None,
+    device: DeviceOption = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for the runs (default runs/compare-…).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Train configs side by side with several seeds; mean ± std of best val accuracy."""
+    from dltrain.compare import compare as run_compare
+    from dltrain.compare import default_root, labels_for
+    from dltrain.config import load_config
+    from dltrain.runs import new_run_dir
+
+    overrides = list(set_ or []) + ([f"device={device}"] if device else [])
+    loaded = {
+        label: load_config(path, overrides)
+        for label, path in zip(labels_for(configs), configs, strict=True)
+    }
+    root = new_run_dir(next(iter(loaded.values())), out or default_root())
+
+    def on_run(label: str, seed: int, summary: dict) -> None:
+        _err().print(
+            f"{label} seed {seed}: best val acc {summary['best_metrics']['val_acc']:.4f} "
+            f"({summary['epochs_run']} epochs, {summary['seconds']:.1f}s)",
+            markup=False,
+            soft_wrap=True,
+        )
+
+    result = run_compare(loaded, seeds, root, on_run)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"compare: {seeds} seed(s) each, one validation split")
+    for name in ("config", "model", "params", "best val acc", "s/epoch"):
+        table.add_column(name, justify="left" if name in ("config", "model") else "right")
+    for row in result["configs"]:
+        table.add_row(
+            row["config"],
+            row["model"],
+            f"{row['params']:,}",
+            f"{row['val_acc_mean']:.4f} ± {row['val_acc_std']:.4f}",
+            f"{row['seconds_per_epoch']:.2f}",
+        )
+    out_console = _out()
+    out_console.print(table)
+    out_console.print(
+        f"wrote {result['png']} and {root / 'compare.json'}", markup=False, soft_wrap=True
+    )
 
 
 # --- eval --------------------------------------------------------------------------------

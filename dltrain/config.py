@@ -92,6 +92,9 @@ class DataConfig(Section):
         0.1,
         description="Validation set carved out of the training data: a fraction (0-1) or a count.",
     )
+    split_seed: int | None = Field(
+        None, description="Seed of the validation split; null = the run's seed."
+    )
     test_split: float = Field(
         0.1, description="imagefolder without test/: test set split off, a fraction or a count."
     )
@@ -220,11 +223,18 @@ class TrainConfig(Section):
         None, gt=0, description="Clip the gradients' global norm to this value; null = off."
     )
     accumulate: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    precision: Literal["auto", "32", "bf16", "16"] = Field(
+    # 32 and 16 also as numbers, so an editor accepts `precision: 16` as dltrain does.
+    precision: Literal["auto", "32", "bf16", "16", 32, 16] = Field(
         "auto", description="auto: bf16 autocast on CUDA that supports it, else fp32."
     )
     deterministic: bool = Field(
         False, description="Use deterministic algorithms only (exactly repeatable, may be slower)."
+    )
+    train_eval_size: int = Field(
+        1024,
+        ge=0,
+        description="Training samples re-measured in eval mode each epoch (the honest "
+        "train-val gap); 0 = off.",
     )
     early_stopping: EarlyStoppingConfig = Field(
         default_factory=EarlyStoppingConfig, description="Best-epoch selection and early stopping."
@@ -248,6 +258,12 @@ class FinetuneConfig(Section):
 
     _freeze_one_error = field_validator("freeze", mode="wrap")(
         classmethod(_one_error("all_but_head, none, or a list of module-name prefixes"))
+    )
+
+
+class LoggingConfig(Section):
+    tensorboard: bool = Field(
+        False, description="Write TensorBoard scalars to <run>/tensorboard (extra: tensorboard)."
     )
 
 
@@ -294,6 +310,7 @@ class Config(Section):
     checkpoint: CheckpointConfig = Field(
         default_factory=CheckpointConfig, description="What checkpoints to write."
     )
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Extra logging.")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

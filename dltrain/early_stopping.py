@@ -71,3 +71,21 @@ class EarlyStopping:
     def load_state_dict(self, state: dict) -> None:
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self.wait, self.stopped_epoch = state["wait"], state["stopped_epoch"]
+
+
+def overfitting_note(rows: list[dict], window: int = 3, rise: float = 0.02) -> str | None:
+    """A one-line warning when validation accuracy has been flat for `window` epochs while
+    the (eval-mode) training accuracy kept rising by `rise` or more; None otherwise."""
+    if len(rows) <= window or rows[-1].get("train_eval_acc") is None:
+        return None
+    best = max(row["val_acc"] for row in rows)
+    flat_since = next(row for row in rows if row["val_acc"] >= best - 0.005)
+    if rows[-1]["epoch"] - flat_since["epoch"] < window:
+        return None
+    gained = rows[-1]["train_eval_acc"] - flat_since["train_eval_acc"]
+    if gained < rise:
+        return None
+    return (
+        f"val accuracy flat since epoch {flat_since['epoch']} while train accuracy rose "
+        f"{gained * 100:.0f} points: overfitting — try weight_decay, dropout, augmentation"
+    )

@@ -26,12 +26,12 @@ from torch import nn
 from dltrain import __version__, checkpoint
 from dltrain.config import Config, TrainConfig
 from dltrain.data import Splits, build_splits, make_loader
-from dltrain.early_stopping import EarlyStopping
+from dltrain.early_stopping import EarlyStopping, overfitting_note
 from dltrain.errors import DltrainError, Interrupted
 from dltrain.finetune import apply_freeze, check_freeze
 from dltrain.models import build_model, count_parameters, needs_rgb
 from dltrain.optim import Schedule, build_optimizer, build_schedule
-from dltrain.runs import RunFiles
+from dltrain.runs import RunFiles, TensorBoard
 
 Progress = Callable[[str, dict], None]
 
@@ -251,8 +251,11 @@ class Session:
     parent: dict | None = None
     epoch: int = 0
     global_step: int = 0
+    train_eval_batches: object | None = None
     rows: list = field(default_factory=list)
     best_weights: dict | None = None
+    overfitting: str = ""
+    tensorboard: object | None = None
     partial: dict | None = None  # an interrupted epoch: steps done, sums, loader state
 
     def payload(self, row: dict) -> dict:
@@ -306,6 +309,8 @@ def _build(cfg: Config, run_dir: Path, parent: dict | None, resuming: bool) -> S
     schedule = build_schedule(optimizer, cfg.schedule, cfg.train.epochs, steps)
     autocast, scaler, precision = precision_tools(device, cfg.train.precision)
     stopper = EarlyStopping(cfg.train.early_stopping)
+    size = cfg.train.train_eval_size
+    train_eval = make_loader(splits, "train_eval", cfg.data, device, size=size) if size else None
     return Session(
         cfg,
         run_dir,
@@ -321,6 +326,7 @@ def _build(cfg: Config, run_dir: Path, parent: dict | None, resuming: bool) -> S
         precision,
         stopper,
         parent,
+        train_eval_batches=train_eval,
     )
 
 
@@ -391,9 +397,12 @@ def fit(
     started = time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Asked-for logging that cannot work is an error before any data is read.
+    tensorboard = TensorBoard(run_dir, cfg) if cfg.logging.tensorboard else None
     if resume is not None:
         parent = resume.get("parent")
     s = _build(cfg, run_dir, parent, resuming=resume is not None)
+    s.tensorboard = tensorboard
     files = RunFiles(run_dir)
     partial = None
     if resume is not None:
@@ -415,19 +424,36 @@ def fit(
             "precision": s.precision,
         },
     )
-    with StopSignal() as stop:
-        try:
-            _epochs(s, files, progress, stop, partial)
-        except NonFiniteLoss as bad:
-            _fail(s, files, _nan_message(s, bad.step), started)
-        except torch.cuda.OutOfMemoryError:
-            _fail(s, files, _oom_message(s), started)
-        if stop():
-            _interrupted(s, files, stop.signum, started)
-    summary = _finish(s, time.perf_counter() - started)
-    files.write_summary(summary)
+    try:
+        with StopSignal() as stop:
+            try:
+                _epochs(s, files, progress, stop, partial)
+            except NonFiniteLoss as bad:
+                _fail(s, files, _nan_message(s, bad.step), started)
+            except torch.cuda.OutOfMemoryError:
+                _fail(s, files, _oom_message(s), started)
+            if stop():
+                _interrupted(s, files, stop.signum, started)
+        summary = _finish(s, time.perf_counter() - started)
+        files.write_summary(summary)
+    finally:
+        if tensorboard is not None:
+            tensorboard.close()
+        _draw_curves(run_dir, progress)
     progress("end", {"summary": summary, "run_dir": str(run_dir), "model": s.model})
     return summary
+
+
+def _draw_curves(run_dir: Path, progress: Progress) -> None:
+    """curves.png for whatever metrics exist; a plotting problem never fails a run."""
+    if not (run_dir / "metrics.csv").exists():
+        return
+    from dltrain.plots import plot_run
+
+    try:
+        plot_run(run_dir)
+    except Exception as err:  # noqa: BLE001 - the run itself is saved; say so and go on
+        progress("note", {"text": f"could not draw {run_dir / 'curves.png'}: {err}"})
 
 
 def _epochs(s: Session, files: RunFiles, progress: Progress, stop: StopSignal, partial) -> None:
@@ -461,18 +487,15 @@ def _epochs(s: Session, files: RunFiles, progress: Progress, stop: StopSignal, p
             s.partial = {**train["partial"], "epoch": s.epoch + 1, "loader_rng": epoch_rng}
             return
         s.epoch += 1
-        val = evaluate(s.model, s.val_batches, autocast=s.autocast)
-        row = {
-            "epoch": s.epoch,
-            "train_loss": train["loss"],
-            "train_acc": train["acc"],
-            "val_loss": val["loss"],
-            "val_acc": val["acc"],
-            "lr": s.optimizer.param_groups[0]["lr"],
-            "seconds": time.perf_counter() - epoch_start,
-        }
+        row = _measure(s, train, epoch_start)
         s.schedule.after_epoch(row)
         s.rows.append(row)
+        note = "" if s.overfitting else overfitting_note(s.rows)
+        if note:
+            s.overfitting = note
+            progress("note", {"text": note})
+        if s.tensorboard is not None:
+            s.tensorboard.log(row)
         improved = s.stopper.step(row[s.stopper.monitor], s.epoch)
         files.append_metrics(row)
         payload = s.payload(row)
@@ -483,6 +506,22 @@ def _epochs(s: Session, files: RunFiles, progress: Progress, stop: StopSignal, p
         if cfg.checkpoint.save_last or stop():
             checkpoint.save(payload, s.run_dir / "last.pt")
         progress("epoch", {"row": row, "improved": improved, "epochs": cfg.train.epochs})
+
+
+def _measure(s: Session, train: dict, epoch_start: float) -> dict:
+    """One epoch's row of metrics.csv: training, validation and the train-val gap."""
+    val = evaluate(s.model, s.val_batches, autocast=s.autocast)
+    row = {"epoch": s.epoch, "train_loss": train["loss"], "train_acc": train["acc"]}
+    if s.train_eval_batches is not None:
+        # Eval mode on a fixed training subset: dropout and batch norm off, so the gap is honest.
+        seen = evaluate(s.model, s.train_eval_batches, autocast=s.autocast)
+        row.update(train_eval_loss=seen["loss"], train_eval_acc=seen["acc"])
+    row.update(val_loss=val["loss"], val_acc=val["acc"])
+    if s.train_eval_batches is not None:
+        row["gap"] = row["train_eval_acc"] - val["acc"]
+    row["lr"] = s.optimizer.param_groups[0]["lr"]
+    row["seconds"] = time.perf_counter() - epoch_start
+    return row
 
 
 def _interrupted(s: Session, files: RunFiles, signum: int, started: float) -> None:

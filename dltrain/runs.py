@@ -55,6 +55,33 @@ def new_run_dir(
     return path
 
 
+class TensorBoard:
+    """Scalars per epoch and the config as text, in <run>/tensorboard (torch.utils.tensorboard)."""
+
+    def __init__(self, run_dir: Path, cfg: Config):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise DltrainError(
+                "logging.tensorboard: true needs the tensorboard package; install it with "
+                "pip install 'dltrain[tensorboard]' (or set logging.tensorboard: false)"
+            ) from None
+        self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        self.writer.add_text("config", "```yaml\n" + cfg.to_yaml() + "```")
+
+    def log(self, row: dict) -> None:
+        for key, value in row.items():
+            if key in ("epoch", "seconds") or value is None:
+                continue
+            split, _, metric = key.rpartition("_")  # train_eval_acc -> acc/train_eval
+            tag = f"{metric}/{split}" if split else key
+            self.writer.add_scalar(tag, value, row["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 class RunFiles:
     def __init__(self, run_dir: Path):
         self.dir = Path(run_dir)
@@ -65,10 +92,14 @@ class RunFiles:
 
     def append_metrics(self, row: dict) -> None:
         path = self.dir / "metrics.csv"
-        new = not path.exists()
+        header = None
+        if path.exists():
+            with open(path, newline="") as handle:
+                header = next(csv.reader(handle), None)
         with open(path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(row))
-            if new:
+            # A resumed run keeps the columns its file started with.
+            writer = csv.DictWriter(handle, fieldnames=header or list(row), extrasaction="ignore")
+            if header is None:
                 writer.writeheader()
             writer.writerow(row)
 

@@ -61,7 +61,8 @@ def build_splits(cfg: DataConfig, seed: int, rgb: bool = False) -> Splits:
         keep, held = stratified_split(train.labels, cfg.test_split, FOLDER_TEST_SEED, "test_split")
         train, test = train.subset(keep), train.subset(held)
     if val is None:
-        keep, held = stratified_split(train.labels, cfg.val_split, seed)
+        split_seed = seed if cfg.split_seed is None else cfg.split_seed
+        keep, held = stratified_split(train.labels, cfg.val_split, split_seed)
         train, val = train.subset(keep), train.subset(held)
     return Splits(_model_view(raw.info, cfg, rgb), train, val, test, raw.notes)
 
@@ -145,9 +146,26 @@ def _folder_transform(info: DataInfo, cfg: DataConfig, train: bool):
     return T.Compose(steps)
 
 
-def make_loader(splits: Splits, name: str, cfg: DataConfig, device: torch.device, seed: int = 0):
-    """A loader for one split; only `train` is shuffled and augmented."""
-    split, train = getattr(splits, name), name == "train"
+TRAIN_EVAL_SEED = 1234  # which training samples the overfitting signal measures: fixed
+
+
+def make_loader(
+    splits: Splits,
+    name: str,
+    cfg: DataConfig,
+    device: torch.device,
+    seed: int = 0,
+    size: int | None = None,
+):
+    """A loader for one split; only `train` is shuffled and augmented. `train_eval` is a fixed
+    subset of `size` training samples, read like validation (no shuffle, no augmentation)."""
+    train = name == "train"
+    if name == "train_eval":
+        n = len(splits.train)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(TRAIN_EVAL_SEED))
+        split = splits.train.subset(order[: min(size or n, n)].sort().values)
+    else:
+        split = getattr(splits, name)
     batch_size = cfg.batch_size if train else cfg.eval_batch_size
     if isinstance(split, TensorSplit):
         augment = cfg.augment if train else None
