@@ -506,6 +506,14 @@ def config_show(
     _out().print(load_config(config, list(set_ or [])).to_yaml(), markup=False, end="")
 
 
+@config_app.command("reference")
+def config_reference() -> None:
+    """Print every config key with its default and description (Markdown)."""
+    from dltrain.config import reference_markdown
+
+    print(reference_markdown(), end="")
+
+
 @config_app.command("schema")
 def config_schema() -> None:
     """Print the config's JSON schema (for editor autocompletion and validation)."""

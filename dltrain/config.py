@@ -316,6 +316,28 @@ class Config(Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+def reference(model: type[BaseModel] = None, prefix: str = "") -> list[str]:
+    """The config reference as Markdown table rows: key, default, description."""
+    model = model or Config
+    rows = []
+    for name, field in model.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel) and sub is not NormalizeStats:
+            rows += reference(sub, f"{prefix}{name}.")
+            continue
+        default = field.get_default(call_default_factory=True)
+        shown = yaml.safe_dump(
+            default.model_dump(mode="json") if isinstance(default, BaseModel) else default,
+            default_flow_style=True, width=1000,
+        ).strip().removesuffix("...").strip()
+        rows.append(f"| `{prefix}{name}` | `{shown}` | {field.description} |")
+    return rows
+
+
+def reference_markdown() -> str:
+    return "\n".join(["| key | default | what it does |", "|---|---|---|", *reference()]) + "\n"
+
+
 # --- YAML --------------------------------------------------------------------------------
 
 
