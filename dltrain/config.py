@@ -230,6 +230,12 @@ class TrainConfig(Section):
     deterministic: bool = Field(
         False, description="Use deterministic algorithms only (exactly repeatable, may be slower)."
     )
+    compile: Literal["auto", True, False] = Field(
+        "auto", description="torch.compile the model; auto = on CUDA only (slower on CPU here)."
+    )
+    channels_last: Literal["auto", True, False] = Field(
+        "auto", description="channels_last memory format for conv nets; auto = on CUDA only."
+    )
     train_eval_size: int = Field(
         1024,
         ge=0,
@@ -326,10 +332,16 @@ def reference(model: type[BaseModel] = None, prefix: str = "") -> list[str]:
             rows += reference(sub, f"{prefix}{name}.")
             continue
         default = field.get_default(call_default_factory=True)
-        shown = yaml.safe_dump(
-            default.model_dump(mode="json") if isinstance(default, BaseModel) else default,
-            default_flow_style=True, width=1000,
-        ).strip().removesuffix("...").strip()
+        shown = (
+            yaml.safe_dump(
+                default.model_dump(mode="json") if isinstance(default, BaseModel) else default,
+                default_flow_style=True,
+                width=1000,
+            )
+            .strip()
+            .removesuffix("...")
+            .strip()
+        )
         rows.append(f"| `{prefix}{name}` | `{shown}` | {field.description} |")
     return rows
 

@@ -182,7 +182,7 @@ def train_one_epoch(
     return {"loss": total_loss.item() / seen, "acc": total_correct.item() / seen}
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(
     model: nn.Module, batches: Iterable, details: bool = False, autocast=contextlib.nullcontext
 ) -> dict:
@@ -252,6 +252,7 @@ class Session:
     epoch: int = 0
     global_step: int = 0
     train_eval_batches: object | None = None
+    net: nn.Module | None = None  # what is called: the model, or its torch.compile wrapper
     rows: list = field(default_factory=list)
     best_weights: dict | None = None
     overfitting: str = ""
@@ -292,8 +293,30 @@ class Session:
         self.epoch, self.global_step = payload["epoch"], payload["global_step"]
 
 
+def set_threads() -> None:
+    """Use the cores this process may run on (containers often allow fewer than the host
+    has), unless OMP_NUM_THREADS says otherwise."""
+    if "OMP_NUM_THREADS" not in os.environ and hasattr(os, "sched_getaffinity"):
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+
+
+def _speedups(cfg: Config, model: nn.Module, device: torch.device, loaders) -> nn.Module:
+    """channels_last and torch.compile where they pay (auto: on CUDA). Returns the module to
+    call; parameters and state dict stay those of `model`."""
+    on_cuda = device.type == "cuda"
+    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    wanted = cfg.train.channels_last
+    if has_conv and (on_cuda if wanted == "auto" else wanted):
+        model.to(memory_format=torch.channels_last)
+        for loader in loaders:
+            loader.memory_format = torch.channels_last
+    wanted = cfg.train.compile
+    return torch.compile(model) if (on_cuda if wanted == "auto" else wanted) else model
+
+
 def _build(cfg: Config, run_dir: Path, parent: dict | None, resuming: bool) -> Session:
     device = resolve_device(cfg.device)
+    set_threads()
     set_determinism(cfg.train.deterministic)
     seed_everything(cfg.seed)
     splits = build_splits(cfg.data, cfg.seed, rgb=needs_rgb(cfg.model))
@@ -311,6 +334,8 @@ def _build(cfg: Config, run_dir: Path, parent: dict | None, resuming: bool) -> S
     stopper = EarlyStopping(cfg.train.early_stopping)
     size = cfg.train.train_eval_size
     train_eval = make_loader(splits, "train_eval", cfg.data, device, size=size) if size else None
+    loaders = [train_batches, val_batches] + ([train_eval] if train_eval else [])
+    net = _speedups(cfg, model, device, loaders)
     return Session(
         cfg,
         run_dir,
@@ -327,6 +352,7 @@ def _build(cfg: Config, run_dir: Path, parent: dict | None, resuming: bool) -> S
         stopper,
         parent,
         train_eval_batches=train_eval,
+        net=net,
     )
 
 
@@ -480,7 +506,7 @@ def _epochs(s: Session, files: RunFiles, progress: Progress, stop: StopSignal, p
             apply_freeze(s.model, cfg.finetune, s.epoch + 1)
         progress("epoch_start", {"epoch": s.epoch + 1})
         train = train_one_epoch(
-            s.model, s.train_batches, s.optimizer, loss_fn, cfg.train, loop, partial
+            s.net, s.train_batches, s.optimizer, loss_fn, cfg.train, loop, partial
         )
         partial = None
         if "partial" in train:
@@ -510,11 +536,11 @@ def _epochs(s: Session, files: RunFiles, progress: Progress, stop: StopSignal, p
 
 def _measure(s: Session, train: dict, epoch_start: float) -> dict:
     """One epoch's row of metrics.csv: training, validation and the train-val gap."""
-    val = evaluate(s.model, s.val_batches, autocast=s.autocast)
+    val = evaluate(s.net, s.val_batches, autocast=s.autocast)
     row = {"epoch": s.epoch, "train_loss": train["loss"], "train_acc": train["acc"]}
     if s.train_eval_batches is not None:
         # Eval mode on a fixed training subset: dropout and batch norm off, so the gap is honest.
-        seen = evaluate(s.model, s.train_eval_batches, autocast=s.autocast)
+        seen = evaluate(s.net, s.train_eval_batches, autocast=s.autocast)
         row.update(train_eval_loss=seen["loss"], train_eval_acc=seen["acc"])
     row.update(val_loss=val["loss"], val_acc=val["acc"])
     if s.train_eval_batches is not None:
@@ -591,7 +617,7 @@ def _finish(s: Session, seconds: float) -> dict:
         s.model.load_state_dict(s.best_weights)
         restored = s.stopper.best_epoch != s.rows[-1]["epoch"]
     # The model training hands over (restored or last), measured once more on validation.
-    final = evaluate(s.model, s.val_batches, autocast=s.autocast)
+    final = evaluate(s.net, s.val_batches, autocast=s.autocast)
     reason = s.stopper.reason + (" (restored)" if s.stopper.reason and restored else "")
     status = "stopped_early" if s.stopper.should_stop else "finished"
     return {

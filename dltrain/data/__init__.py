@@ -87,6 +87,7 @@ class Batches:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed)
+        self.memory_format = torch.contiguous_format  # channels_last for conv nets on CUDA
         self.augment = BatchAugment(augment, self.generator) if augment else None
         if self.augment is not None and not self.augment.enabled:
             self.augment = None
@@ -110,7 +111,8 @@ class Batches:
     def convert(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) -> normalized float, resized, RGB and augmented as configured."""
         if self.plain:
-            return torch.addcmul(self.shift, images.float(), self.scale)
+            x = torch.addcmul(self.shift, images.float(), self.scale)
+            return x.contiguous(memory_format=self.memory_format)
         x = images.float().mul_(1.0 / 255.0)
         if x.shape[1] != self.channels:
             x = x.expand(-1, self.channels, -1, -1)
@@ -120,7 +122,7 @@ class Batches:
             )
         if self.augment is not None:
             x = self.augment(x)
-        return (x - self.mean) / self.std
+        return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
 
     def __iter__(self):
         n = len(self.split)

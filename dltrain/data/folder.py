@@ -148,6 +148,7 @@ class FolderLoader:
 
         self.generator = torch.Generator().manual_seed(seed)
         self.device = device
+        self.memory_format = torch.contiguous_format
         self.loader = DataLoader(
             split,
             batch_size=batch_size,
@@ -164,6 +165,6 @@ class FolderLoader:
     def __iter__(self):
         for images, labels in self.loader:
             yield (
-                images.to(self.device, non_blocking=True),
+                images.to(self.device, non_blocking=True, memory_format=self.memory_format),
                 labels.to(self.device, non_blocking=True),
             )
