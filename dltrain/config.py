@@ -99,7 +99,9 @@ class DataConfig(Section):
         0.1, description="imagefolder without test/: test set split off, a fraction or a count."
     )
     batch_size: int = Field(64, ge=1, description="Training batch size.")
-    eval_batch_size: int = Field(512, ge=1, description="Batch size for validation and test.")
+    eval_batch_size: int | None = Field(
+        None, ge=1, description="Batch size for validation and test; null = twice batch_size."
+    )
     normalize: Literal["dataset", "none"] | NormalizeStats = Field(
         "dataset", description="dataset (its own mean/std), none, or {mean: [...], std: [...]}."
     )
@@ -234,7 +236,7 @@ class TrainConfig(Section):
         "auto", description="torch.compile the model; auto = on CUDA only (slower on CPU here)."
     )
     channels_last: Literal["auto", True, False] = Field(
-        "auto", description="channels_last memory format for conv nets; auto = on CUDA only."
+        "auto", description="channels_last memory format for conv nets; auto = on CPU and CUDA."
     )
     train_eval_size: int = Field(
         1024,

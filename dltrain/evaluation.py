@@ -18,7 +18,7 @@ from pathlib import Path
 from dltrain import checkpoint
 from dltrain.config import apply_overrides, validate
 from dltrain.data import build_splits, make_loader
-from dltrain.engine import evaluate, resolve_device
+from dltrain.engine import apply_speedups, evaluate, precision_tools, resolve_device
 from dltrain.errors import DltrainError
 from dltrain.models import build_model, needs_rgb
 
@@ -56,7 +56,10 @@ def evaluate_checkpoint(
     model.load_state_dict(payload["model"])
     model.to(torch_device)
     batches = make_loader(splits, split, cfg.data, torch_device)
-    metrics = evaluate(model, batches, details=True)
+    # The same memory format and precision as training's validation, so the numbers match.
+    net = apply_speedups(cfg, model, torch_device, [batches], compile_ok=False)
+    autocast, _, _ = precision_tools(torch_device, cfg.train.precision)
+    metrics = evaluate(net, batches, details=True, autocast=autocast)
     names = list(splits.info.class_names)
     result = {
         "split": split,

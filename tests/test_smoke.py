@@ -22,7 +22,12 @@ def test_smoke_config_trains_through_cli(cli, tmp_path, config):
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["epochs_run"] == 1 and summary["status"] == "finished"
-    assert (tmp_path / "run" / "best.pt").is_file()
+    # eval rebuilds the model (channels_last and precision too) and measures the same numbers
+    result = cli("eval", "--ckpt", tmp_path / "run" / "best.pt", "--json")
+    assert result.exit_code == 0, result.output
+    measured = json.loads(result.stdout)
+    assert measured["acc"] == summary["best_metrics"]["val_acc"]
+    assert measured["loss"] == pytest.approx(summary["best_metrics"]["val_loss"], rel=1e-6)
 
 
 def test_every_shipped_config_is_valid(cli):

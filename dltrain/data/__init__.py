@@ -168,7 +168,7 @@ def make_loader(
         split = splits.train.subset(order[: min(size or n, n)].sort().values)
     else:
         split = getattr(splits, name)
-    batch_size = cfg.batch_size if train else cfg.eval_batch_size
+    batch_size = cfg.batch_size if train else (cfg.eval_batch_size or 2 * cfg.batch_size)
     if isinstance(split, TensorSplit):
         augment = cfg.augment if train else None
         return Batches(split.to(device), splits.info, batch_size, train, seed, augment)
