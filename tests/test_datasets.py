@@ -262,3 +262,22 @@ def test_imagefolder_pil_path_matches_fast_normalization(tmp_path):
 def test_imagefolder_missing_folder(tmp_path):
     with pytest.raises(DltrainError, match="imagefolder: .*nope folder not found"):
         build_splits(DataConfig(dataset="imagefolder", root=str(tmp_path / "nope")), seed=0)
+
+
+def test_imagefolder_with_worker_processes_matches_in_process_loading(tmp_path):
+    write_pngs(tmp_path, {"a": 6, "b": 6})
+    cfg = DataConfig(
+        dataset="imagefolder",
+        root=str(tmp_path),
+        num_workers=0,
+        batch_size=4,
+        val_split=2,
+        test_split=2,
+    )
+    splits = build_splits(cfg, seed=0)
+    workers = cfg.model_copy(update={"num_workers": 2})
+    loader = make_loader(splits, "train", workers, CPU, seed=3)
+    assert loader.loader.persistent_workers and not loader.loader.pin_memory
+    first = [y.tolist() for _, y in loader]
+    again = [y.tolist() for _, y in make_loader(splits, "train", cfg, CPU, seed=3)]
+    assert first == again  # same seeded order with or without workers
