@@ -215,6 +215,15 @@ JsonOption = Annotated[
 ]
 
 
+def _overrides(set_: list[str] | None, device: str | None) -> list[str]:
+    """--set values, with --device as one more override."""
+    return list(set_ or []) + ([f"device={device}"] if device else [])
+
+
+def _mode(quiet: bool, as_json: bool) -> str:
+    return "json" if as_json else "quiet" if quiet else "normal"
+
+
 @app.command()
 @_friendly
 def train(
@@ -231,8 +240,8 @@ def train(
     ] = None,
 ) -> None:
     """Train a model from a YAML config, or continue a run with --resume."""
-    overrides = list(set_ or []) + ([f"device={device}"] if device else [])
-    mode = "json" if as_json else "quiet" if quiet else "normal"
+    overrides = _overrides(set_, device)
+    mode = _mode(quiet, as_json)
     if resume is not None:
         _resume(resume, config, run_dir, overrides, mode)
         return
@@ -304,13 +313,13 @@ def finetune(
     """Train on a new dataset starting from a checkpoint's (or ImageNet) weights."""
     from dltrain.config import load_config
 
-    overrides = list(set_ or []) + ([f"device={device}"] if device else [])
+    overrides = _overrides(set_, device)
     cfg = load_config(config, overrides)
     from dltrain.finetune import from_source
     from dltrain.runs import new_run_dir
 
     cfg, parent = from_source(cfg, source)
-    mode = "json" if as_json else "quiet" if quiet else "normal"
+    mode = _mode(quiet, as_json)
     _fit(cfg, new_run_dir(cfg, run_dir, force=force), mode, parent=parent)
 
 
@@ -332,7 +341,7 @@ def compare(
     from dltrain.config import load_config
     from dltrain.runs import new_run_dir
 
-    overrides = list(set_ or []) + ([f"device={device}"] if device else [])
+    overrides = _overrides(set_, device)
     loaded = {
         label: load_config(path, overrides)
         for label, path in zip(labels_for(configs), configs, strict=True)
