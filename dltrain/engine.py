@@ -121,14 +121,14 @@ NAN_CHECK_EVERY = 16  # steps between host checks of the loss (each check is a d
 
 
 class _Tally:
-    """Each step's loss and correct count go into small preallocated device buffers that are
-    folded into the epoch's sums every NAN_CHECK_EVERY steps. The fold is also where a
+    """Each step's loss and predictions are kept as they are (no extra device work per step)
+    and folded into the epoch's sums every NAN_CHECK_EVERY steps. The fold is also where a
     NaN/Inf loss is caught, with its exact step: one host sync per window, none per step."""
 
     def __init__(self, device: torch.device, start: dict):
-        self.losses = torch.zeros(NAN_CHECK_EVERY, device=device)
-        self.correct = torch.zeros(NAN_CHECK_EVERY, dtype=torch.long, device=device)
-        self.sizes: list[int] = []
+        self.losses: list[torch.Tensor] = []
+        self.predicted: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
         self.first_step = 0
         zero = torch.zeros((), dtype=torch.float64)
         self.loss_sum = start.get("loss_sum", zero).to(device, torch.float64)
@@ -136,28 +136,27 @@ class _Tally:
         self.seen = start.get("seen", 0)
 
     def add(self, step: int, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor):
-        """Record one step; returns True when the buffers are full."""
-        k = len(self.sizes)
-        if k == 0:
+        """Record one step; returns True when the window is full."""
+        if not self.losses:
             self.first_step = step
-        self.losses[k] = loss
-        self.correct[k] = (logits.argmax(1) == labels).sum()
-        self.sizes.append(len(labels))
+        self.losses.append(loss)
+        self.predicted.append(logits.argmax(1))
+        self.labels.append(labels)
         self.seen += len(labels)
-        return k + 1 == NAN_CHECK_EVERY
+        return len(self.losses) == NAN_CHECK_EVERY
 
     def fold(self) -> None:
-        k = len(self.sizes)
-        if not k:
+        if not self.losses:
             return
-        losses = self.losses[:k]
+        losses = torch.stack(self.losses)
         bad = (~torch.isfinite(losses)).nonzero()  # the host sync of this window
         if len(bad):
             raise NonFiniteLoss(self.first_step + int(bad[0]))
-        sizes = torch.tensor(self.sizes, dtype=torch.float64).to(losses.device)
-        self.loss_sum += (losses.double() * sizes).sum()
-        self.correct_sum += self.correct[:k].sum()
-        self.sizes.clear()
+        sizes = [len(labels) for labels in self.labels]
+        weights = torch.tensor(sizes, dtype=torch.float64).to(losses.device, non_blocking=True)
+        self.loss_sum += (losses.double() * weights).sum()
+        self.correct_sum += (torch.cat(self.predicted) == torch.cat(self.labels)).sum()
+        self.losses, self.predicted, self.labels = [], [], []
 
 
 def train_one_epoch(

@@ -110,8 +110,10 @@ class Batches:
 
     def convert(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) -> normalized float, resized, RGB and augmented as configured."""
-        if self.plain:
-            x = torch.addcmul(self.shift, images.float(), self.scale)
+        if self.plain:  # uint8 in, float out: type promotion saves a conversion pass
+            x = torch.addcmul(self.shift, images, self.scale)
+            if self.memory_format is torch.contiguous_format:
+                return x
             return x.contiguous(memory_format=self.memory_format)
         x = images.float().mul_(1.0 / 255.0)
         if x.shape[1] != self.channels:
