@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
-import os
-import random
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,62 +27,21 @@ from dltrain.finetune import apply_freeze, check_freeze
 from dltrain.models import build_model, count_parameters, needs_rgb
 from dltrain.optim import Schedule, build_optimizer, build_schedule
 from dltrain.runs import RunFiles, TensorBoard
+from dltrain.runtime import (
+    StopSignal,
+    apply_speedups,
+    precision_tools,
+    resolve_device,
+    seed_everything,
+    set_determinism,
+    set_threads,
+)
 
 Progress = Callable[[str, dict], None]
 
 
 def _quiet(event: str, info: dict) -> None:
     pass
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu; asking for an absent device is an error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise DltrainError(
-                f"device {name!r} was asked for but CUDA is not available on this machine; "
-                "use --device cpu or device: auto"
-            )
-        index = int(name.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise DltrainError(
-                f"device {name!r} was asked for but this machine has "
-                f"{torch.cuda.device_count()} CUDA device(s); use cuda:0 .. "
-                f"cuda:{torch.cuda.device_count() - 1}"
-            )
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise DltrainError("device 'mps' was asked for but MPS is not available; use --device cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def precision_tools(device: torch.device, precision: str):
-    """One code path for every precision: an autocast context factory (disabled for fp32)
-    and a GradScaler (enabled only for fp16, where gradients can underflow)."""
-    if precision == "auto":
-        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        dtype = torch.bfloat16 if use_bf16 else None
-    else:
-        dtype = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[precision]
-    # Disabled autocast still costs a context switch per step: use a no-op context for fp32.
-    autocast = (
-        functools.partial(torch.autocast, device.type, dtype=dtype)
-        if dtype is not None
-        else contextlib.nullcontext
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    return autocast, scaler, str(dtype or torch.float32).removeprefix("torch.")
 
 
 def set_train_mode(model: nn.Module) -> None:
@@ -260,14 +214,6 @@ def evaluate(
     return metrics
 
 
-def set_determinism(on: bool) -> None:
-    if on:
-        # cuBLAS needs this workspace setting to be deterministic; set before CUDA starts.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(on)
-    torch.backends.cudnn.benchmark = not on
-
-
 @dataclass
 class Session:
     """Everything one training run holds, built from a config (and restored on resume)."""
@@ -330,33 +276,6 @@ class Session:
         self.epoch, self.global_step = payload["epoch"], payload["global_step"]
 
 
-def set_threads() -> None:
-    """Use the cores this process may run on (containers often allow fewer than the host
-    has), unless OMP_NUM_THREADS says otherwise."""
-    if "OMP_NUM_THREADS" not in os.environ and hasattr(os, "sched_getaffinity"):
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
-
-
-def apply_speedups(
-    cfg: Config, model: nn.Module, device: torch.device, loaders, compile_ok: bool = True
-) -> nn.Module:
-    """channels_last and torch.compile where they pay. Measured (bench/cpu_variants.py, the
-    course CNN on 2 CPU cores): channels_last 1.24x, torch.compile 0.70x, so `auto` means
-    channels_last for conv nets on CPU and CUDA, and compile on CUDA only. Returns the module
-    to call; parameters and state dict stay those of `model`."""
-    on_cuda = device.type == "cuda"
-    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    wanted = cfg.train.channels_last
-    if has_conv and (device.type in ("cpu", "cuda") if wanted == "auto" else wanted):
-        model.to(memory_format=torch.channels_last)
-        for loader in loaders:
-            loader.memory_format = torch.channels_last
-    wanted = cfg.train.compile
-    if compile_ok and (on_cuda if wanted == "auto" else wanted):
-        return torch.compile(model)
-    return model
-
-
 def _build(cfg: Config, run_dir: Path, parent: dict | None, resuming: bool) -> Session:
     device = resolve_device(cfg.device)
     set_threads()
@@ -417,36 +336,6 @@ def _resume(session: Session, payload: dict, files: RunFiles) -> dict | None:
             if best["epoch"] == best_epoch and not best.get("partial"):
                 session.best_weights = best["model"]
     return partial
-
-
-class StopSignal:
-    """Ctrl-C (SIGINT) and SIGTERM ask training to stop at the next optimizer step.
-
-    Further signals are ignored while the run saves its checkpoint: the save finishes and
-    nothing is corrupted. Handlers can only be installed from the main thread; elsewhere
-    (e.g. a worker thread) the default behaviour stays.
-    """
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous: dict = {}
-
-    def __enter__(self) -> StopSignal:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is None:
-            self.signum = signum
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def __call__(self) -> bool:
-        return self.signum is not None
 
 
 def fit(

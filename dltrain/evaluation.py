@@ -18,9 +18,10 @@ from pathlib import Path
 from dltrain import checkpoint
 from dltrain.config import apply_overrides, validate
 from dltrain.data import build_splits, make_loader
-from dltrain.engine import apply_speedups, evaluate, precision_tools, resolve_device
+from dltrain.engine import evaluate
 from dltrain.errors import DltrainError
 from dltrain.models import build_model, needs_rgb
+from dltrain.runtime import apply_speedups, precision_tools, resolve_device
 
 LEDGER = "test_ledger.jsonl"
 

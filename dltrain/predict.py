@@ -19,9 +19,9 @@ from PIL import Image, UnidentifiedImageError
 from dltrain import checkpoint
 from dltrain.config import validate
 from dltrain.data import DataInfo
-from dltrain.engine import resolve_device
 from dltrain.errors import DltrainError
 from dltrain.models import build_model
+from dltrain.runtime import resolve_device
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 BATCH_SIZE = 256
