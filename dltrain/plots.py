@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dltrain.checkpoint import atomic_write
 from dltrain.errors import DltrainError
-from dltrain.runs import describe_run, read_metrics_lenient
+from dltrain.runs import describe_run, read_metrics
 
 FIGSIZE, DPI = (12, 5), 100  # every image is 1200×500 pixels
 FORMATS = ("png", "svg", "pdf")
@@ -109,7 +109,7 @@ def _load_run(run_dir: Path) -> dict:
         hint = f"; it holds {count}, e.g. {inside[0]} (list them: dltrain runs)" if inside else ""
         raise DltrainError(f"{run_dir}: no metrics.csv, so not a run folder{hint}")
     try:
-        rows = read_metrics_lenient(run_dir)
+        rows = read_metrics(run_dir)
     except OSError as err:
         raise DltrainError(f"{run_dir / 'metrics.csv'}: {err.strerror or err}") from None
     if not rows:

@@ -104,7 +104,7 @@ class RunFiles:
             writer.writerow(row)
 
     def read_metrics(self) -> list[dict]:
-        return read_metrics(self.dir) if (self.dir / "metrics.csv").exists() else []
+        return read_metrics(self.dir)
 
     def rewrite_metrics(self, rows: list[dict]) -> None:
         """Replace metrics.csv with `rows` (on resume: drop epochs after the checkpoint)."""
@@ -122,23 +122,16 @@ class RunFiles:
         write_json(self.dir / "summary.json", summary)
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    with open(Path(run_dir) / "metrics.csv", newline="") as handle:
-        return [
-            {key: float(value) if key != "epoch" else int(value) for key, value in row.items()}
-            for row in csv.DictReader(handle)
-        ]
-
-
 # --- reading runs back: `dltrain runs`, `dltrain plot` -----------------------------------
 
 SUMMARY_STATUSES = ("finished", "stopped_early", "interrupted", "failed")  # summary.json's
 RUN_STATUSES = (*SUMMARY_STATUSES, "incomplete", "unreadable")  # incomplete: no summary yet
 
 
-def read_metrics_lenient(run_dir: str | Path) -> list[dict]:
-    """metrics.csv of a run that may still be writing it: numbers as floats (epoch as int),
-    empty cells as None; a row shorter than the header (a half-written last line) is dropped.
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """metrics.csv, also of a run still writing it or killed while appending: numbers as
+    floats (epoch as int), empty cells as None; a row shorter than the header (a half-written
+    last line) is dropped.
     [] without a metrics.csv; DltrainError for a file that is not CSV at all."""
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
@@ -202,7 +195,7 @@ def describe_run(run_dir: str | Path) -> dict:
     config = _read_mapping(run_dir / "config.yaml", "yaml", problems)
     summary = _read_mapping(run_dir / "summary.json", "json", problems)
     try:
-        rows = read_metrics_lenient(run_dir)
+        rows = read_metrics(run_dir)
     except (OSError, DltrainError) as err:
         rows, problems = [], [*problems, f"metrics.csv: {getattr(err, 'strerror', None) or err}"]
     stale = summary is not None and _newer(run_dir / "metrics.csv", run_dir / "summary.json")

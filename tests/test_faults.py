@@ -337,6 +337,18 @@ def test_resume_falls_back_to_intact_checkpoint(cli, tmp_path, trained):
     assert [r["epoch"] for r in read_metrics(run_dir)] == list(range(1, 4))
 
 
+def test_resume_survives_a_half_written_metrics_line(cli, tmp_path, trained):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    with open(run_dir / "metrics.csv", "a") as handle:
+        handle.write("3,0.12")  # killed while appending epoch 3's row
+    result = cli("train", "--resume", run_dir, "--set", "train.epochs=3")
+    assert result.exit_code == 0, result.output
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [1, 2, 3]
+
+
 def test_bare_state_dict_goes_to_pretrained_not_finetune(cli, tmp_path, config):
     bare = tmp_path / "bare.pt"
     torch.save({"weight": torch.zeros(3)}, bare)
