@@ -238,6 +238,11 @@ class TrainConfig(Section):
     channels_last: Literal["auto", True, False] = Field(
         "auto", description="channels_last memory format for conv nets; auto = on CPU and CUDA."
     )
+    sync_batchnorm: bool = Field(
+        False,
+        description="Distributed runs: batch-norm statistics over all processes' batches "
+        "(SyncBatchNorm; CUDA only).",
+    )
     train_eval_size: int = Field(
         1024,
         ge=0,

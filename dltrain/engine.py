@@ -241,6 +241,8 @@ class Session:
     overfitting: str = ""
     tensorboard: object | None = None
     partial: dict | None = None  # an interrupted epoch: steps done, sums, loader state
+    on_epoch: Callable[[dict], str | None] | None = None  # a caller's stop rule (e.g. a sweep)
+    halted: str = ""  # why on_epoch stopped the run
 
     def payload(self, row: dict) -> dict:
         """A checkpoint: enough to evaluate, predict, and resume exactly."""
@@ -344,12 +346,15 @@ def fit(
     progress: Progress = _quiet,
     resume: dict | None = None,
     parent: dict | None = None,
+    on_epoch: Callable[[dict], str | None] | None = None,
 ) -> dict:
     """Train per the config, writing config, metrics, summary and checkpoints to `run_dir`.
 
     `resume`: a checkpoint payload to continue from (same run folder, mid-epoch too).
     `parent`: the source a finetune run starts from; it switches on `cfg.finetune` (freezing,
-    head learning rate). Raises Interrupted after SIGINT/SIGTERM (a resumable last.pt is
+    head learning rate). `on_epoch(row)` is called after each epoch's checkpoints are saved;
+    a non-empty string it returns ends training there, as the run's stop reason (a sweep's
+    pruner uses it). Raises Interrupted after SIGINT/SIGTERM (a resumable last.pt is
     written first) and DltrainError for a NaN/Inf loss or CUDA running out of memory.
     """
     started = time.perf_counter()
@@ -361,6 +366,7 @@ def fit(
         parent = resume.get("parent")
     s = _build(cfg, run_dir, parent, resuming=resume is not None)
     s.tensorboard = tensorboard
+    s.on_epoch = on_epoch
     files = RunFiles(run_dir)
     partial = None
     if resume is not None:
@@ -429,7 +435,7 @@ def _epochs(s: Session, files: RunFiles, progress: Progress, stop: StopSignal, p
         lambda step, seen: progress("batch", {"step": step, "seen": seen}),
         stop,
     )
-    while s.epoch < cfg.train.epochs and not s.stopper.should_stop and not stop():
+    while s.epoch < cfg.train.epochs and not s.stopper.should_stop and not s.halted and not stop():
         epoch_start = time.perf_counter()
         if partial is not None:  # continue an epoch that was interrupted
             s.train_batches.generator.set_state(partial["loader_rng"])
@@ -464,6 +470,8 @@ def _epochs(s: Session, files: RunFiles, progress: Progress, stop: StopSignal, p
         if cfg.checkpoint.save_last or stop():
             checkpoint.save(payload, s.run_dir / "last.pt")
         progress("epoch", {"row": row, "improved": improved, "epochs": cfg.train.epochs})
+        if s.on_epoch is not None:
+            s.halted = s.on_epoch(row) or ""
 
 
 def _measure(s: Session, train: dict, epoch_start: float) -> dict:
@@ -552,6 +560,8 @@ def _finish(s: Session, seconds: float) -> dict:
     final = evaluate(s.net, s.val_batches, autocast=s.autocast)
     reason = s.stopper.reason + (" (restored)" if s.stopper.reason and restored else "")
     status = "stopped_early" if s.stopper.should_stop else "finished"
+    if s.halted:
+        status, reason = "stopped", s.halted
     return {
         **_status(s, status, reason, seconds),
         "restored_best": restored,
