@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dltrain import __version__, checkpoint
+from dltrain import __version__, checkpoint, distributed
 from dltrain.config import Config, TrainConfig
 from dltrain.data import Splits, build_splits, make_loader
 from dltrain.early_stopping import EarlyStopping, overfitting_note
@@ -64,6 +64,9 @@ class Loop:
     on_step: Callable[[], None] | None = None  # after every optimizer step
     on_batch: Callable[[int, int], None] | None = None  # (step, samples seen)
     should_stop: Callable[[], bool] | None = None  # checked after every optimizer step
+    # Distributed: (first NaN step or None, stop asked) -> the same answer on every rank.
+    # Consulted at each tally fold instead of should_stop at every step.
+    agree: Callable[[int | None, bool], tuple[int | None, bool]] | None = None
 
 
 class NonFiniteLoss(Exception):
@@ -99,18 +102,20 @@ class _Tally:
         self.seen += len(labels)
         return len(self.losses) == NAN_CHECK_EVERY
 
-    def fold(self) -> None:
+    def fold(self) -> int | None:
+        """Add the window to the sums; returns the first step with a NaN/Inf loss, if any."""
         if not self.losses:
-            return
+            return None
         losses = torch.stack(self.losses)
         bad = (~torch.isfinite(losses)).nonzero()  # the host sync of this window
         if len(bad):
-            raise NonFiniteLoss(self.first_step + int(bad[0]))
+            return self.first_step + int(bad[0])
         sizes = [len(labels) for labels in self.labels]
         weights = torch.tensor(sizes, dtype=torch.float64).to(losses.device, non_blocking=True)
         self.loss_sum += (losses.double() * weights).sum()
         self.correct_sum += (torch.cat(self.predicted) == torch.cat(self.labels)).sum()
         self.losses, self.predicted, self.labels = [], [], []
+        return None
 
 
 def train_one_epoch(
@@ -129,6 +134,10 @@ def train_one_epoch(
     step, returns {"partial": …} instead: the steps done and the running sums, which `start`
     takes to continue the same epoch (its first `steps` batches are drawn and skipped, so the
     loader's random state replays exactly). Raises NonFiniteLoss(step) for a NaN/Inf loss.
+
+    Distributed (`model` wrapped in DDP, `loop.agree` set): gradients are averaged at each
+    optimizer step only (no_sync in between), NaN and stop decisions are agreed at each fold,
+    and the returned loss and accuracy are sums over all ranks.
     """
     loop = loop or Loop()
     scaler = loop.scaler or torch.amp.GradScaler(enabled=False)
@@ -137,19 +146,36 @@ def train_one_epoch(
     total_batches = len(batches)
     start = start or {}
     skip = start.get("steps", 0)
-    tally = _Tally(next(model.parameters()).device, start)
+    # A resumed epoch's running sums are the totals over all ranks: only rank 0 starts with them.
+    tally = _Tally(next(model.parameters()).device, start if distributed.rank() == 0 else {})
+    asked = loop.should_stop or (lambda: False)
+    stopping = False
+
+    def fold() -> bool:
+        """Fold the window; raise for a NaN/Inf loss; returns whether to stop (agreed)."""
+        bad = tally.fold()
+        wants_stop = asked()
+        if loop.agree is not None:
+            bad, wants_stop = loop.agree(bad, wants_stop)
+        if bad is not None:
+            raise NonFiniteLoss(bad)
+        return wants_stop
+
     optimizer.zero_grad(set_to_none=True)
     for step, (images, labels) in enumerate(batches, start=1):
         if step <= skip:
             continue
-        with loop.autocast():
-            logits = model(images)
-            loss = loss_fn(logits, labels)
-        full = tally.add(step, loss.detach(), logits.detach(), labels)
-        if cfg.accumulate > 1:
-            loss = loss / cfg.accumulate
-        scaler.scale(loss).backward()
         boundary = step % cfg.accumulate == 0 or step == total_batches
+        # DDP averages gradients in backward; between optimizer steps that would be wasted.
+        sync = contextlib.nullcontext() if boundary or loop.agree is None else model.no_sync()
+        with sync:
+            with loop.autocast():
+                logits = model(images)
+                loss = loss_fn(logits, labels)
+            full = tally.add(step, loss.detach(), logits.detach(), labels)
+            if cfg.accumulate > 1:
+                loss = loss / cfg.accumulate
+            scaler.scale(loss).backward()
         if boundary:
             if cfg.grad_clip is not None:
                 scaler.unscale_(optimizer)
@@ -160,17 +186,27 @@ def train_one_epoch(
             if loop.on_step is not None:
                 loop.on_step()
         if full or step == total_batches:
-            tally.fold()
+            stopping = fold() or stopping
         if loop.on_batch is not None:
             loop.on_batch(step, tally.seen)
-        if boundary and step < total_batches and loop.should_stop and loop.should_stop():
-            tally.fold()
+        # One process stops at any optimizer step; several at the first one after agreeing.
+        if boundary and step < total_batches and (stopping or (loop.agree is None and asked())):
+            fold()
+            _sum_tally(tally)
             sums = {"loss_sum": tally.loss_sum.cpu(), "correct": tally.correct_sum.cpu()}
             return {"partial": {"steps": step, "seen": tally.seen, **sums}}
+    _sum_tally(tally)
     return {
         "loss": tally.loss_sum.item() / tally.seen,
         "acc": tally.correct_sum.item() / tally.seen,
     }
+
+
+def _sum_tally(tally: _Tally) -> None:
+    """Distributed: the sums and sample count over all ranks (every rank gets them)."""
+    if distributed.active():
+        distributed.all_sum(tally.loss_sum, tally.correct_sum)
+        (tally.seen,) = distributed.sum_ints(tally.seen)
 
 
 @torch.inference_mode()
@@ -180,7 +216,8 @@ def evaluate(
     """Mean loss (plain cross-entropy) and accuracy over a whole split, in eval mode.
 
     With `details`, also top-5 accuracy (when there are more than 5 classes) and the confusion
-    matrix (`confusion[true][predicted]` counts) as nested lists.
+    matrix (`confusion[true][predicted]` counts) as nested lists. Distributed, each rank reads
+    its shard and the sums are added over the ranks: every sample counts exactly once.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -205,6 +242,9 @@ def evaluate(
             if classes > 5:
                 top5 = logits.topk(5, dim=1).indices
                 total_top5 += (top5 == labels[:, None]).any(1).sum()
+    if distributed.active():
+        distributed.all_sum(total_loss, total_correct, total_top5)
+        (seen,) = distributed.sum_ints(seen)
     metrics = {"loss": total_loss.item() / seen, "acc": total_correct.item() / seen}
     if details:
         classes = int(len(confusion) ** 0.5)
@@ -235,7 +275,8 @@ class Session:
     epoch: int = 0
     global_step: int = 0
     train_eval_batches: object | None = None
-    net: nn.Module | None = None  # what is called: the model, or its torch.compile wrapper
+    net: nn.Module | None = None  # what trains: the model, or its DDP/torch.compile wrapper
+    eval_net: nn.Module | None = None  # what evaluates: never DDP (shards differ in length)
     rows: list = field(default_factory=list)
     best_weights: dict | None = None
     overfitting: str = ""
@@ -243,6 +284,7 @@ class Session:
     partial: dict | None = None  # an interrupted epoch: steps done, sums, loader state
     on_epoch: Callable[[dict], str | None] | None = None  # a caller's stop rule (e.g. a sweep)
     halted: str = ""  # why on_epoch stopped the run
+    stopping: bool = False  # a stop signal, agreed by all ranks: save and end
 
     def payload(self, row: dict) -> dict:
         """A checkpoint: enough to evaluate, predict, and resume exactly."""
@@ -265,7 +307,17 @@ class Session:
             "metrics": row,
             "parent": self.parent,
             "partial": self.partial,
+            "world_size": distributed.world_size(),
         }
+
+    @property
+    def writes(self) -> bool:
+        """Only rank 0 writes files (and reports progress) in a distributed run."""
+        return distributed.rank() == 0
+
+    def save(self, payload: dict, name: str) -> None:
+        if self.writes:
+            checkpoint.save(payload, self.run_dir / name)
 
     def restore(self, payload: dict) -> None:
         self.model.load_state_dict(payload["model"])
@@ -279,13 +331,16 @@ class Session:
 
 
 def _build(cfg: Config, run_dir: Path, parent: dict | None, resuming: bool) -> Session:
-    device = resolve_device(cfg.device)
+    launched = distributed.launched()
+    device = distributed.start(cfg.device) if launched else resolve_device(cfg.device)
+    shard = (distributed.rank(), distributed.world_size())
     set_threads()
     set_determinism(cfg.train.deterministic)
+    # The same seed on every rank: identical initial weights, splits and shuffles.
     seed_everything(cfg.seed)
     splits = build_splits(cfg.data, cfg.seed, rgb=needs_rgb(cfg.model))
-    train_batches = make_loader(splits, "train", cfg.data, device, seed=cfg.seed)
-    val_batches = make_loader(splits, "val", cfg.data, device)
+    train_batches = make_loader(splits, "train", cfg.data, device, seed=cfg.seed, shard=shard)
+    val_batches = make_loader(splits, "val", cfg.data, device, shard=shard)
     model = build_model(splits.info, cfg.model, weights=not resuming).to(device)
     head_lr_mult = 1.0
     if parent is not None:
@@ -297,9 +352,14 @@ def _build(cfg: Config, run_dir: Path, parent: dict | None, resuming: bool) -> S
     autocast, scaler, precision = precision_tools(device, cfg.train.precision)
     stopper = EarlyStopping(cfg.train.early_stopping)
     size = cfg.train.train_eval_size
-    train_eval = make_loader(splits, "train_eval", cfg.data, device, size=size) if size else None
+    train_eval = (
+        make_loader(splits, "train_eval", cfg.data, device, size=size, shard=shard)
+        if size
+        else None
+    )
     loaders = [train_batches, val_batches] + ([train_eval] if train_eval else [])
-    net = apply_speedups(cfg, model, device, loaders)
+    eval_net = apply_speedups(cfg, model, device, loaders)
+    net = distributed.wrap(eval_net, device, cfg.train.sync_batchnorm)
     return Session(
         cfg,
         run_dir,
@@ -317,6 +377,7 @@ def _build(cfg: Config, run_dir: Path, parent: dict | None, resuming: bool) -> S
         parent,
         train_eval_batches=train_eval,
         net=net,
+        eval_net=eval_net,
     )
 
 
@@ -325,10 +386,16 @@ def _resume(session: Session, payload: dict, files: RunFiles) -> dict | None:
     the interrupted epoch's progress when the checkpoint was written mid-epoch."""
     session.restore(payload)
     partial = payload.get("partial")
+    saved_world = payload.get("world_size", 1)
+    if partial is not None and saved_world != distributed.world_size():
+        # Its steps count batches of another number of processes: redo that epoch whole.
+        session.train_batches.generator.set_state(partial["loader_rng"])
+        partial = None
     session.rows = [row for row in files.read_metrics() if row["epoch"] <= session.epoch]
     files.rewrite_metrics(session.rows)
-    for stale in session.run_dir.glob(".*.tmp-*"):  # left by a process killed while saving
-        stale.unlink(missing_ok=True)
+    if files.write:
+        for stale in session.run_dir.glob(".*.tmp-*"):  # left by a process killed while saving
+            stale.unlink(missing_ok=True)
     best_epoch = session.stopper.best_epoch
     if best_epoch == session.epoch and partial is None:
         session.best_weights = copy.deepcopy(session.model.state_dict())
@@ -360,14 +427,17 @@ def fit(
     started = time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    writes = distributed.is_main()  # distributed: rank 0 alone reports and writes
+    if not writes:
+        progress = _quiet
     # Asked-for logging that cannot work is an error before any data is read.
-    tensorboard = TensorBoard(run_dir, cfg) if cfg.logging.tensorboard else None
+    tensorboard = TensorBoard(run_dir, cfg) if cfg.logging.tensorboard and writes else None
     if resume is not None:
         parent = resume.get("parent")
     s = _build(cfg, run_dir, parent, resuming=resume is not None)
     s.tensorboard = tensorboard
     s.on_epoch = on_epoch
-    files = RunFiles(run_dir)
+    files = RunFiles(run_dir, write=writes)
     partial = None
     if resume is not None:
         partial = _resume(s, resume, files)
@@ -381,6 +451,7 @@ def fit(
         {
             "run_dir": str(run_dir),
             "device": str(s.device),
+            "processes": distributed.world_size(),
             "params": count_parameters(s.model),
             "epochs": cfg.train.epochs,
             "batches": len(s.train_batches),
@@ -393,17 +464,18 @@ def fit(
             try:
                 _epochs(s, files, progress, stop, partial)
             except NonFiniteLoss as bad:
-                _fail(s, files, _nan_message(s, bad.step), started)
+                _fail(s, files, _nan_message(s, bad.step), started, all_ranks=True)
             except torch.cuda.OutOfMemoryError:
                 _fail(s, files, _oom_message(s), started)
-            if stop():
-                _interrupted(s, files, stop.signum, started)
+            if s.stopping:
+                _interrupted(s, files, stop.signum or signal.SIGTERM, started)
         summary = _finish(s, time.perf_counter() - started)
         files.write_summary(summary)
     finally:
         if tensorboard is not None:
             tensorboard.close()
-        _draw_curves(run_dir, progress)
+        if writes:
+            _draw_curves(run_dir, progress)
     progress("end", {"summary": summary, "run_dir": str(run_dir), "model": s.model})
     return summary
 
@@ -434,12 +506,21 @@ def _epochs(s: Session, files: RunFiles, progress: Progress, stop: StopSignal, p
         on_step,
         lambda step, seen: progress("batch", {"step": step, "seen": seen}),
         stop,
+        distributed.agree if distributed.active() else None,
     )
-    while s.epoch < cfg.train.epochs and not s.stopper.should_stop and not s.halted and not stop():
+
+    def stop_agreed() -> bool:  # a signal reaches the ranks at different moments
+        return distributed.agree(None, stop())[1]
+
+    s.stopping = stop_agreed()
+    while s.epoch < cfg.train.epochs and not s.stopper.should_stop and not s.halted:
+        if s.stopping:
+            return
         epoch_start = time.perf_counter()
         if partial is not None:  # continue an epoch that was interrupted
             s.train_batches.generator.set_state(partial["loader_rng"])
         epoch_rng = s.train_batches.generator.get_state()
+        s.train_batches.set_epoch(s.epoch)
         if s.parent is not None:
             apply_freeze(s.model, cfg.finetune, s.epoch + 1)
         progress("epoch_start", {"epoch": s.epoch + 1})
@@ -449,6 +530,7 @@ def _epochs(s: Session, files: RunFiles, progress: Progress, stop: StopSignal, p
         partial = None
         if "partial" in train:
             s.partial = {**train["partial"], "epoch": s.epoch + 1, "loader_rng": epoch_rng}
+            s.stopping = True
             return
         s.epoch += 1
         row = _measure(s, train, epoch_start)
@@ -460,27 +542,32 @@ def _epochs(s: Session, files: RunFiles, progress: Progress, stop: StopSignal, p
             progress("note", {"text": note})
         if s.tensorboard is not None:
             s.tensorboard.log(row)
-        improved = s.stopper.step(row[s.stopper.monitor], s.epoch)
+        # Decided once, on rank 0, and sent to all: every rank stops at the same epoch.
+        improved, state = distributed.from_main(
+            lambda r=row: (s.stopper.step(r[s.stopper.monitor], s.epoch), s.stopper.state_dict())
+        )
+        s.stopper.load_state_dict(state)
         files.append_metrics(row)
         payload = s.payload(row)
         if improved:
             s.best_weights = copy.deepcopy(s.model.state_dict())
             if cfg.checkpoint.save_best:
-                checkpoint.save(payload, s.run_dir / "best.pt")
-        if cfg.checkpoint.save_last or stop():
-            checkpoint.save(payload, s.run_dir / "last.pt")
+                s.save(payload, "best.pt")
+        s.stopping = stop_agreed()
+        if cfg.checkpoint.save_last or s.stopping:
+            s.save(payload, "last.pt")
         progress("epoch", {"row": row, "improved": improved, "epochs": cfg.train.epochs})
         if s.on_epoch is not None:
-            s.halted = s.on_epoch(row) or ""
+            s.halted = distributed.from_main(lambda r=row: s.on_epoch(r) or "")
 
 
 def _measure(s: Session, train: dict, epoch_start: float) -> dict:
     """One epoch's row of metrics.csv: training, validation and the train-val gap."""
-    val = evaluate(s.net, s.val_batches, autocast=s.autocast)
+    val = evaluate(s.eval_net, s.val_batches, autocast=s.autocast)
     row = {"epoch": s.epoch, "train_loss": train["loss"], "train_acc": train["acc"]}
     if s.train_eval_batches is not None:
         # Eval mode on a fixed training subset: dropout and batch norm off, so the gap is honest.
-        seen = evaluate(s.net, s.train_eval_batches, autocast=s.autocast)
+        seen = evaluate(s.eval_net, s.train_eval_batches, autocast=s.autocast)
         row.update(train_eval_loss=seen["loss"], train_eval_acc=seen["acc"])
     row.update(val_loss=val["loss"], val_acc=val["acc"])
     if s.train_eval_batches is not None:
@@ -493,7 +580,7 @@ def _measure(s: Session, train: dict, epoch_start: float) -> dict:
 def _interrupted(s: Session, files: RunFiles, signum: int, started: float) -> None:
     """Save where training stopped (mid-epoch too), record it, raise Interrupted."""
     if s.partial is not None:
-        checkpoint.save(s.payload(s.rows[-1] if s.rows else {}), s.run_dir / "last.pt")
+        s.save(s.payload(s.rows[-1] if s.rows else {}), "last.pt")
         where = f"epoch {s.partial['epoch']}, step {s.partial['steps']}"
     else:
         where = f"the end of epoch {s.epoch}"
@@ -501,14 +588,17 @@ def _interrupted(s: Session, files: RunFiles, signum: int, started: float) -> No
     reason = f"interrupted by {name} at {where}"
     files.write_summary(_status(s, "interrupted", reason, time.perf_counter() - started))
     raise Interrupted(
-        f"{reason}; saved {s.run_dir / 'last.pt'}; resume with: dltrain train --resume {s.run_dir}",
+        f"{reason}; saved {s.run_dir / 'last.pt'}; resume with: dltrain train --resume "
+        f"{s.run_dir}" + (f" --nproc {distributed.world_size()}" if distributed.active() else ""),
         128 + signum,
     )
 
 
-def _fail(s: Session, files: RunFiles, reason: str, started: float) -> None:
+def _fail(s: Session, files: RunFiles, reason: str, started: float, all_ranks=False) -> None:
     files.write_summary(_status(s, "failed", reason, time.perf_counter() - started))
-    raise DltrainError(reason)
+    err = DltrainError(reason)
+    err.all_ranks = all_ranks  # a NaN is agreed by all ranks; running out of memory is not
+    raise err
 
 
 def _nan_message(s: Session, step: int) -> str:
@@ -557,7 +647,7 @@ def _finish(s: Session, seconds: float) -> dict:
         s.model.load_state_dict(s.best_weights)
         restored = s.stopper.best_epoch != s.rows[-1]["epoch"]
     # The model training hands over (restored or last), measured once more on validation.
-    final = evaluate(s.net, s.val_batches, autocast=s.autocast)
+    final = evaluate(s.eval_net, s.val_batches, autocast=s.autocast)
     reason = s.stopper.reason + (" (restored)" if s.stopper.reason and restored else "")
     status = "stopped_early" if s.stopper.should_stop else "finished"
     if s.halted:

@@ -9,6 +9,7 @@ class DltrainError(Exception):
     """
 
     exit_code = 1
+    all_ranks = False  # distributed: raised by every process at the same point (they can meet)
 
 
 class ConfigError(DltrainError):
@@ -32,6 +33,8 @@ def _one_line(text: str) -> str:
 
 class Interrupted(DltrainError):
     """Training stopped on SIGINT/SIGTERM after saving a resumable checkpoint."""
+
+    all_ranks = True  # the stop is agreed by all processes before anything is raised
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)

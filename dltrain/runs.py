@@ -83,14 +83,22 @@ class TensorBoard:
 
 
 class RunFiles:
-    def __init__(self, run_dir: Path):
+    """A run's files. With `write=False` (ranks other than 0 of a distributed run) the writes
+    do nothing and the reads still work."""
+
+    def __init__(self, run_dir: Path, write: bool = True):
         self.dir = Path(run_dir)
+        self.write = write
 
     def write_config(self, cfg: Config) -> None:
+        if not self.write:
+            return
         text = cfg.to_yaml()
         atomic_write(self.dir / "config.yaml", lambda handle: handle.write(text.encode()))
 
     def append_metrics(self, row: dict) -> None:
+        if not self.write:
+            return
         path = self.dir / "metrics.csv"
         header = None
         if path.exists():
@@ -108,6 +116,8 @@ class RunFiles:
 
     def rewrite_metrics(self, rows: list[dict]) -> None:
         """Replace metrics.csv with `rows` (on resume: drop epochs after the checkpoint)."""
+        if not self.write:
+            return
         if not rows:
             (self.dir / "metrics.csv").unlink(missing_ok=True)
             return
@@ -119,12 +129,14 @@ class RunFiles:
         atomic_write(self.dir / "metrics.csv", lambda handle: handle.write(text.encode()))
 
     def write_summary(self, summary: dict) -> None:
-        write_json(self.dir / "summary.json", summary)
+        if self.write:
+            write_json(self.dir / "summary.json", summary)
 
 
 # --- reading runs back: `dltrain runs`, `dltrain plot` -----------------------------------
 
-SUMMARY_STATUSES = ("finished", "stopped_early", "interrupted", "failed")  # summary.json's
+# summary.json's statuses; "stopped": a caller's rule (a sweep's pruner) ended the run
+SUMMARY_STATUSES = ("finished", "stopped_early", "stopped", "interrupted", "failed")
 RUN_STATUSES = (*SUMMARY_STATUSES, "incomplete", "unreadable")  # incomplete: no summary yet
 
 

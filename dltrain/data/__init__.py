@@ -72,6 +72,11 @@ class Batches:
 
     Shuffling and augmentation draw from this loader's own generator (seeded, on the CPU), so
     the order is reproducible and its state can be saved with a checkpoint.
+
+    `shard=(rank, world)` (distributed training): every rank draws the same permutation, pads
+    it to a multiple of `world` (as DistributedSampler does) and takes every world-th index
+    from `rank` on. Each rank then has as many batches as the others, and the union of the
+    ranks' k-th batches is the k-th batch one process would take at `world` times the size.
     """
 
     def __init__(
@@ -82,8 +87,10 @@ class Batches:
         shuffle: bool = False,
         seed: int = 0,
         augment: AugmentConfig | None = None,
+        shard: tuple[int, int] = (0, 1),
     ):
         self.split = split
+        self.rank, self.world = shard
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed)
@@ -106,7 +113,11 @@ class Batches:
         self.shift = -self.mean / self.std
 
     def __len__(self) -> int:
-        return -(-len(self.split) // self.batch_size)
+        per_rank = -(-len(self.split) // self.world)
+        return -(-per_rank // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Nothing to do: the order comes from the generator, in step on every rank."""
 
     def convert(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) -> normalized float, resized, RGB and augmented as configured."""
@@ -130,7 +141,11 @@ class Batches:
         n = len(self.split)
         images, labels = self.split.images, self.split.labels
         if self.shuffle:
-            order = torch.randperm(n, generator=self.generator).to(images.device)
+            order = torch.randperm(n, generator=self.generator)
+            if self.world > 1:
+                order = torch.cat([order, order[: (-n) % self.world]])[self.rank :: self.world]
+                n = len(order)
+            order = order.to(images.device)
         for start in range(0, n, self.batch_size):
             if self.shuffle:
                 index = order[start : start + self.batch_size]
@@ -160,9 +175,15 @@ def make_loader(
     device: torch.device,
     seed: int = 0,
     size: int | None = None,
+    shard: tuple[int, int] = (0, 1),
 ):
     """A loader for one split; only `train` is shuffled and augmented. `train_eval` is a fixed
-    subset of `size` training samples, read like validation (no shuffle, no augmentation)."""
+    subset of `size` training samples, read like validation (no shuffle, no augmentation).
+
+    `shard=(rank, world)` gives this process its part: for training, a padded share of every
+    epoch's permutation; for the others, every world-th sample, no padding, so that sums over
+    the ranks cover the split exactly once."""
+    rank, world = shard
     train = name == "train"
     if name == "train_eval":
         n = len(splits.train)
@@ -170,9 +191,14 @@ def make_loader(
         split = splits.train.subset(order[: min(size or n, n)].sort().values)
     else:
         split = getattr(splits, name)
+    if world > 1 and not train:
+        split = split.subset(torch.arange(rank, len(split), world))
     batch_size = cfg.batch_size if train else (cfg.eval_batch_size or 2 * cfg.batch_size)
     if isinstance(split, TensorSplit):
         augment = cfg.augment if train else None
-        return Batches(split.to(device), splits.info, batch_size, train, seed, augment)
+        return Batches(split.to(device), splits.info, batch_size, train, seed, augment, shard)
     split = split.with_transform(_folder_transform(splits.info, cfg, train))
-    return _folder.FolderLoader(split, batch_size, train, seed, cfg.num_workers, device)
+    loader_shard = shard if train else (0, 1)  # evaluation splits are sharded above
+    return _folder.FolderLoader(
+        split, batch_size, train, seed, cfg.num_workers, device, loader_shard
+    )

@@ -143,16 +143,25 @@ class FolderLoader:
         seed: int,
         num_workers: int,
         device: torch.device,
+        shard: tuple[int, int] = (0, 1),
     ):
-        from torch.utils.data import DataLoader
+        from torch.utils.data import DataLoader, DistributedSampler
 
         self.generator = torch.Generator().manual_seed(seed)
         self.device = device
         self.memory_format = torch.contiguous_format
+        rank, world = shard
+        # Distributed training: each rank reads its padded share, reshuffled by set_epoch.
+        self.sampler = (
+            DistributedSampler(split, world, rank, shuffle=shuffle, seed=seed)
+            if world > 1
+            else None
+        )
         self.loader = DataLoader(
             split,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and self.sampler is None,
+            sampler=self.sampler,
             generator=self.generator,
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
@@ -161,6 +170,10 @@ class FolderLoader:
 
     def __len__(self) -> int:
         return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
 
     def __iter__(self):
         for images, labels in self.loader:

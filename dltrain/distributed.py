@@ -1,0 +1,189 @@
+"""Data-parallel training on torch.distributed: the process group, and decisions all ranks share.
+
+torchrun (or `dltrain train --nproc N`, which calls torchrun's own launcher) starts one process
+per device and sets RANK, WORLD_SIZE and LOCAL_RANK. Each process trains on its shard of every
+batch; DistributedDataParallel averages the gradients. Only rank 0 prints and writes files.
+Every choice that ends or changes the loop (a NaN, Ctrl-C, early stopping) is agreed through a
+collective, so no rank is left waiting at a barrier the others never reach.
+
+Without those variables everything here is a no-op and training runs in one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dltrain.errors import DltrainError
+
+T = TypeVar("T")
+NO_STEP = 2**62  # "no NaN seen" in the MIN-reduction that finds the first bad step
+
+
+def launched() -> bool:
+    """True in a process that torchrun started as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    """Rank 0 is the one process that prints and writes. Read from the environment too, so the
+    CLI knows before the process group exists."""
+    return rank() == 0 and os.environ.get("RANK", "0") == "0"
+
+
+def start(device_name: str) -> torch.device:
+    """Join the process group torchrun set up: NCCL with one CUDA device per process (from
+    LOCAL_RANK), gloo on the CPU. Returns this process's device."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    wants_cuda = device_name.startswith("cuda") or (
+        device_name == "auto" and torch.cuda.is_available()
+    )
+    if device_name == "mps":
+        raise DltrainError("distributed training runs on CUDA or the CPU, not mps; use --device")
+    if wants_cuda:
+        if not torch.cuda.is_available():
+            raise DltrainError(
+                f"device {device_name!r} was asked for but CUDA is not available on this "
+                "machine; use --device cpu for distributed training on the CPU (gloo)"
+            )
+        if local_rank >= torch.cuda.device_count():
+            raise DltrainError(
+                f"process {local_rank} on this node has no GPU: the node has "
+                f"{torch.cuda.device_count()}; start at most that many processes per node"
+            )
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device = torch.device("cpu")
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, device_id=device if backend == "nccl" else None)
+    return device
+
+
+def stop(together: bool = True) -> None:
+    """Leave the process group. `together` (all ranks got here: success, or an agreed stop)
+    waits for the others first: a rank that tears down while rank 0 still writes can abort at
+    exit (seen with gloo), and the launcher then kills rank 0 mid-write. After an error on
+    this rank alone there is no waiting: exiting lets the launcher stop the others."""
+    if dist.is_available() and dist.is_initialized():
+        if together:
+            with contextlib.suppress(RuntimeError):  # a peer already gone
+                dist.barrier()
+        dist.destroy_process_group()
+
+
+def _tensor(values, dtype=torch.long) -> torch.Tensor:
+    # NCCL reduces only tensors on the process's GPU; gloo those on the CPU.
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+def all_sum(*tensors: torch.Tensor) -> None:
+    """Sum tensors over all ranks, in place."""
+    if active():
+        for tensor in tensors:
+            dist.all_reduce(tensor)
+
+
+def sum_ints(*values: int) -> list[int]:
+    if not active():
+        return list(values)
+    total = _tensor(list(values))
+    dist.all_reduce(total)
+    return total.tolist()
+
+
+def agree(bad_step: int | None, wants_stop: bool) -> tuple[int | None, bool]:
+    """One collective for both loop-ending events: the first step any rank saw a NaN/Inf loss,
+    and whether any rank was asked to stop (Ctrl-C, SIGTERM)."""
+    if not active():
+        return bad_step, wants_stop
+    flags = _tensor([NO_STEP if bad_step is None else bad_step, -int(wants_stop)])
+    dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+    first_bad, stop_flag = flags.tolist()
+    return (None if first_bad == NO_STEP else first_bad), stop_flag < 0
+
+
+def from_main(compute: Callable[[], T]) -> T:
+    """Rank 0 computes, every rank gets the result. A DltrainError on rank 0 is raised on every
+    rank (only rank 0 prints it), so none waits for an answer that never comes."""
+    if not active():
+        return compute()
+    box: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = ("ok", compute())
+        except DltrainError as err:
+            box[0] = ("error", err)
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        value.all_ranks = True
+        raise value
+    return value
+
+
+def wrap(model: nn.Module, device: torch.device, sync_batchnorm: bool) -> nn.Module:
+    """The module that trains: DistributedDataParallel around `model` when several processes
+    run (SyncBatchNorm first, if asked), else `model` itself."""
+    if not active():
+        return model
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if sync_batchnorm and has_bn:
+        if device.type != "cuda":
+            raise DltrainError(
+                "train.sync_batchnorm: PyTorch's SyncBatchNorm runs on CUDA only; set "
+                "train.sync_batchnorm: false for distributed training on the CPU"
+            )
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def launch(nproc: int, args: list[str]) -> int:
+    """Run `python -m dltrain <args>` in `nproc` local processes through torchrun's launcher
+    (standalone rendezvous on this machine). Returns the exit code to pass on: 0, or that of
+    the first process that failed (rank 0's errors are already printed by rank 0)."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    # torchrun would set OMP_NUM_THREADS=1 with a banner; share the cores out instead.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (cores or 1) // nproc)))
+    # The elastic agent logs each failed worker as a long report; our processes say it better.
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    launch_args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "dltrain", *args])
+    try:
+        run(launch_args)
+    except ChildFailedError as err:
+        _, failure = err.get_first_failure()
+        code = failure.exitcode
+        return code if code > 0 else 128 - code
+    except SignalException as err:  # Ctrl-C or SIGTERM here: the workers got it too, and saved
+        return 128 + int(err.sigval)
+    return 0
