@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -38,12 +40,17 @@ DeviceOption = Annotated[
 ]
 
 
+def _main_process() -> bool:
+    """In a distributed run (torchrun sets RANK) only rank 0 prints."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _out() -> Console:
-    return Console(highlight=False)
+    return Console(highlight=False, quiet=not _main_process())
 
 
 def _err() -> Console:
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, quiet=not _main_process())
 
 
 def _fail(err: DltrainError) -> None:
@@ -63,12 +70,20 @@ def _friendly(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        together = False  # distributed: did every rank get here?
         try:
-            return command(*args, **kwargs)
+            result = command(*args, **kwargs)
+            together = True
+            return result
         except DltrainError as err:
+            together = err.all_ranks
             _fail(err)
         except KeyboardInterrupt:  # before training started: nothing to save
             _fail(Interrupted("stopped by Ctrl-C before training started", 130))
+        finally:
+            distributed = sys.modules.get("dltrain.distributed")  # never imported: no group
+            if distributed is not None:
+                distributed.stop(together)
 
     return wrapper
 
@@ -108,7 +123,9 @@ class TrainReport:
     def on_start(self, info: dict) -> None:
         sizes = info["sizes"]
         self.console.print(
-            f"run {info['run_dir']}  device {info['device']} ({info['precision']})  "
+            f"run {info['run_dir']}  device {info['device']} ({info['precision']})"
+            + (f" × {info['processes']} processes" if info.get("processes", 1) > 1 else "")
+            + "  "
             f"params {info['params']:,}  "
             f"train/val/test {sizes['train']}/{sizes['val']}/{sizes['test']}",
             soft_wrap=True,
@@ -178,7 +195,8 @@ class TrainReport:
         self.close()
         summary = info["summary"]
         if self.mode == "json":
-            print(json.dumps({**summary, "run_dir": info["run_dir"]}))
+            if _main_process():
+                print(json.dumps({**summary, "run_dir": info["run_dir"]}))
             return
         best = summary["best_metrics"]
         table = Table(title="summary", show_header=False)
@@ -238,21 +256,77 @@ def train(
         Path | None,
         typer.Option("--resume", help="Continue a run: its folder (last.pt) or a checkpoint."),
     ] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc",
+            min=1,
+            help="Train data-parallel in N processes on this machine (torch.distributed, "
+            "started through torchrun); data.batch_size is per process.",
+        ),
+    ] = 1,
 ) -> None:
     """Train a model from a YAML config, or continue a run with --resume."""
     overrides = _overrides(set_, device)
     mode = _mode(quiet, as_json)
+    if resume is None and config is None:
+        raise DltrainError("give a config file to train, or --resume RUN_DIR to continue a run")
+    if nproc > 1:
+        _launch(nproc, config, set_, device, run_dir, force, quiet, as_json, resume)
+        return
     if resume is not None:
         _resume(resume, config, run_dir, overrides, mode)
         return
-    if config is None:
-        raise DltrainError("give a config file to train, or --resume RUN_DIR to continue a run")
     from dltrain.config import load_config
 
     cfg = load_config(config, overrides)
+    _fit(cfg, _run_folder(cfg, run_dir, force), mode)
+
+
+def _launch(nproc: int, config, set_, device, run_dir, force, quiet, as_json, resume) -> None:
+    """`train --nproc N`: check what can be checked here, then start N processes through
+    torchrun's launcher, each running this same command without --nproc."""
+    from dltrain import distributed
+
+    if distributed.launched():
+        raise DltrainError(
+            "--nproc starts its own processes; under torchrun, leave it out (torchrun's "
+            "--nproc-per-node says how many)"
+        )
+    if resume is None:
+        from dltrain.config import load_config
+
+        load_config(config, _overrides(set_, device))  # a bad config fails once, here
+    elif not resume.exists():
+        raise DltrainError(f"--resume {resume}: no such run folder or checkpoint")
+    args = ["train"] + ([str(config)] if config is not None else [])
+    for item in set_ or []:
+        args += ["--set", item]
+    args += ["--device", device] if device else []
+    args += ["--run-dir", str(run_dir)] if run_dir is not None else []
+    args += ["--resume", str(resume)] if resume is not None else []
+    args += [
+        flag for flag, on in (("--force", force), ("--quiet", quiet), ("--json", as_json)) if on
+    ]
+    code = distributed.launch(nproc, args)
+    if code:
+        raise typer.Exit(code)
+
+
+def _run_folder(cfg, run_dir: Path | None, force: bool) -> Path:
+    """The new run's folder. Under torchrun, rank 0 makes it and tells the others."""
     from dltrain.runs import new_run_dir
 
-    _fit(cfg, new_run_dir(cfg, run_dir, force=force), mode)
+    if not _distributed_launch():
+        return new_run_dir(cfg, run_dir, force=force)
+    from dltrain import distributed
+
+    distributed.start(cfg.device)
+    return distributed.from_main(lambda: new_run_dir(cfg, run_dir, force=force))
+
+
+def _distributed_launch() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def _fit(cfg, folder: Path, mode: str = "normal", **kwargs) -> None:
@@ -316,11 +390,10 @@ def finetune(
     overrides = _overrides(set_, device)
     cfg = load_config(config, overrides)
     from dltrain.finetune import from_source
-    from dltrain.runs import new_run_dir
 
     cfg, parent = from_source(cfg, source)
     mode = _mode(quiet, as_json)
-    _fit(cfg, new_run_dir(cfg, run_dir, force=force), mode, parent=parent)
+    _fit(cfg, _run_folder(cfg, run_dir, force), mode, parent=parent)
 
 
 @app.command()
@@ -375,6 +448,199 @@ def compare(
     out_console.print(table)
     out_console.print(
         f"wrote {result['png']} and {root / 'compare.json'}", markup=False, soft_wrap=True
+    )
+
+
+# --- sweep -------------------------------------------------------------------------------
+
+
+@app.command()
+@_friendly
+def sweep(
+    config: Annotated[Path | None, typer.Argument(help="YAML config with a sweep section.")] = None,
+    trials: Annotated[
+        int | None, typer.Option("--trials", min=1, help="Trials in all (default sweep.trials).")
+    ] = None,
+    sampler: Annotated[
+        str | None, typer.Option("--sampler", help="random (default) or tpe.")
+    ] = None,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Stop unpromising trials early (median pruner).")
+    ] = False,
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", min=1, help="Trials run in parallel (default 1).")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Start no trial after this many seconds.")
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option("--storage", help="Shared study, e.g. postgresql://…; default study.db."),
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", help="Search space: KEY=SPEC, e.g. 'optim.lr=uniform(0, 1)'."),
+    ] = None,
+    set_: SetOption = None,
+    device: DeviceOption = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Sweep folder (default runs/<name>/sweep-…).")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue an interrupted sweep: its folder.")
+    ] = None,
+    test_best: Annotated[
+        bool, typer.Option("--test-best", help="At the end, test the best trial (once).")
+    ] = False,
+) -> None:
+    """Many trials with sampled hyperparameters, selected on validation; test the best once."""
+    from dltrain import sweep as sweeps
+
+    if resume is not None:
+        fixed = {"CONFIG": config, "--param": param, "--set": set_, "--device": device}
+        fixed.update({"--sampler": sampler, "--prune": prune, "--storage": storage, "--out": out})
+        folder, settings = resume, _sweep_resumed(resume, fixed, jobs, timeout)
+    else:
+        if config is None:
+            raise DltrainError("give a config to sweep, or --resume SWEEP_DIR to continue one")
+        if sampler not in (None, "random", "tpe"):
+            raise DltrainError(f"--sampler {sampler!r}: expected random or tpe")
+        from dltrain.config import load_config
+
+        cfg = load_config(config, _overrides(set_, device), list(param or []))
+        folder = out or sweeps.default_folder(cfg)
+        options = {"trials": trials or cfg.sweep.trials, "sampler": sampler or cfg.sweep.sampler}
+        options.update(prune=prune, jobs=jobs or 1, timeout=timeout, storage=storage)
+        settings = sweeps.create(cfg, folder, options)
+    _sweep_start(folder, settings, trials)
+    log_scaled = [key for key, space in sweeps.spaces(settings).items() if space.log]
+    on_trial = functools.partial(_sweep_trial_line, settings["metric"], log_scaled)
+    result = sweeps.run(folder, on_trial, trials)
+    _sweep_table(result)
+    if result["best"] is None:
+        raise DltrainError("no trial completed (the table says why); nothing to select")
+    if test_best:
+        _sweep_test(folder, device)
+
+
+def _sweep_resumed(folder: Path, fixed: dict, jobs: int | None, timeout: float | None) -> dict:
+    """The saved settings of a sweep to continue; only how it runs may change."""
+    from dltrain import sweep as sweeps
+
+    if any(fixed.values()):
+        raise DltrainError(
+            "--resume continues a sweep with its saved config and options; drop "
+            f"{', '.join(name for name, value in fixed.items() if value)} (--trials, --jobs, "
+            "--timeout and --test-best may be given)"
+        )
+    settings = sweeps.load_settings(folder)
+    settings.update(jobs=jobs or settings["jobs"], timeout=timeout or settings["timeout"])
+    sweeps.save_settings(folder, settings)
+    return settings
+
+
+def _sweep_start(folder: Path, settings: dict, trials: int | None) -> None:
+    keys = ", ".join(settings["config"]["sweep"]["params"])
+    total = trials or settings["trials"]
+    jobs = settings["jobs"]
+    _err().print(
+        f"sweep {folder}: {total} trials of {keys} ({settings['sampler']} sampling"
+        f"{', pruned' if settings['prune'] else ''}, {jobs} job{'s' if jobs > 1 else ''}), "
+        f"selected on {settings['metric']}",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+def _sweep_value(value, log: bool = False) -> str:
+    """Compact: 3.2e-03 (log-scaled, tiny or huge), 0.213, 64, adam."""
+    if isinstance(value, float):
+        tiny_or_huge = value and not 0.01 <= abs(value) < 1e4
+        return f"{value:.1e}" if log or tiny_or_huge else f"{value:.3g}"
+    return "-" if value is None else str(value)
+
+
+def _sweep_trial_line(metric: str, log_scaled: list[str], row: dict) -> None:
+    params = ", ".join(
+        f"{key}={_sweep_value(value, key in log_scaled)}" for key, value in row["params"].items()
+    )
+    value = "-" if row["value"] is None else f"{row['value']:.4f}"
+    why = f"; {row['reason']}" if row["reason"] and row["state"] != "complete" else ""
+    state = "failed" if row["state"] == "fail" else row["state"]
+    _err().print(
+        f"trial {row['trial']} {state}: {metric} {value} ({params}), {row['epochs']} epochs, "
+        f"{row['seconds']:.1f}s{why}",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+SWEEP_STATE_STYLES = {"complete": "green", "pruned": "yellow", "fail": "red", "interrupted": "red"}
+
+
+def _sweep_table(result: dict) -> None:
+    from rich import box
+    from rich.text import Text
+
+    rows, metric = result["rows"], result["metric"]
+    keys = list(rows[0]["params"]) if rows else []
+    # A key's last part heads its column (lr, dropout) unless two keys share it.
+    ends = [key.rpartition(".")[2] for key in keys]
+    table = Table(box=box.SIMPLE_HEAD, title=f"sweep: {len(rows)} trials, best first")
+    table.add_column("trial", justify="right", no_wrap=True)
+    for key, end in zip(keys, ends, strict=True):
+        table.add_column(end if ends.count(end) == 1 else key, justify="right", no_wrap=True)
+    table.add_column(f"best {metric}", justify="right", no_wrap=True)
+    table.add_column("epochs", justify="right", no_wrap=True)
+    table.add_column("state", overflow="fold", min_width=8)
+    for row in rows:
+        state = "failed" if row["state"] == "fail" else row["state"]
+        if row["reason"] and row["state"] != "complete":  # the first clause; sweep.csv has all
+            short = row["reason"].split(";")[0]
+            state += f": {short[:50]}" + ("…" if len(short) > 50 else "")
+        table.add_row(
+            str(row["trial"]),
+            *(_sweep_value(row["params"][key], key in result["log_scaled"]) for key in keys),
+            "-" if row["value"] is None else f"{row['value']:.4f}",
+            "-" if row["epochs"] is None else str(row["epochs"]),
+            Text(state, style=SWEEP_STATE_STYLES.get(row["state"], "")),
+        )
+    out = _out()
+    out.print(table)
+    best, names = result["best"], ", ".join(Path(p).name for p in result["written"])
+    if best is not None:
+        out.print(
+            f"best: trial {best['trial']} ({metric} {best['value']:.4f}, {best['folder']}); "
+            f"wrote {names} in {result['folder']}",
+            markup=False,
+            soft_wrap=True,
+        )
+    if result["finished"] < result["trials"]:
+        _note(
+            f"{result['finished']} of {result['trials']} trials finished; run the rest with: "
+            f"dltrain sweep --resume {result['folder']}"
+        )
+
+
+def _sweep_test(folder: Path, device: str | None) -> None:
+    from dltrain.sweep import evaluate_best
+
+    metrics = evaluate_best(folder, device)
+    uses, ledger = metrics["test_uses"], Path(metrics["checkpoint"]).parent / "test_ledger.jsonl"
+    _out().print(
+        f"test (trial {metrics['trial']}): accuracy {metrics['acc']:.4f}  loss "
+        f"{metrics['loss']:.4f}  ({metrics['samples']} samples, {metrics['checkpoint']}, "
+        f"epoch {metrics['epoch']})",
+        markup=False,
+        soft_wrap=True,
+    )
+    style = "yellow" if uses > 1 else ""
+    _err().print(
+        f"the test set has now been used {uses} time{'s' if uses > 1 else ''} ({ledger}); "
+        "report this number, and do not select on it",
+        style=style,
+        markup=False,
+        soft_wrap=True,
     )
 
 
@@ -557,6 +823,7 @@ def plot_(
 RUN_STATUS_STYLES = {
     "finished": "green",
     "stopped_early": "green",
+    "stopped": "yellow",
     "interrupted": "yellow",
     "incomplete": "yellow",
     "failed": "red",

@@ -8,9 +8,12 @@ expected. This module must not import torch: `dltrain config show` stays fast.
 
 from __future__ import annotations
 
+import copy
 import difflib
+import math
 import re
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -285,6 +288,21 @@ class CheckpointConfig(Section):
     save_best: bool = Field(True, description="Write best.pt when the monitored metric improves.")
 
 
+class SweepConfig(Section):
+    metric: Literal["val_acc", "val_loss"] | None = Field(
+        None, description="Validation metric the sweep selects on; null = early_stopping.monitor."
+    )
+    trials: int = Field(20, ge=1, description="Trials to run (dltrain sweep --trials overrides).")
+    sampler: Literal["random", "tpe"] = Field(
+        "random", description="random (the course's method) or tpe (Optuna's TPE)."
+    )
+    params: dict[str, str] = Field(
+        {},
+        description="Search space by dotted key: loguniform(lo, hi), uniform(lo, hi), "
+        "int(lo, hi[, log]) or choice([a, b, ...]).",
+    )
+
+
 # Image sizes known without reading data (imagefolder: only through data.resize).
 DATASET_SIZES = {"digits": 8, "mnist": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
 # AlexNet's smallest input with (True) and without (False) the small-input stem; a test keeps
@@ -324,6 +342,9 @@ class Config(Section):
         default_factory=CheckpointConfig, description="What checkpoints to write."
     )
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Extra logging.")
+    sweep: SweepConfig = Field(
+        default_factory=SweepConfig, description="Used by `dltrain sweep` only."
+    )
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -445,6 +466,156 @@ def apply_overrides(data: dict, overrides: list[str], source: str) -> set[str]:
     return paths
 
 
+def set_key(data: dict, key: str, value: Any) -> bool:
+    """Set a dotted key in a raw config dict; False if a section on the way is not a mapping."""
+    *sections, last = key.split(".")
+    for part in sections:
+        if data.get(part) is None:
+            data[part] = {}
+        data = data[part]
+        if not isinstance(data, dict):
+            return False
+    data[last] = value
+    return True
+
+
+def apply_params(data: dict, params: list[str], source: str) -> set[str]:
+    """Add `KEY=SPEC` strings (--param) to sweep.params in place; returns their dotted paths."""
+    problems, paths = [], set()
+    for item in params:
+        key, sep, spec = item.partition("=")
+        key, spec = key.strip(), spec.strip()
+        if not sep or not key or not spec:
+            example = "--param 'optim.lr=loguniform(1e-4, 1e-1)'"
+            problems.append(f"--param {item!r}: expected KEY=SPEC, e.g. {example}")
+            continue
+        sweep = data.get("sweep")
+        if sweep is None:
+            sweep = data["sweep"] = {}
+        if not isinstance(sweep, dict) or not isinstance(sweep.setdefault("params", {}), dict):
+            problems.append(f"--param {key}: sweep.params is a value, not a section")
+            continue
+        if sweep["params"] is None:
+            sweep["params"] = {}
+        sweep["params"][key] = spec
+        paths.add(f"sweep.params.{key}")
+    if problems:
+        raise ConfigError(problems, source)
+    return paths
+
+
+# --- sweep search spaces -----------------------------------------------------------------
+
+SPACE_KINDS = ("loguniform", "uniform", "int", "choice")
+SPACE_FORMS = "loguniform(lo, hi), uniform(lo, hi), int(lo, hi[, log]) or choice([a, b, ...])"
+
+
+@dataclass(frozen=True)
+class Space:
+    """One parameter's search space, parsed from e.g. `loguniform(1e-4, 1e-1)`."""
+
+    kind: str  # one of SPACE_KINDS
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    choices: tuple = ()
+
+    def ends(self) -> tuple:
+        """The values at its edges: each must be a valid value of the key it sets."""
+        return self.choices if self.kind == "choice" else (self.low, self.high)
+
+
+def parse_space(spec: str) -> Space:
+    """`kind(arguments)`, the arguments read as YAML; ValueError says what is wrong."""
+    match = re.fullmatch(r"\s*([A-Za-z_]\w*)\s*\((.*)\)\s*", spec, flags=re.DOTALL)
+    if not match:
+        raise ValueError(f"{spec!r} is not a search space; expected {SPACE_FORMS}")
+    kind, text = match.groups()
+    if kind not in SPACE_KINDS:
+        hint = _closest(kind, SPACE_KINDS)
+        line = f"{kind!r} is not one of {', '.join(SPACE_KINDS)}"
+        raise ValueError(line + (f"; did you mean {hint}?" if hint else ""))
+    try:
+        args = parse_yaml(f"[{text}]", spec)
+    except ConfigError:
+        raise ValueError(f"{spec}: cannot read the arguments; expected {SPACE_FORMS}") from None
+    if kind == "choice":
+        if len(args) != 1 or not isinstance(args[0], list) or not args[0]:
+            raise ValueError(f"{spec}: expected a non-empty list, e.g. choice([sgd, adam])")
+        if len({repr(value) for value in args[0]}) < len(args[0]):
+            raise ValueError(f"{spec}: a value is listed twice")
+        return Space("choice", choices=tuple(args[0]))
+    log = kind == "loguniform"
+    if kind == "int" and len(args) == 3 and args[2] == "log":
+        args, log = args[:2], True
+    number = int if kind == "int" else int | float
+    form = "int(lo, hi) or int(lo, hi, log) with whole numbers" if kind == "int" else kind
+    if len(args) != 2 or not all(
+        isinstance(a, number) and not isinstance(a, bool) and math.isfinite(a) for a in args
+    ):
+        raise ValueError(f"{spec}: expected {form}{'' if kind == 'int' else '(lo, hi)'}")
+    low, high = args
+    if low >= high:
+        raise ValueError(f"{spec}: lo must be below hi")
+    if log and low <= 0:
+        raise ValueError(f"{spec}: a log scale needs lo > 0")
+    return Space(kind, low, high, log)
+
+
+def config_keys(model: type[BaseModel] = None, prefix: str = "") -> list[str]:
+    """Every value's dotted key (data.val_split, optim.lr, ...), sections left out."""
+    keys = []
+    for name, field in (model or Config).model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            keys += config_keys(sub, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def _sweep_problems(data: dict, sweep: SweepConfig | None, overridden: set[str]) -> list[str]:
+    """One line per search-space entry with an unknown key, a bad range, or an edge value
+    the key does not take."""
+    if sweep is None:
+        return []
+    keys = [key for key in config_keys() if not key.startswith("sweep.")]
+    lines = []
+    for key, spec in sweep.params.items():
+        where = f"sweep.params.{key}"
+        problem = _space_problem(data, key, spec, keys)
+        if problem:
+            lines.append(f"{where}: {problem}" + (" (from --param)" if where in overridden else ""))
+    return lines
+
+
+def _space_problem(data: dict, key: str, spec: str, keys: list[str]) -> str | None:
+    if key not in keys:
+        inside = [k for k in keys if k.startswith(key + ".")]
+        if key.startswith("sweep.") or key == "sweep":
+            return "the sweep section itself cannot be swept"
+        if inside:
+            return f"{key} is a section; name a key in it, e.g. {inside[0]}"
+        match = _closest(key, keys)
+        hint = f"did you mean {match}?" if match else "see dltrain config reference"
+        return f"unknown config key; {hint}"
+    try:
+        space = parse_space(spec)
+    except ValueError as err:
+        return str(err)
+    for value in space.ends():
+        trial = copy.deepcopy(data)
+        if not set_key(trial, key, value):
+            return None  # the section itself is wrong: reported on its own
+        try:
+            Config.model_validate(trial)
+        except ValidationError as err:
+            for error in err.errors():
+                if f"{_path(tuple(error['loc']))}.".startswith(f"{key}."):
+                    return f"{spec}: {_describe(error).removeprefix(key + ': ')}"
+    return None
+
+
 # --- validation --------------------------------------------------------------------------
 
 
@@ -501,6 +672,9 @@ def _describe(error: dict) -> str:
         return line + (f"; did you mean {match}?" if match else "")
     if kind == "model_type":
         return f"{path}: got {value!r}; expected a section (a mapping of keys)"
+    if loc[:2] == ("sweep", "params") and len(loc) == 3:
+        dotted = " (keys are dotted: optim.lr)" if isinstance(value, dict) else ""
+        return f"{path}: got {value!r}; expected a search space: {SPACE_FORMS}{dotted}"
     expected = error["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
     if kind == "string_pattern_mismatch" and loc == ("device",):
         expected = "auto, cpu, cuda, cuda:N or mps"
@@ -551,19 +725,23 @@ def validate(data: dict, source: str = "config", overridden: set[str] = frozense
             lines.append(_describe(error) + (" (from --set)" if path in overridden else ""))
     if cfg is not None:
         lines += _cross_problems(cfg.model, cfg.data)
+        lines += _sweep_problems(data, cfg.sweep, overridden)
     else:
         model, data_section = (
             _section(ModelConfig, data, "model"),
             _section(DataConfig, data, "data"),
         )
         lines += _cross_problems(model, data_section)
+        lines += _sweep_problems(data, _section(SweepConfig, data, "sweep"), overridden)
     if lines:
         raise ConfigError(lines, source)
     return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Read a YAML config, apply `--set` overrides, validate; ConfigError lists every problem."""
+def load_config(path: str | Path, overrides: list[str] = (), params: list[str] = ()) -> Config:
+    """Read a YAML config, apply `--set` overrides and `--param` search spaces, validate;
+    ConfigError lists every problem."""
     data = read_config_file(path)
     overridden = apply_overrides(data, list(overrides), str(path))
+    overridden |= apply_params(data, list(params), str(path))
     return validate(data, str(path), overridden)

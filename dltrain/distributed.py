@@ -12,6 +12,7 @@ Without those variables everything here is a no-op and training runs in one proc
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import Callable
 from typing import TypeVar
@@ -89,6 +90,9 @@ def stop(together: bool = True) -> None:
         if together:
             with contextlib.suppress(RuntimeError):  # a peer already gone
                 dist.barrier()
+        # The DDP wrapper holds the group too: free it now, not at interpreter exit, where
+        # gloo's worker threads can abort the process ("terminate called ...", seen here).
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -83,6 +83,48 @@ def plot_compare(groups: dict[str, list[str | Path]], out: str | Path) -> Path:
     return _save(fig, Path(out))
 
 
+def plot_sweep(rows: list[dict], spaces: dict, metric: str, out: str | Path) -> Path:
+    """A sweep's best validation metric against each parameter, one panel per parameter:
+    completed trials as dots, pruned ones as crosses (their best before being stopped), the
+    best trial as a star. Log-scaled parameters get a log x-axis; choices one tick each."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, max(1, len(spaces)), squeeze=False)[0]
+    scored = [row for row in rows if row["value"] is not None]
+    best = next((row for row in rows if row["state"] == "complete"), None)
+    for ax, (key, space) in zip(axes, spaces.items(), strict=False):
+        labels = [str(choice) for choice in space.choices]
+
+        def x(row, key=key, labels=labels):
+            value = row["params"][key]
+            return labels.index(str(value)) if labels and str(value) in labels else value
+
+        for state, style in (("complete", {"marker": "o"}), ("pruned", {"marker": "x"})):
+            points = [(x(row), row["value"]) for row in scored if row["state"] == state]
+            if points:
+                ax.scatter(*zip(*points, strict=True), label=state, color="C0", **style)
+        if best is not None:
+            ax.scatter([x(best)], [best["value"]], marker="*", s=200, color="C3", label="best")
+        if labels:
+            ax.set_xticks(range(len(labels)), labels)
+            ax.set_xlim(-0.5, len(labels) - 0.5)
+        elif space.log:  # the whole searched range, so that its empty parts show too
+            ax.set_xscale("log")
+            ax.set_xlim(space.low / 1.3, space.high * 1.3)
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        else:
+            margin = (space.high - space.low) * 0.04
+            ax.set_xlim(space.low - margin, space.high + margin)
+        ax.set_xlabel(key)
+        ax.set_ylabel(f"best {metric}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    fig.suptitle(f"{len(rows)} trials: best {metric} (validation) against each parameter")
+    return _save(fig, Path(out))
+
+
 def overlay_path(run_dirs: list[str | Path]) -> Path:
     """Where `dltrain plot A B …` writes by default: overlay-<time>.png in the folder that
     holds all the runs."""

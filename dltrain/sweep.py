@@ -1,0 +1,441 @@
+"""`dltrain sweep`: many random trials, each measured on validation; the best is tested once.
+
+A sweep folder (runs/<name>/sweep-<time>/) holds the Optuna study (study.db, SQLite),
+sweep.yaml (the base config and the options: all that --resume needs), one normal run folder
+per trial (trial-NNN, NNN being Optuna's trial number, so a rerun never collides), and at the
+end sweep.csv, sweep.png and best.yaml. The test split is read only by `evaluate_best`.
+optuna and torch are imported inside the functions; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import math
+import os
+import socket
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from dltrain.checkpoint import atomic_write
+from dltrain.config import Config, Space, parse_space, set_key, validate
+from dltrain.errors import ConfigError, DltrainError, Interrupted
+from dltrain.runs import new_run_dir
+
+SETTINGS, STUDY, BEST = "sweep.yaml", "study.db", "best.yaml"
+PRUNE_STARTUP = 3  # completed trials before the median pruner may stop one
+PRUNE_WARMUP = 2  # epochs reported before it may (a first epoch says little)
+
+Report = Callable[[dict], None]
+
+
+def default_folder(cfg: Config, runs: Path = Path("runs")) -> Path:
+    return runs / cfg.name / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def create(cfg: Config, folder: Path, options: dict) -> dict:
+    """Start a sweep in `folder`: sweep.yaml and the study. `options`: trials, sampler, prune,
+    jobs, timeout, storage (None: study.db in the folder). Returns the settings."""
+    if not cfg.sweep.params:
+        raise DltrainError(
+            "nothing to sweep: give sweep.params in the config or --param KEY=SPEC, "
+            "e.g. --param 'optim.lr=loguniform(1e-4, 1e-1)'"
+        )
+    if (folder / SETTINGS).exists():
+        raise DltrainError(f"{folder} already holds a sweep; continue it: --resume {folder}")
+    metric = cfg.sweep.metric or cfg.train.early_stopping.monitor
+    settings = {
+        "config": cfg.model_dump(mode="json"),
+        "metric": metric,
+        "direction": "minimize" if metric.endswith("loss") else "maximize",
+        "study": cfg.name,
+        **options,
+    }
+    new_run_dir(cfg, folder)  # created, and checked to be writable
+    open_study(folder, settings)  # first: a storage that cannot be opened leaves no sweep.yaml
+    save_settings(folder, settings)
+    return settings
+
+
+def load_settings(folder: Path) -> dict:
+    path = Path(folder) / SETTINGS
+    if not path.is_file():
+        raise DltrainError(f"{folder}: no {SETTINGS}, so not a sweep folder (runs/<name>/sweep-…)")
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def save_settings(folder: Path, settings: dict) -> None:
+    text = yaml.safe_dump(settings, sort_keys=False)
+    atomic_write(folder / SETTINGS, lambda handle: handle.write(text.encode()))
+
+
+def open_study(folder: Path, settings: dict, sampler=None, pruner=None):
+    """The sweep's study (created on first use) in its RDB storage."""
+    import optuna
+    import sqlalchemy
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # we report through the CLI
+    url = settings["storage"] or f"sqlite:///{(Path(folder) / STUDY).resolve()}"
+    # Parallel workers share one SQLite file: wait for its lock rather than fail.
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    try:
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine)
+        return optuna.create_study(
+            storage=storage,
+            study_name=settings["study"],
+            direction=settings["direction"],
+            sampler=sampler,
+            pruner=pruner,
+            load_if_exists=True,
+        )
+    except (ImportError, ValueError, sqlalchemy.exc.SQLAlchemyError) as err:
+        raise DltrainError(f"cannot open the study at {url}: {str(err).splitlines()[0]}") from None
+
+
+def spaces(settings: dict) -> dict[str, Space]:
+    return {key: parse_space(spec) for key, spec in settings["config"]["sweep"]["params"].items()}
+
+
+def run(folder: Path, on_trial: Report = lambda row: None, trials: int | None = None) -> dict:
+    """Run the trials the sweep still lacks (after a kill: requeue the interrupted ones), in
+    `jobs` processes; then write sweep.csv, sweep.png and best.yaml. Returns `summarize`."""
+    folder = Path(folder)
+    settings = load_settings(folder)
+    if trials is not None and trials != settings["trials"]:
+        settings["trials"] = trials
+        save_settings(folder, settings)
+    study = open_study(folder, settings)
+    _requeue_interrupted(study, folder, settings)
+    remaining = settings["trials"] - _counts(study)[0]
+    jobs = max(1, min(settings["jobs"], remaining))
+    deadline = time.time() + settings["timeout"] if settings["timeout"] else None
+    # Each worker's sampler seed: the config's seed, the trials so far and the worker's index,
+    # so a sweep repeats, and a resumed one or a second worker does not redraw the same values.
+    seeds = [f"{settings['config']['seed']}-{len(study.trials)}-{i}" for i in range(jobs)]
+    if remaining > 0 and jobs == 1:
+        work(folder, remaining, seeds[0], deadline, on_trial)
+    elif remaining > 0:
+        _parallel(folder, remaining, seeds, deadline, on_trial)
+    return summarize(folder)
+
+
+def _parallel(folder: Path, remaining: int, seeds: list[str], deadline, report: Report) -> None:
+    """`jobs` processes share the study, each with its share of the cores and of the trials;
+    their rows come back through a queue."""
+    import multiprocessing
+    import queue
+
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch state
+    rows = context.Queue()
+    jobs = len(seeds)
+    quotas = [remaining // jobs + (i < remaining % jobs) for i in range(jobs)]
+    threads = max(1, cores() // jobs)
+    workers = [
+        context.Process(target=_worker, args=(str(folder), quota, seed, deadline, threads, rows))
+        for quota, seed in zip(quotas, seeds, strict=True)
+    ]
+    for worker in workers:
+        worker.start()
+    errors = []
+    try:
+        while any(worker.is_alive() for worker in workers) or not rows.empty():
+            try:
+                row = rows.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if "error" in row:
+                errors.append(row["error"])
+            else:
+                report(row)
+    except KeyboardInterrupt:
+        for worker in workers:  # Ctrl-C reached them too: each records its trial and exits
+            worker.join()
+        raise _resume_hint(folder, KeyboardInterrupt()) from None
+    codes = [worker.exitcode for worker in workers]
+    if any(code in (130, 143) for code in codes):
+        raise _resume_hint(folder, Interrupted("", max(codes)))
+    if errors or any(codes):
+        raise DltrainError(errors[0] if errors else f"a sweep worker failed (exit codes {codes})")
+
+
+def _worker(folder: str, quota: int, seed: str, deadline, threads: int, rows) -> None:
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # torch is not imported yet in this process
+    try:
+        work(Path(folder), quota, seed, deadline, rows.put)
+    except Interrupted as err:
+        raise SystemExit(err.exit_code) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except DltrainError as err:
+        rows.put({"error": str(err)})
+        raise SystemExit(1) from None
+
+
+def work(folder: Path, quota: int, seed: str, deadline: float | None, report: Report) -> None:
+    """One worker: up to `quota` trials, one after another, until the deadline passes or the
+    study has all its trials (other machines may share it)."""
+    import optuna
+
+    settings = load_settings(folder)
+    seed = zlib.crc32(seed.encode())
+    sampler = (
+        optuna.samplers.TPESampler(seed=seed)
+        if settings["sampler"] == "tpe"
+        else optuna.samplers.RandomSampler(seed=seed)
+    )
+    pruner = (
+        optuna.pruners.MedianPruner(PRUNE_STARTUP, PRUNE_WARMUP)
+        if settings["prune"]
+        else optuna.pruners.NopPruner()
+    )
+    study = open_study(folder, settings, sampler, pruner)
+    for _ in range(quota):
+        finished, running = _counts(study)
+        if (deadline and time.time() >= deadline) or finished + running >= settings["trials"]:
+            return
+        report(run_trial(study, folder, settings))
+
+
+def run_trial(study, folder: Path, settings: dict) -> dict:
+    """Ask the study for a trial, train it as a normal run, tell the outcome; returns its row.
+    A failed trial (bad combination, NaN, …) is recorded with its reason; Ctrl-C marks the
+    trial interrupted, queues its values again and raises Interrupted."""
+    from optuna.trial import TrialState
+
+    trial = study.ask()
+    trial.set_user_attr("sweep", _identity(folder))
+    run_dir = folder / f"trial-{trial.number:03d}"
+    trial.set_user_attr("folder", run_dir.name)
+    started = time.perf_counter()
+    try:
+        cfg = trial_config(settings["config"], suggest(trial, spaces(settings)), trial.number)
+        summary = _fit(cfg, run_dir, trial, settings["metric"])
+    except (Interrupted, KeyboardInterrupt) as err:
+        _interrupted(study, trial, trial.params)
+        raise _resume_hint(folder, err) from None
+    except DltrainError as err:
+        state, summary, reason = TrialState.FAIL, None, "; ".join(str(err).splitlines())
+    except BaseException as err:  # a bug: recorded, then shown with its traceback
+        reason = f"{type(err).__name__}: {err}"
+        _tell(study, trial, TrialState.FAIL, None, reason, started, settings["metric"])
+        raise
+    else:
+        state, reason = TrialState.COMPLETE, ""
+        if summary["status"] == "stopped":
+            state, reason = TrialState.PRUNED, summary["stop_reason"]
+    _tell(study, trial, state, summary, reason, started, settings["metric"])
+    return trial_rows(study, settings, [trial.number])[0]
+
+
+def suggest(trial, space: dict[str, Space]) -> dict:
+    """The trial's value for each key. Lists and mappings are choices by their YAML text
+    (Optuna's categories are plain values)."""
+    values = {}
+    for key, item in space.items():
+        if item.kind == "choice":
+            labels = [_label(choice) for choice in item.choices]
+            pick = trial.suggest_categorical(key, labels)
+            values[key] = item.choices[labels.index(pick)]
+        elif item.kind == "int":
+            values[key] = trial.suggest_int(key, item.low, item.high, log=item.log)
+        else:
+            values[key] = trial.suggest_float(key, item.low, item.high, log=item.log)
+    return values
+
+
+def _label(value):
+    if isinstance(value, list | dict):
+        return yaml.safe_dump(value, default_flow_style=True).strip()
+    return value
+
+
+def trial_config(base: dict, values: dict, number: int) -> Config:
+    """The base config with the trial's values and no sweep section: a normal run's config
+    (`dltrain train trial-NNN/config.yaml` repeats the trial)."""
+    data = copy.deepcopy(base)
+    data["sweep"] = {}
+    for key, value in values.items():
+        set_key(data, key, value)
+    try:
+        return validate(data, f"trial {number}")
+    except ConfigError as err:
+        raise DltrainError("; ".join(err.lines)) from None
+
+
+def _fit(cfg: Config, run_dir: Path, trial, metric: str) -> dict:
+    """Train, reporting each epoch's metric to the study; the pruner may stop the run."""
+    from dltrain.engine import fit
+
+    def on_epoch(row: dict) -> str | None:
+        value = row[metric]
+        trial.report(value, row["epoch"])
+        if trial.should_prune():
+            return (
+                f"pruned by the sweep at epoch {row['epoch']}: {metric} {value:.4f} worse than "
+                "the median of earlier trials at that epoch"
+            )
+        return None
+
+    return fit(cfg, run_dir, on_epoch=on_epoch)
+
+
+def _tell(study, trial, state, summary: dict | None, reason: str, started: float, metric: str):
+    """Record the outcome (value, epochs, seconds, reason as user attributes) and tell it."""
+    best = summary["best_metrics"][metric] if summary and summary["best_metrics"] else None
+    if state.name == "COMPLETE" and not (best is not None and math.isfinite(best)):
+        state, reason = type(state).FAIL, f"{metric} is {best} (no finite value)"
+    trial.set_user_attr("best", best)
+    trial.set_user_attr("epochs", summary["epochs_run"] if summary else 0)
+    trial.set_user_attr("seconds", time.perf_counter() - started)
+    trial.set_user_attr("reason", reason)
+    study.tell(trial, best if state.name == "COMPLETE" else None, state=state)
+
+
+def _interrupted(study, trial, params: dict) -> None:
+    """A trial that did not end: failed as interrupted, its values queued to run again."""
+    from optuna.trial import TrialState
+
+    trial.set_user_attr("interrupted", True)
+    trial.set_user_attr("reason", "its values run again as a new trial")
+    study.tell(trial, state=TrialState.FAIL)
+    study.enqueue_trial(params, user_attrs={"retry_of": trial.number})
+
+
+def _requeue_interrupted(study, folder: Path, settings: dict) -> None:
+    """Trials this sweep left running when it was killed. With the study in the folder no
+    one else works on it; a shared --storage keeps other machines' trials running."""
+    import optuna
+    from optuna.trial import TrialState
+
+    ours = settings["storage"] is None
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if ours or frozen.user_attrs.get("sweep") == _identity(folder):
+            # A handle on a trial this process did not ask for: Trial takes its storage id.
+            _interrupted(study, optuna.trial.Trial(study, frozen._trial_id), frozen.params)
+
+
+def _identity(folder: Path) -> str:
+    return f"{socket.gethostname()}:{Path(folder).resolve()}"
+
+
+def _counts(study) -> tuple[int, int]:
+    """(trials finished: complete, pruned or failed but not interrupted; trials running)."""
+    finished = running = 0
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state.name == "RUNNING":
+            running += 1
+        elif trial.state.is_finished() and not trial.user_attrs.get("interrupted"):
+            finished += 1
+    return finished, running
+
+
+def _resume_hint(folder: Path, err: BaseException) -> Interrupted:
+    code = err.exit_code if isinstance(err, Interrupted) else 130
+    return Interrupted(
+        f"sweep stopped; finished trials are kept, interrupted ones run again: "
+        f"dltrain sweep --resume {folder}",
+        code,
+    )
+
+
+# --- results -----------------------------------------------------------------------------
+
+
+def trial_rows(study, settings: dict, numbers: list[int] | None = None) -> list[dict]:
+    """Trials as plain rows, best first (complete by value, then pruned, then failed)."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state.name == "WAITING" or (numbers and trial.number not in numbers):
+            continue
+        attrs = trial.user_attrs
+        state = "interrupted" if attrs.get("interrupted") else trial.state.name.lower()
+        rows.append(
+            {
+                "trial": trial.number,
+                "state": state,
+                "params": {key: trial.params.get(key) for key in spaces(settings)},
+                "value": attrs.get("best"),
+                "epochs": attrs.get("epochs"),
+                "seconds": attrs.get("seconds"),
+                "reason": attrs.get("reason", ""),
+                "folder": attrs.get("folder", f"trial-{trial.number:03d}"),
+            }
+        )
+    sign = -1 if settings["direction"] == "maximize" else 1
+    order = {"complete": 0, "pruned": 1, "running": 2, "fail": 3, "interrupted": 4}
+
+    def key(row):
+        value = math.inf if row["value"] is None else sign * row["value"]
+        return order.get(row["state"], 5), value, row["trial"]
+
+    return sorted(rows, key=key)
+
+
+def summarize(folder: Path) -> dict:
+    """Write sweep.csv, sweep.png and (when a trial completed) best.yaml; return the rows,
+    the best row, counts and the files written."""
+    from dltrain.plots import plot_sweep
+
+    settings = load_settings(folder)
+    rows = trial_rows(open_study(folder, settings), settings)
+    best = next((row for row in rows if row["state"] == "complete"), None)
+    _write_csv(folder / "sweep.csv", rows, settings["metric"])
+    written = [folder / "sweep.csv"]
+    if any(row["value"] is not None for row in rows):
+        written.append(plot_sweep(rows, spaces(settings), settings["metric"], folder / "sweep.png"))
+    if best is not None:
+        text = (folder / best["folder"] / "config.yaml").read_text(encoding="utf-8")
+        header = (
+            f"# best of {len(rows)} trials of {folder}: trial {best['trial']}, "
+            f"{settings['metric']} {best['value']:.4f} (selected on validation)\n"
+        )
+        atomic_write(folder / BEST, lambda handle: handle.write((header + text).encode()))
+        written.append(folder / BEST)
+    return {
+        "folder": str(folder),
+        "metric": settings["metric"],
+        "trials": settings["trials"],
+        "finished": sum(row["state"] not in ("interrupted", "running") for row in rows),
+        "rows": rows,
+        "log_scaled": [key for key, space in spaces(settings).items() if space.log],
+        "best": best,
+        "written": [str(path) for path in written],
+    }
+
+
+def _write_csv(path: Path, rows: list[dict], metric: str) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    keys = list(rows[0]["params"]) if rows else []
+    writer.writerow(["trial", "state", *keys, f"best_{metric}", "epochs", "seconds", "reason"])
+    for row in rows:
+        params = [row["params"][key] for key in keys]
+        seconds = None if row["seconds"] is None else round(row["seconds"], 2)
+        extra = [row["value"], row["epochs"], seconds, row["reason"]]
+        writer.writerow([row["trial"], row["state"], *params, *extra])
+    text = buffer.getvalue()
+    atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def evaluate_best(folder: Path, device: str | None = None) -> dict:
+    """Measure the best trial's best.pt on the test split, once (the run's test ledger
+    records it). Returns the metrics and the checkpoint's path."""
+    from dltrain.evaluation import evaluate_checkpoint
+
+    settings = load_settings(folder)
+    rows = trial_rows(open_study(folder, settings), settings)
+    best = next((row for row in rows if row["state"] == "complete"), None)
+    if best is None:
+        raise DltrainError(f"{folder}: no trial completed, so there is no best to test")
+    run_dir = Path(folder) / best["folder"]
+    ckpt = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
+    return {**evaluate_checkpoint(ckpt, "test", device), "trial": best["trial"]}
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
