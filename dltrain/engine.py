@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -78,14 +79,15 @@ NAN_CHECK_EVERY = 16  # steps between host checks of the loss (each check is a d
 
 
 class _Tally:
-    """Each step's loss and predictions are kept as they are (no extra device work per step)
-    and folded into the epoch's sums every NAN_CHECK_EVERY steps. The fold is also where a
-    NaN/Inf loss is caught, with its exact step: one host sync per window, none per step."""
+    """Each step's loss, logits and labels are kept as they are (no device work per step) and
+    folded into the epoch's sums every NAN_CHECK_EVERY steps. The fold is also where a NaN/Inf
+    loss is caught, with its exact step: one host sync per window, none per step."""
 
     def __init__(self, device: torch.device, start: dict):
         self.losses: list[torch.Tensor] = []
-        self.predicted: list[torch.Tensor] = []
+        self.logits: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
+        self.sizes: list[int] = []
         self.first_step = 0
         zero = torch.zeros((), dtype=torch.float64)
         self.loss_sum = start.get("loss_sum", zero).to(device, torch.float64)
@@ -97,8 +99,9 @@ class _Tally:
         if not self.losses:
             self.first_step = step
         self.losses.append(loss)
-        self.predicted.append(logits.argmax(1))
+        self.logits.append(logits)
         self.labels.append(labels)
+        self.sizes.append(len(labels))
         self.seen += len(labels)
         return len(self.losses) == NAN_CHECK_EVERY
 
@@ -106,15 +109,22 @@ class _Tally:
         """Add the window to the sums; returns the first step with a NaN/Inf loss, if any."""
         if not self.losses:
             return None
-        losses = torch.stack(self.losses)
-        bad = (~torch.isfinite(losses)).nonzero()  # the host sync of this window
-        if len(bad):
+        losses = torch.stack(self.losses).double()
+        if len(set(self.sizes)) == 1:  # every batch of the window has the same size
+            window = losses.sum() * self.sizes[0]
+        else:
+            window = (
+                losses * torch.tensor(self.sizes, dtype=torch.float64, device=losses.device)
+            ).sum()
+        # In float64 a sum of finite losses stays finite: one check (the host sync of this
+        # window) covers every step; the exact bad step is looked for only when needed.
+        if not math.isfinite(window.item()):
+            bad = (~torch.isfinite(losses)).nonzero()
             return self.first_step + int(bad[0])
-        sizes = [len(labels) for labels in self.labels]
-        weights = torch.tensor(sizes, dtype=torch.float64).to(losses.device, non_blocking=True)
-        self.loss_sum += (losses.double() * weights).sum()
-        self.correct_sum += (torch.cat(self.predicted) == torch.cat(self.labels)).sum()
-        self.losses, self.predicted, self.labels = [], [], []
+        self.loss_sum += window
+        predicted = torch.cat(self.logits).argmax(1)
+        self.correct_sum += (predicted == torch.cat(self.labels)).sum()
+        self.losses, self.logits, self.labels, self.sizes = [], [], [], []
         return None
 
 
