@@ -427,7 +427,7 @@ def print_targets(ratios: dict[str, dict]) -> None:
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", choices=["mlp", "cnn", "all"], default="all")
-    parser.add_argument("--rounds", type=int, default=3, help="MLP rounds (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="MLP rounds (default 5)")
     parser.add_argument("--cnn-rounds", type=int, default=3, help="CNN rounds (default 3)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per way and round")
     parser.add_argument("--mlp-images", type=int, default=60_000, help="MLP training images")

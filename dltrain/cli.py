@@ -228,6 +228,15 @@ ForceOption = Annotated[
     bool, typer.Option("--force", help="Replace a run that --run-dir already holds.")
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")]
+NprocOption = Annotated[
+    int,
+    typer.Option(
+        "--nproc",
+        min=1,
+        help="Train data-parallel in N processes on this machine (torch.distributed, started "
+        "through torchrun); data.batch_size is per process.",
+    ),
+]
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print one JSON object (the summary) and nothing else.")
 ]
@@ -256,15 +265,7 @@ def train(
         Path | None,
         typer.Option("--resume", help="Continue a run: its folder (last.pt) or a checkpoint."),
     ] = None,
-    nproc: Annotated[
-        int,
-        typer.Option(
-            "--nproc",
-            min=1,
-            help="Train data-parallel in N processes on this machine (torch.distributed, "
-            "started through torchrun); data.batch_size is per process.",
-        ),
-    ] = 1,
+    nproc: NprocOption = 1,
 ) -> None:
     """Train a model from a YAML config, or continue a run with --resume."""
     overrides = _overrides(set_, device)
@@ -272,7 +273,16 @@ def train(
     if resume is None and config is None:
         raise DltrainError("give a config file to train, or --resume RUN_DIR to continue a run")
     if nproc > 1:
-        _launch(nproc, config, set_, device, run_dir, force, quiet, as_json, resume)
+        if resume is None:
+            from dltrain.config import load_config
+
+            load_config(config, overrides)
+            command = ["train", str(config)]
+        elif not resume.exists():
+            raise DltrainError(f"--resume {resume}: no such run folder or checkpoint")
+        else:
+            command = ["train", "--resume", str(resume)] + ([str(config)] if config else [])
+        _launch(nproc, command, set_, device, run_dir, force, quiet, as_json)
         return
     if resume is not None:
         _resume(resume, config, run_dir, overrides, mode)
@@ -283,9 +293,10 @@ def train(
     _fit(cfg, _run_folder(cfg, run_dir, force), mode)
 
 
-def _launch(nproc: int, config, set_, device, run_dir, force, quiet, as_json, resume) -> None:
-    """`train --nproc N`: check what can be checked here, then start N processes through
-    torchrun's launcher, each running this same command without --nproc."""
+def _launch(nproc: int, command: list[str], set_, device, run_dir, force, quiet, as_json):
+    """`--nproc N`: start N processes through torchrun's launcher, each running `command`
+    (e.g. ["train", CONFIG]) with the same options, without --nproc. The caller checks its
+    config first, so a bad one fails once, here."""
     from dltrain import distributed
 
     if distributed.launched():
@@ -293,21 +304,13 @@ def _launch(nproc: int, config, set_, device, run_dir, force, quiet, as_json, re
             "--nproc starts its own processes; under torchrun, leave it out (torchrun's "
             "--nproc-per-node says how many)"
         )
-    if resume is None:
-        from dltrain.config import load_config
-
-        load_config(config, _overrides(set_, device))  # a bad config fails once, here
-    elif not resume.exists():
-        raise DltrainError(f"--resume {resume}: no such run folder or checkpoint")
-    args = ["train"] + ([str(config)] if config is not None else [])
+    args = list(command)
     for item in set_ or []:
         args += ["--set", item]
     args += ["--device", device] if device else []
     args += ["--run-dir", str(run_dir)] if run_dir is not None else []
-    args += ["--resume", str(resume)] if resume is not None else []
-    args += [
-        flag for flag, on in (("--force", force), ("--quiet", quiet), ("--json", as_json)) if on
-    ]
+    flags = {"--force": force, "--quiet": quiet, "--json": as_json}
+    args += [flag for flag, on in flags.items() if on]
     code = distributed.launch(nproc, args)
     if code:
         raise typer.Exit(code)
@@ -383,12 +386,17 @@ def finetune(
     force: ForceOption = False,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
+    nproc: NprocOption = 1,
 ) -> None:
     """Train on a new dataset starting from a checkpoint's (or ImageNet) weights."""
     from dltrain.config import load_config
 
     overrides = _overrides(set_, device)
     cfg = load_config(config, overrides)
+    if nproc > 1:
+        command = ["finetune", str(config), "--from", source]
+        _launch(nproc, command, set_, device, run_dir, force, quiet, as_json)
+        return
     from dltrain.finetune import from_source
 
     cfg, parent = from_source(cfg, source)

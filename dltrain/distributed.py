@@ -152,8 +152,11 @@ def wrap(model: nn.Module, device: torch.device, sync_batchnorm: bool) -> nn.Mod
     run (SyncBatchNorm first, if asked), else `model` itself."""
     if not active():
         return model
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    if sync_batchnorm and has_bn:
+    plain_bn = any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm)
+        for m in model.modules()
+    )
+    if sync_batchnorm and plain_bn:
         if device.type != "cuda":
             raise DltrainError(
                 "train.sync_batchnorm: PyTorch's SyncBatchNorm runs on CUDA only; set "

@@ -1,7 +1,8 @@
 """The training loop: `train_one_epoch`, `evaluate` and `fit`, plain functions returning dicts.
 
 The engine never prints: it reports through `progress(event, info)`, which the CLI turns
-into a progress bar, log lines and tables.
+into a progress bar, log lines and tables. What a run holds (model, optimizer, loaders, ...)
+is built in session.py.
 """
 
 from __future__ import annotations
@@ -12,31 +13,23 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dltrain import __version__, checkpoint, distributed
+from dltrain import __version__, distributed
 from dltrain.config import Config, TrainConfig
-from dltrain.data import Splits, build_splits, make_loader
-from dltrain.early_stopping import EarlyStopping, overfitting_note
+from dltrain.early_stopping import overfitting_note
 from dltrain.errors import DltrainError, Interrupted
-from dltrain.finetune import apply_freeze, check_freeze
-from dltrain.models import build_model, count_parameters, needs_rgb
-from dltrain.optim import Schedule, build_optimizer, build_schedule
+from dltrain.finetune import apply_freeze
+from dltrain.models import count_parameters
 from dltrain.runs import RunFiles, TensorBoard
-from dltrain.runtime import (
-    StopSignal,
-    apply_speedups,
-    precision_tools,
-    resolve_device,
-    seed_everything,
-    set_determinism,
-    set_threads,
-)
+from dltrain.runtime import StopSignal
+from dltrain.session import Session, build, trainable
+from dltrain.session import resume as resume_session
 
 Progress = Callable[[str, dict], None]
 
@@ -264,159 +257,6 @@ def evaluate(
     return metrics
 
 
-@dataclass
-class Session:
-    """Everything one training run holds, built from a config (and restored on resume)."""
-
-    cfg: Config
-    run_dir: Path
-    device: torch.device
-    splits: Splits
-    train_batches: object
-    val_batches: object
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    schedule: Schedule
-    scaler: torch.amp.GradScaler
-    autocast: Callable
-    precision: str
-    stopper: EarlyStopping
-    parent: dict | None = None
-    epoch: int = 0
-    global_step: int = 0
-    train_eval_batches: object | None = None
-    net: nn.Module | None = None  # what trains: the model, or its DDP/torch.compile wrapper
-    eval_net: nn.Module | None = None  # what evaluates: never DDP (shards differ in length)
-    rows: list = field(default_factory=list)
-    best_weights: dict | None = None
-    overfitting: str = ""
-    tensorboard: object | None = None
-    partial: dict | None = None  # an interrupted epoch: steps done, sums, loader state
-    on_epoch: Callable[[dict], str | None] | None = None  # a caller's stop rule (e.g. a sweep)
-    halted: str = ""  # why on_epoch stopped the run
-    stopping: bool = False  # a stop signal, agreed by all ranks: save and end
-
-    def payload(self, row: dict) -> dict:
-        """A checkpoint: enough to evaluate, predict, and resume exactly."""
-        return {
-            "format": checkpoint.FORMAT,
-            "version": __version__,
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "early_stopping": self.stopper.state_dict(),
-            "best_metric": self.stopper.best,
-            "rng": checkpoint.rng_state(),
-            "loader_rng": self.train_batches.generator.get_state(),
-            "config": self.cfg.model_dump(mode="json"),
-            "data_info": self.splits.info.to_dict(),
-            "class_names": list(self.splits.info.class_names),
-            "metrics": row,
-            "parent": self.parent,
-            "partial": self.partial,
-            "world_size": distributed.world_size(),
-        }
-
-    @property
-    def writes(self) -> bool:
-        """Only rank 0 writes files (and reports progress) in a distributed run."""
-        return distributed.rank() == 0
-
-    def save(self, payload: dict, name: str) -> None:
-        if self.writes:
-            checkpoint.save(payload, self.run_dir / name)
-
-    def restore(self, payload: dict) -> None:
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.schedule.load_state_dict(payload["schedule"])
-        self.scaler.load_state_dict(payload["scaler"])
-        self.stopper.load_state_dict(payload["early_stopping"])
-        self.train_batches.generator.set_state(payload["loader_rng"])
-        checkpoint.set_rng_state(payload["rng"])
-        self.epoch, self.global_step = payload["epoch"], payload["global_step"]
-
-
-def _build(cfg: Config, run_dir: Path, parent: dict | None, resuming: bool) -> Session:
-    launched = distributed.launched()
-    device = distributed.start(cfg.device) if launched else resolve_device(cfg.device)
-    shard = (distributed.rank(), distributed.world_size())
-    set_threads()
-    set_determinism(cfg.train.deterministic)
-    # The same seed on every rank: identical initial weights, splits and shuffles.
-    seed_everything(cfg.seed)
-    splits = build_splits(cfg.data, cfg.seed, rgb=needs_rgb(cfg.model))
-    train_batches = make_loader(splits, "train", cfg.data, device, seed=cfg.seed, shard=shard)
-    val_batches = make_loader(splits, "val", cfg.data, device, shard=shard)
-    model = build_model(splits.info, cfg.model, weights=not resuming).to(device)
-    head_lr_mult = 1.0
-    if parent is not None:
-        check_freeze(model, cfg.finetune)
-        head_lr_mult = cfg.finetune.head_lr_mult
-    optimizer = build_optimizer(model, cfg.optim, model.head_name, head_lr_mult)
-    steps = -(-len(train_batches) // cfg.train.accumulate)
-    schedule = build_schedule(optimizer, cfg.schedule, cfg.train.epochs, steps)
-    autocast, scaler, precision = precision_tools(device, cfg.train.precision)
-    stopper = EarlyStopping(cfg.train.early_stopping)
-    size = cfg.train.train_eval_size
-    train_eval = (
-        make_loader(splits, "train_eval", cfg.data, device, size=size, shard=shard)
-        if size
-        else None
-    )
-    loaders = [train_batches, val_batches] + ([train_eval] if train_eval else [])
-    eval_net = apply_speedups(cfg, model, device, loaders)
-    net = distributed.wrap(eval_net, device, cfg.train.sync_batchnorm)
-    return Session(
-        cfg,
-        run_dir,
-        device,
-        splits,
-        train_batches,
-        val_batches,
-        model,
-        optimizer,
-        schedule,
-        scaler,
-        autocast,
-        precision,
-        stopper,
-        parent,
-        train_eval_batches=train_eval,
-        net=net,
-        eval_net=eval_net,
-    )
-
-
-def _resume(session: Session, payload: dict, files: RunFiles) -> dict | None:
-    """Continue where `payload` left off: states, RNG, metrics rows, best weights. Returns
-    the interrupted epoch's progress when the checkpoint was written mid-epoch."""
-    session.restore(payload)
-    partial = payload.get("partial")
-    saved_world = payload.get("world_size", 1)
-    if partial is not None and saved_world != distributed.world_size():
-        # Its steps count batches of another number of processes: redo that epoch whole.
-        session.train_batches.generator.set_state(partial["loader_rng"])
-        partial = None
-    session.rows = [row for row in files.read_metrics() if row["epoch"] <= session.epoch]
-    files.rewrite_metrics(session.rows)
-    if files.write:
-        for stale in session.run_dir.glob(".*.tmp-*"):  # left by a process killed while saving
-            stale.unlink(missing_ok=True)
-    best_epoch = session.stopper.best_epoch
-    if best_epoch == session.epoch and partial is None:
-        session.best_weights = copy.deepcopy(session.model.state_dict())
-    elif best_epoch is not None and (session.run_dir / "best.pt").exists():
-        with contextlib.suppress(DltrainError):
-            best = checkpoint.load(session.run_dir / "best.pt")
-            if best["epoch"] == best_epoch and not best.get("partial"):
-                session.best_weights = best["model"]
-    return partial
-
-
 def fit(
     cfg: Config,
     run_dir: Path,
@@ -444,13 +284,13 @@ def fit(
     tensorboard = TensorBoard(run_dir, cfg) if cfg.logging.tensorboard and writes else None
     if resume is not None:
         parent = resume.get("parent")
-    s = _build(cfg, run_dir, parent, resuming=resume is not None)
+    s = build(cfg, run_dir, parent, resuming=resume is not None)
     s.tensorboard = tensorboard
     s.on_epoch = on_epoch
     files = RunFiles(run_dir, write=writes)
     partial = None
     if resume is not None:
-        partial = _resume(s, resume, files)
+        partial = resume_session(s, resume, files)
         where = f"epoch {s.epoch + 1}, step {partial['steps']}" if partial else f"epoch {s.epoch}"
         progress("note", {"text": f"resuming {run_dir} after {where}"})
     files.write_config(cfg)
@@ -533,6 +373,10 @@ def _epochs(s: Session, files: RunFiles, progress: Progress, stop: StopSignal, p
         s.train_batches.set_epoch(s.epoch)
         if s.parent is not None:
             apply_freeze(s.model, cfg.finetune, s.epoch + 1)
+            # DDP syncs the parameters that trained when it wrapped the model: wrap again.
+            if distributed.active() and s.trainable != trainable(s.model):
+                s.net = distributed.wrap(s.eval_net, s.device, cfg.train.sync_batchnorm)
+                s.trainable = trainable(s.model)
         progress("epoch_start", {"epoch": s.epoch + 1})
         train = train_one_epoch(
             s.net, s.train_batches, s.optimizer, loss_fn, cfg.train, loop, partial

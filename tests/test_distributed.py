@@ -263,3 +263,28 @@ def test_only_rank_zero_prints(cli, config, monkeypatch):
     result = cli("train", config, "--set", "optim.lrr=1")
     assert result.exit_code == 2
     assert result.stdout == "" and result.stderr == ""
+
+
+@pytest.mark.slow
+def test_finetune_with_unfreezing_in_two_processes_matches_one(tmp_path, config):
+    """DDP syncs only the parameters that trained when it wrapped the model: unfreezing at
+    epoch 2 must wrap again, or the backbone's gradients would not be averaged."""
+    fit(validate(yaml.safe_load(CONFIG)), tmp_path / "source")
+    new_task = tmp_path / "ft.yaml"
+    new_task.write_text(
+        CONFIG.replace("name: ddp", "name: ft")
+        + "finetune: {freeze: all_but_head, unfreeze_at_epoch: 2}\n"
+    )
+    source = tmp_path / "source" / "best.pt"
+    settings = ["--from", source, "--set", "train.epochs=2"]
+    one = dltrain("finetune", new_task, *settings, "--run-dir", tmp_path / "one", "-q")
+    assert one.returncode == 0, one.stderr
+    half = ["--set", "data.batch_size=16", "--nproc", "2"]
+    two = dltrain("finetune", new_task, *settings, *half, "--run-dir", tmp_path / "two", "-q")
+    assert two.returncode == 0, two.stderr
+    assert (
+        max_diff(weights(tmp_path / "one" / "last.pt"), weights(tmp_path / "two" / "last.pt"))
+        < 1e-5
+    )
+    # The backbone did train in epoch 2 (it was unfrozen), in both.
+    assert max_diff(weights(source), weights(tmp_path / "two" / "last.pt")) > 1e-3

@@ -28,16 +28,16 @@ def read_csv(folder: Path) -> list[dict]:
 
 
 def test_sweep_writes_table_files_and_normal_runs(cli, digits_config, tmp_path, monkeypatch):
-    import dltrain.engine
+    import dltrain.session
 
     splits_read = []
-    make_loader = dltrain.engine.make_loader
+    make_loader = dltrain.session.make_loader
 
     def watched(splits, name, *args, **kwargs):
         splits_read.append(name)
         return make_loader(splits, name, *args, **kwargs)
 
-    monkeypatch.setattr(dltrain.engine, "make_loader", watched)
+    monkeypatch.setattr(dltrain.session, "make_loader", watched)
     out = tmp_path / "sweep"
     result = cli(*sweep_args(digits_config, out))
     assert result.exit_code == 0, result.output
