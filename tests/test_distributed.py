@@ -23,6 +23,7 @@ from dltrain.config import validate
 from dltrain.data import Batches, DataInfo, TensorSplit, build_splits, make_loader
 from dltrain.engine import fit
 from dltrain.errors import DltrainError
+from tests.formats import write_pngs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -288,3 +289,26 @@ def test_finetune_with_unfreezing_in_two_processes_matches_one(tmp_path, config)
     )
     # The backbone did train in epoch 2 (it was unfrozen), in both.
     assert max_diff(weights(source), weights(tmp_path / "two" / "last.pt")) > 1e-3
+
+
+@pytest.mark.slow
+def test_image_folder_in_two_processes(tmp_path):
+    """The DataLoader path: DistributedSampler for training, r::N shards for validation."""
+    write_pngs(tmp_path / "images", {"a": 30, "b": 30, "c": 31}, size=(16, 16))
+    config = tmp_path / "folder.yaml"
+    config.write_text(
+        f"name: folder\ndevice: cpu\ndata: {{dataset: imagefolder, root: {tmp_path / 'images'}, "
+        "batch_size: 4, num_workers: 1, val_split: 0.2, test_split: 0.1}\n"
+        "model: {name: cnn, channels: [8, 16]}\noptim: {name: adam, lr: 1e-3}\n"
+        "train: {epochs: 2}\n"
+    )
+    run = tmp_path / "run"
+    result = dltrain("train", config, "--nproc", "2", "--run-dir", run, "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["sizes"] == {"train": 66, "val": 16, "test": 9}
+    evaluated = dltrain("eval", "--ckpt", run / "best.pt", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads(evaluated.stdout)
+    assert metrics["samples"] == 16
+    assert metrics["acc"] == pytest.approx(summary["best_metrics"]["val_acc"], abs=1e-9)
