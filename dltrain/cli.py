@@ -41,7 +41,8 @@ DeviceOption = Annotated[
 
 
 def _main_process() -> bool:
-    """In a distributed run (torchrun sets RANK) only rank 0 prints."""
+    """In a distributed run (torchrun sets RANK) only rank 0 prints. Read from the environment,
+    not dltrain.distributed, which imports torch: --help and config commands stay fast."""
     return os.environ.get("RANK", "0") == "0"
 
 
@@ -318,18 +319,13 @@ def _launch(nproc: int, command: list[str], set_, device, run_dir, force, quiet,
 
 def _run_folder(cfg, run_dir: Path | None, force: bool) -> Path:
     """The new run's folder. Under torchrun, rank 0 makes it and tells the others."""
+    from dltrain import distributed
     from dltrain.runs import new_run_dir
 
-    if not _distributed_launch():
+    if not distributed.launched():
         return new_run_dir(cfg, run_dir, force=force)
-    from dltrain import distributed
-
     distributed.start(cfg.device)
     return distributed.from_main(lambda: new_run_dir(cfg, run_dir, force=force))
-
-
-def _distributed_launch() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def _fit(cfg, folder: Path, mode: str = "normal", **kwargs) -> None:

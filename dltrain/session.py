@@ -95,7 +95,7 @@ class Session:
     @property
     def writes(self) -> bool:
         """Only rank 0 writes files (and reports progress) in a distributed run."""
-        return distributed.rank() == 0
+        return distributed.is_main()
 
     def save(self, payload: dict, name: str) -> None:
         if self.writes:
@@ -113,6 +113,7 @@ class Session:
 
 
 def build(cfg: Config, run_dir: Path, parent: dict | None, resuming: bool) -> Session:
+    """Everything a run needs, from its config; under torchrun, this process's share."""
     launched = distributed.launched()
     device = distributed.start(cfg.device) if launched else resolve_device(cfg.device)
     shard = (distributed.rank(), distributed.world_size())
@@ -172,10 +173,10 @@ def resume(session: Session, payload: dict, files: RunFiles) -> dict | None:
     """Continue where `payload` left off: states, RNG, metrics rows, best weights. Returns
     the interrupted epoch's progress when the checkpoint was written mid-epoch."""
     session.restore(payload)
-    partial = payload.get("partial")
-    saved_world = payload.get("world_size", 1)
-    if partial is not None and saved_world != distributed.world_size():
-        # Its steps count batches of another number of processes: redo that epoch whole.
+    partial = saved_partial = payload.get("partial")
+    if partial is not None and payload.get("world_size", 1) != distributed.world_size():
+        # Its steps count batches of another number of processes: from the saved weights, the
+        # interrupted epoch's data is read again from its start.
         session.train_batches.generator.set_state(partial["loader_rng"])
         partial = None
     session.rows = [row for row in files.read_metrics() if row["epoch"] <= session.epoch]
@@ -184,7 +185,7 @@ def resume(session: Session, payload: dict, files: RunFiles) -> dict | None:
         for stale in session.run_dir.glob(".*.tmp-*"):  # left by a process killed while saving
             stale.unlink(missing_ok=True)
     best_epoch = session.stopper.best_epoch
-    if best_epoch == session.epoch and partial is None:
+    if best_epoch == session.epoch and saved_partial is None:  # mid-epoch weights are not it
         session.best_weights = copy.deepcopy(session.model.state_dict())
     elif best_epoch is not None and (session.run_dir / "best.pt").exists():
         with contextlib.suppress(DltrainError):

@@ -108,12 +108,14 @@ def test_rank_batches_together_are_the_one_process_batch(n):
 
 
 def test_evaluation_shards_cover_the_split_exactly_once():
-    cfg = validate({"data": {"dataset": "digits"}})
+    cfg = validate({"data": {"dataset": "digits", "batch_size": 8}})
     splits = build_splits(cfg.data, 0)
     got = []
     for rank in range(3):
         loader = make_loader(splits, "val", cfg.data, torch.device("cpu"), shard=(rank, 3))
-        got += [label for _, labels in loader for label in labels.tolist()]
+        batches = list(loader)
+        assert len(loader) == len(batches)  # its length counts this rank's share once
+        got += [label for _, labels in batches for label in labels.tolist()]
     assert sorted(got) == sorted(splits.val.labels.tolist())
 
 
@@ -312,3 +314,23 @@ def test_image_folder_in_two_processes(tmp_path):
     metrics = json.loads(evaluated.stdout)
     assert metrics["samples"] == 16
     assert metrics["acc"] == pytest.approx(summary["best_metrics"]["val_acc"], abs=1e-9)
+
+
+def test_mid_epoch_checkpoint_of_another_process_count_replays_the_epoch(tmp_path):
+    """Resuming a 2-process mid-epoch checkpoint in 1 process: the epoch's data is read again
+    from its start, and the mid-epoch weights are not taken for the best epoch's."""
+    from dltrain import session as sessions
+    from dltrain.runs import RunFiles
+
+    cfg = validate(yaml.safe_load(CONFIG))
+    s = sessions.build(cfg, tmp_path, None, resuming=False)
+    start_of_epoch = s.train_batches.generator.get_state()
+    s.stopper.step(0.9, 0)  # epoch 0 "best", so best_epoch == the checkpoint's epoch
+    next(iter(s.train_batches))  # the loader moved on, as it had mid-epoch
+    s.partial = {"steps": 3, "seen": 96, "epoch": 1, "loader_rng": start_of_epoch}
+    payload = {**s.payload({}), "world_size": 2}
+
+    resumed = sessions.build(cfg, tmp_path, None, resuming=True)
+    assert sessions.resume(resumed, payload, RunFiles(tmp_path)) is None  # no steps to skip
+    assert torch.equal(resumed.train_batches.generator.get_state(), start_of_epoch)
+    assert resumed.best_weights is None

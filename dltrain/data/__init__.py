@@ -197,12 +197,10 @@ def make_loader(
         split = getattr(splits, name)
     if world > 1 and not train:
         split = split.subset(torch.arange(rank, len(split), world))
+        shard = (0, 1)  # this rank's part, cut here: its loader reads all of it
     batch_size = cfg.batch_size if train else (cfg.eval_batch_size or 2 * cfg.batch_size)
     if isinstance(split, TensorSplit):
         augment = cfg.augment if train else None
         return Batches(split.to(device), splits.info, batch_size, train, seed, augment, shard)
     split = split.with_transform(_folder_transform(splits.info, cfg, train))
-    loader_shard = shard if train else (0, 1)  # evaluation splits are sharded above
-    return _folder.FolderLoader(
-        split, batch_size, train, seed, cfg.num_workers, device, loader_shard
-    )
+    return _folder.FolderLoader(split, batch_size, train, seed, cfg.num_workers, device, shard)
