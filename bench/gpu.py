@@ -15,7 +15,8 @@ the last epoch (the first one also pays for torch.compile, cuDNN autotuning and 
 Without CUDA it runs on the CPU at a small size (`--small`: 1,000 images, 1 epoch) so the
 code path is exercised; MFU is then n/a, as the peak is a GPU figure.
 
-Run: .venv/bin/python bench/gpu.py [--small] [--images 50000] [--epochs 2] [--peak-tflops 989]
+Run: .venv/bin/python bench/gpu.py [--small] [--images 50000] [--epochs 2] [--compile auto]
+     [--peak-tflops 989]
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def config(name: str, root: Path, args) -> dict:
         },
         "model": model,
         "optim": optim,
-        "train": {"epochs": args.epochs, "precision": "auto"},
+        "train": {"epochs": args.epochs, "precision": "auto", "compile": args.compile},
     }
 
 
@@ -123,8 +124,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="epochs (default 2; --small: 1)")
     parser.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
     parser.add_argument("--models", default="resnet18,cnn", help="comma-separated")
+    parser.add_argument(
+        "--compile", default="auto", choices=["auto", "true", "false"], help="train.compile"
+    )
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak")
     args = parser.parse_args()
+    args.compile = {"true": True, "false": False}.get(args.compile, "auto")
     cuda = torch.cuda.is_available()
     small = args.small or not cuda
     args.images = args.images or (1_000 if small else 50_000)
@@ -140,7 +145,7 @@ def main() -> None:
     print(
         f"{note}; {args.images:,} CIFAR-shaped 32 px images ({args.val:,} of them validation), "
         f"batch {args.batch}, crop+flip augmentation, {args.epochs} epoch(s), figures from "
-        f"the last; bf16 peak {args.peak_tflops:g} TFLOP/s"
+        f"the last; compile {args.compile}; bf16 peak {args.peak_tflops:g} TFLOP/s"
     )
     print(
         f"  {'model':9} {'device':7} {'precision':9} {'epoch s':>8} {'(first)':>8} "
