@@ -22,6 +22,6 @@ step machine 60 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version
     --format=csv; $PY -c 'import torch, torchvision, sys; print(sys.version.split()[0], \
     torch.__version__, torchvision.__version__, torch.cuda.get_device_name(), \
     torch.backends.cudnn.version(), torch.cuda.nccl.version())'; nproc"
-step tests 240 "$PY" -m pytest tests/test_gpu.py -v -p no:cacheprovider
+step tests 240 "$PY" -m pytest tests/test_gpu.py -v -s -p no:cacheprovider
 step bench 240 "$PY" bench/gpu.py
-step eager 150 "$PY" bench/gpu.py --compile false
+step hand 200 "$PY" bench/gpu.py --hand

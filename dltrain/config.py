@@ -236,7 +236,8 @@ class TrainConfig(Section):
         False, description="Use deterministic algorithms only (exactly repeatable, may be slower)."
     )
     compile: Literal["auto", True, False] = Field(
-        "auto", description="torch.compile the model; auto = on CUDA only (slower on CPU here)."
+        "auto",
+        description="torch.compile the model; auto = off (measured slower on CPU and H200).",
     )
     channels_last: Literal["auto", True, False] = Field(
         "auto", description="channels_last memory format for conv nets; auto = on CPU and CUDA."

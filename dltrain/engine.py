@@ -83,8 +83,11 @@ class _Tally:
         self.sizes: list[int] = []
         self.first_step = 0
         zero = torch.zeros((), dtype=torch.float64)
-        self.loss_sum = start.get("loss_sum", zero).to(device, torch.float64)
-        self.correct_sum = start.get("correct", zero.long()).to(device, torch.long)
+        # non_blocking: a plain CPU-to-CUDA copy would wait for the GPU's queue to drain.
+        self.loss_sum = start.get("loss_sum", zero).to(device, torch.float64, non_blocking=True)
+        self.correct_sum = start.get("correct", zero.long()).to(
+            device, torch.long, non_blocking=True
+        )
         self.seen = start.get("seen", 0)
 
     def add(self, step: int, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor):
@@ -107,7 +110,8 @@ class _Tally:
             window = losses.sum() * self.sizes[0]
         else:
             window = (
-                losses * torch.tensor(self.sizes, dtype=torch.float64, device=losses.device)
+                losses
+                * torch.tensor(self.sizes, dtype=torch.float64).to(losses.device, non_blocking=True)
             ).sum()
         # In float64 a sum of finite losses stays finite: one check (the host sync of this
         # window) covers every step; the exact bad step is looked for only when needed.

@@ -147,7 +147,7 @@ class Batches:
             if self.world > 1:
                 order = torch.cat([order, order[: (-n) % self.world]])[self.rank :: self.world]
                 n = len(order)
-            order = order.to(images.device)
+            order = order.to(images.device, non_blocking=True)  # no stream sync on CUDA
         for start in range(0, n, self.batch_size):
             if self.shuffle:
                 # index_select, not images[index]: the same gather at a fraction of the cost

@@ -15,6 +15,13 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> tor
     return torch.rand(n, generator=generator) * (high - low) + low
 
 
+def _on(params: torch.Tensor, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Move a few CPU-drawn numbers to the batch's device without waiting for it: a plain
+    `.to(cuda)` synchronizes the stream (the GPU's queue drains every step); non_blocking
+    from pageable memory is staged by the driver before it returns, so it is safe."""
+    return params.to(x.device, dtype, non_blocking=True)
+
+
 class BatchAugment:
     """Augments a float batch (N, C, H, W) of [0, 1] pixels with per-sample random parameters.
 
@@ -43,7 +50,7 @@ class BatchAugment:
         if c.rotation:
             x = self._rotate(x, c.rotation)
         if c.hflip:
-            flip = (torch.rand(len(x), generator=self.generator) < 0.5).to(x.device)
+            flip = _on(torch.rand(len(x), generator=self.generator) < 0.5, x)
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         if c.color_jitter:
             x = self._jitter(x, c.color_jitter)
@@ -53,15 +60,15 @@ class BatchAugment:
         """Zero-pad by `pad` and cut each sample back to its size at a random offset."""
         n, _, h, w = x.shape
         padded = F.pad(x, (pad, pad, pad, pad))
-        dy = torch.randint(0, 2 * pad + 1, (n,), generator=self.generator).to(x.device)
-        dx = torch.randint(0, 2 * pad + 1, (n,), generator=self.generator).to(x.device)
+        dy = _on(torch.randint(0, 2 * pad + 1, (n,), generator=self.generator), x)
+        dx = _on(torch.randint(0, 2 * pad + 1, (n,), generator=self.generator), x)
         rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (N, H, 1)
         cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (N, 1, W)
         batch = torch.arange(n, device=x.device)[:, None, None]
         return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
 
     def _sample(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+        grid = F.affine_grid(_on(theta, x, x.dtype), list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     def _rotate(self, x: torch.Tensor, degrees: float) -> torch.Tensor:
@@ -96,11 +103,7 @@ class BatchAugment:
         n = len(x)
 
         def factor() -> torch.Tensor:
-            return (
-                _uniform(n, 1 - strength, 1 + strength, self.generator)
-                .to(x.device)
-                .view(-1, 1, 1, 1)
-            )
+            return _on(_uniform(n, 1 - strength, 1 + strength, self.generator), x).view(-1, 1, 1, 1)
 
         x = x * factor()
         gray = _gray(x)
@@ -114,7 +117,7 @@ class BatchAugment:
 def _gray(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] != 3:
         return x
-    weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    weights = _on(torch.tensor([0.299, 0.587, 0.114]), x, x.dtype).view(1, 3, 1, 1)
     return (x * weights).sum(1, keepdim=True)
 
 
