@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -57,10 +58,24 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save(payload: dict, path: Path) -> None:
+def save(payload: dict, path: Path, *copies: Path) -> None:
+    """Write the checkpoint to `path`, and the same file under each of `copies` (best.pt when
+    the epoch's last.pt is also the best): a hard link, not a second write. Safe because a
+    checkpoint is never written in place: the next save replaces last.pt by a new file, and
+    the link keeps the old one. Where links are not supported, the file is copied."""
     import torch  # here, not at the top: `dltrain runs` and `plot` start without torch
 
     atomic_write(path, lambda handle: torch.save(payload, handle))
+    for copy in copies:
+        tmp = copy.with_name(f".{copy.name}.tmp-{os.getpid()}")
+        try:
+            tmp.unlink(missing_ok=True)
+            os.link(path, tmp)
+            os.replace(tmp, copy)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            with open(path, "rb") as source:
+                atomic_write(copy, lambda handle, source=source: shutil.copyfileobj(source, handle))
 
 
 def load(path: str | Path) -> dict:

@@ -406,14 +406,13 @@ def _epochs(s: Session, files: RunFiles, progress: Progress, stop: StopSignal, p
         )
         s.stopper.load_state_dict(state)
         files.append_metrics(row)
-        payload = s.payload(row)
         if improved:
             s.best_weights = copy.deepcopy(s.model.state_dict())
-            if cfg.checkpoint.save_best:
-                s.save(payload, "best.pt")
         s.stopping = stop_agreed()
-        if cfg.checkpoint.save_last or s.stopping:
-            s.save(payload, "last.pt")
+        # One write when the epoch is both the last and the best: best.pt links to last.pt.
+        names = ["last.pt"] if cfg.checkpoint.save_last or s.stopping else []
+        names += ["best.pt"] if improved and cfg.checkpoint.save_best else []
+        s.save(s.payload(row), *names)
         progress("epoch", {"row": row, "improved": improved, "epochs": cfg.train.epochs})
         if s.on_epoch is not None:
             s.halted = distributed.from_main(lambda r=row: s.on_epoch(r) or "")

@@ -206,6 +206,35 @@ def test_checkpoints_hold_everything_and_load_weights_only(tmp_path):
     assert last["epoch"] == 2 and last["global_step"] == 2 * 18  # 1150 / 64 -> 18 batches
 
 
+def test_best_pt_is_last_pt_of_its_epoch_and_survives_later_epochs(tmp_path, monkeypatch):
+    """An epoch that is both last and best is written once (best.pt links to last.pt); the
+    next epoch's last.pt is a new file, so best.pt keeps the best epoch. Without hard links
+    (some file systems), best.pt is a copy with the same bytes."""
+    seen = []
+
+    def progress(event, info):
+        if event == "epoch":
+            last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+            seen.append((info["improved"], best.exists() and last.samefile(best)))
+
+    cfg = _cfg(**{"optim.lr": 0.05, "schedule.name": "none", "train.epochs": 6})
+    summary = fit(cfg, tmp_path, progress=progress)
+    assert [same for _, same in seen] == [improved for improved, _ in seen]
+    assert not seen[-1][0], "pick a config whose last epoch is not the best"
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == summary["best_epoch"]
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 6
+
+    def no_links(*args):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr("os.link", no_links)
+    copy_dir = tmp_path / "copy"
+    fit(_cfg(**{"train.epochs": 1}), copy_dir)
+    last, best = copy_dir / "last.pt", copy_dir / "best.pt"
+    assert not last.samefile(best) and last.read_bytes() == best.read_bytes()
+    assert not list(copy_dir.glob(".*tmp*"))
+
+
 class Interrupt(Exception):
     pass
 
