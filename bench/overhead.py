@@ -1,7 +1,7 @@
 """Framework overhead: dltrain against the course's recipe and a hand-tuned PyTorch loop.
 
 Trains the same model on the same training images, with the same optimizer, batch size and
-epochs, three ways, alternated in rounds (a b c a b c ...) so machine drift hits all alike:
+epochs, three ways, alternated in rounds so machine drift hits all alike:
   (a) course:  torchvision MNIST/CIFAR10 reading its files, ToTensor + Normalize,
                DataLoader(batch_size, shuffle=True), zero_grad / forward / loss / backward / step
   (b) hand:    the images preloaded as one normalized float tensor; batches cut by slicing a
@@ -20,7 +20,14 @@ read from their own folder (written from dltrain's own train split).
 Peak memory: each way runs one round alone in a fresh subprocess (`--one WAY`), which
 reports its peak RSS during the run and the increase over its RSS after the imports.
 
-Run: .venv/bin/python bench/overhead.py [--rounds 3] [--cnn-images 10000] [--help]
+Rounds: (b) and (c) run side by side in every round, in turns (b c, then c b: a drift within
+a round favours neither), and each c/b ratio compares the two runs of one round. This machine
+switches between two speeds (the same loop runs at ~20,000 or ~38,000 samples/s), so a round
+where it switched between b and c is an outlier; the median over 9 MLP rounds outvotes them.
+(a) takes the longest and is far from its target, so it runs in the first --course-rounds
+rounds only (default 3).
+
+Run: .venv/bin/python bench/overhead.py [--rounds 9] [--course-rounds 3] [--cnn-images 10000]
 """
 
 from __future__ import annotations
@@ -79,6 +86,7 @@ class Workload:
     n_train: int
     n_val: int
     rounds: int
+    course_rounds: int
     epochs: int
 
     @property
@@ -119,6 +127,7 @@ def workloads(args) -> dict[str, Workload]:
         args.mlp_images,
         args.mlp_val,
         args.rounds,
+        args.course_rounds,
         args.epochs,
     )
     cnn = Workload(
@@ -138,6 +147,7 @@ def workloads(args) -> dict[str, Workload]:
         args.cnn_images,
         args.cnn_val if args.cnn_val is not None else max(1, args.cnn_images // 10),
         args.cnn_rounds,
+        args.course_rounds,
         args.epochs,
     )
     return {"mlp": mlp, "cnn": cnn}
@@ -283,11 +293,13 @@ BUILDERS = {"a": course_way, "b": hand_way, "c": dltrain_way}
 
 
 def time_rounds(w: Workload, folder: Path) -> dict[str, list[dict]]:
-    """Alternate the ways (a b c a b c ...), one fresh model per way and round."""
+    """Round r: (a) in the first course_rounds rounds, then b c (r even) or c b (r odd);
+    one fresh model per way and round."""
     runs = {way: BUILDERS[way](w, folder) for way in WAYS}
     results = {way: [] for way in WAYS}
-    for _ in range(w.rounds):
-        for way in WAYS:
+    for r in range(w.rounds):
+        order = ("b", "c") if r % 2 == 0 else ("c", "b")
+        for way in (("a",) if r < w.course_rounds else ()) + order:
             results[way].append(runs[way]())
     return results
 
@@ -350,7 +362,8 @@ def report(w: Workload, results: dict, memory: dict | None) -> dict:
     print(
         f"  {w.n_train:,} training images per epoch in every way; (c) also evaluates "
         f"{w.n_val:,} held-out images (and, by default, a training subset) per epoch; "
-        f"{w.epochs} epoch(s) per round, {w.rounds} rounds (a b c a b c ...)"
+        f"{w.epochs} epoch(s) per round, {w.rounds} rounds of b and c in turns (b c, c b, ...), "
+        f"(a) in the first {min(w.course_rounds, w.rounds)}"
     )
     print(f"  {'way':42} {'samples/s':>10} {'min-max':>17} {'peak RSS':>9} {'+RSS':>8}")
     for way in WAYS:
@@ -375,10 +388,13 @@ def report(w: Workload, results: dict, memory: dict | None) -> dict:
         f"metrics, checkpoints; counted); setup {setup:.2f} s and end of fit {end:.2f} s "
         f"(final validation, summary, plot; not counted); val acc {c[-1]['val_acc']:.3f}"
     )
+    per_round = [rc / rb for rc, rb in zip(rates["c"], rates["b"], strict=True)]
+    print("  c/b per round: " + " ".join(f"{v:.2f}" for v in per_round))
+    # (a) ran in the first rounds only: its ratios pair it with those rounds' b and c.
     ratios = {
-        "c/b": statistics.median(rc / rb for rc, rb in zip(rates["c"], rates["b"], strict=True)),
-        "c/a": statistics.median(rc / ra for rc, ra in zip(rates["c"], rates["a"], strict=True)),
-        "b/a": statistics.median(rb / ra for rb, ra in zip(rates["b"], rates["a"], strict=True)),
+        "c/b": statistics.median(per_round),
+        "c/a": statistics.median(rc / ra for rc, ra in zip(rates["c"], rates["a"], strict=False)),
+        "b/a": statistics.median(rb / ra for rb, ra in zip(rates["b"], rates["a"], strict=False)),
     }
     if memory:
         ratios["mem c/b"] = memory["c"]["increase_mb"] / memory["b"]["increase_mb"]
@@ -427,8 +443,11 @@ def print_targets(ratios: dict[str, dict]) -> None:
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", choices=["mlp", "cnn", "all"], default="all")
-    parser.add_argument("--rounds", type=int, default=5, help="MLP rounds (default 5)")
+    parser.add_argument("--rounds", type=int, default=9, help="MLP rounds (default 9)")
     parser.add_argument("--cnn-rounds", type=int, default=3, help="CNN rounds (default 3)")
+    parser.add_argument(
+        "--course-rounds", type=int, default=3, help="rounds that also run (a) (default 3)"
+    )
     parser.add_argument("--epochs", type=int, default=1, help="epochs per way and round")
     parser.add_argument("--mlp-images", type=int, default=60_000, help="MLP training images")
     parser.add_argument("--mlp-val", type=int, default=6_000, help="MLP validation images (c)")
