@@ -412,7 +412,8 @@ def _epochs(s: Session, files: RunFiles, progress: Progress, stop: StopSignal, p
         # One write when the epoch is both the last and the best: best.pt links to last.pt.
         names = ["last.pt"] if cfg.checkpoint.save_last or s.stopping else []
         names += ["best.pt"] if improved and cfg.checkpoint.save_best else []
-        s.save(s.payload(row), *names)
+        if names:
+            s.save(s.payload(row), *names)
         progress("epoch", {"row": row, "improved": improved, "epochs": cfg.train.epochs})
         if s.on_epoch is not None:
             s.halted = distributed.from_main(lambda r=row: s.on_epoch(r) or "")

@@ -97,10 +97,10 @@ class Session:
         """Only rank 0 writes files (and reports progress) in a distributed run."""
         return distributed.is_main()
 
-    def save(self, payload: dict, *names: str) -> None:
-        """Write the checkpoint once under the first name; the others link to it."""
-        if self.writes and names:
-            checkpoint.save(payload, *(self.run_dir / name for name in names))
+    def save(self, payload: dict, name: str, *also: str) -> None:
+        """Write the checkpoint once, as `name`; the names in `also` link to it."""
+        if self.writes:
+            checkpoint.save(payload, self.run_dir / name, *(self.run_dir / n for n in also))
 
     def restore(self, payload: dict) -> None:
         self.model.load_state_dict(payload["model"])
