@@ -200,8 +200,8 @@ def main() -> None:
     print(
         f"{note}; {args.images:,} CIFAR-shaped 32 px images ({args.val:,} of them validation), "
         f"batch {args.batch}, {'crop+flip' if args.augment else 'no'} augmentation, "
-        f"{args.epochs} epoch(s), figures from "
-        f"the last; compile {args.compile}; bf16 peak {args.peak_tflops:g} TFLOP/s"
+        f"{args.epochs} epoch(s), figures from the last; compile {args.compile}; "
+        f"bf16 peak {args.peak_tflops:g} TFLOP/s"
     )
     print(
         f"  {'model':9} {'device':7} {'precision':9} {'epoch s':>8} {'(first)':>8} "

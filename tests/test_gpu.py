@@ -2,9 +2,8 @@
 on CPU machines skips this file; it was run on an H200 through the device tool).
 
 Checks what the CPU tests cannot: bf16 autocast, data resident on the GPU with batch-wise
-augmentation there and no host sync per step, channels_last + torch.compile (opt-in),
-NCCL under torchrun,
-and that a checkpoint written on the GPU evaluates and predicts on the CPU.
+augmentation there and no host sync per step, channels_last + torch.compile (opt-in), NCCL
+under torchrun, and that a checkpoint written on the GPU evaluates on the CPU.
 """
 
 import json
@@ -71,7 +70,7 @@ def summary(result) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_digits_bf16_on_cuda_then_eval_and_predict_on_cpu(cli, write_config, tmp_path):
+def test_digits_bf16_on_cuda_then_eval_on_cpu(cli, write_config, tmp_path):
     run = tmp_path / "run"
     got = summary(cli("train", write_config(DIGITS), "--run-dir", run, "--json"))
     assert got["device"].startswith("cuda")
