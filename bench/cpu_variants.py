@@ -18,7 +18,7 @@ from torch import nn
 
 from dltrain.config import DataConfig, ModelConfig, TrainConfig
 from dltrain.data import build_splits, make_loader
-from dltrain.engine import Loop, train_one_epoch
+from dltrain.engine import train_one_epoch
 from dltrain.models import build_model
 from dltrain.runtime import set_threads
 
@@ -62,7 +62,7 @@ def main() -> None:
                 model = net._orig_mod
             optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
             start = time.perf_counter()
-            train_one_epoch(net, loader, optimizer, nn.CrossEntropyLoss(), TrainConfig(), Loop())
+            train_one_epoch(net, loader, optimizer, nn.CrossEntropyLoss(), TrainConfig())
             if round_:
                 rates[name].append(len(splits.train) / (time.perf_counter() - start))
     plain = statistics.median(rates["plain"])

@@ -102,9 +102,10 @@ def measure(name: str, root: Path, args) -> dict:
 
     with tempfile.TemporaryDirectory() as run_dir:
         started = time.perf_counter()
-        fit(cfg, Path(run_dir), progress=progress)
+        fit(cfg, Path(run_dir), on_event=progress)
         wall = time.perf_counter() - started
-    summary, model = ends["summary"], ends["model"]
+    summary = ends["summary"]
+    model = build_model(build_splits(cfg.data, cfg.seed).info, cfg.model)  # for its FLOPs
     sizes, last = summary["sizes"], rows[-1]
     # Forward-only images per epoch: validation, plus the eval-mode pass over a training
     # subset that fit makes each epoch (train.train_eval_size) where this dltrain has it.

@@ -272,7 +272,7 @@ def dltrain_way(w: Workload, folder: Path):
 
         with tempfile.TemporaryDirectory() as run_dir:
             called = time.perf_counter()
-            summary = fit(cfg, Path(run_dir), progress=progress)
+            summary = fit(cfg, Path(run_dir), on_event=progress)
         n = summary["sizes"]["train"] * w.epochs
         return {
             "samples": n,

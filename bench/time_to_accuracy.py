@@ -51,7 +51,7 @@ def with_dltrain(cfg: Config, target: float) -> tuple[float | None, int]:
 
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.perf_counter()
-        summary = fit(cfg, Path(run_dir), progress=progress)
+        summary = fit(cfg, Path(run_dir), on_event=progress)
     return reached[0] if reached else (None, summary["epochs_run"])
 
 

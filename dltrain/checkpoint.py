@@ -1,24 +1,36 @@
-"""Atomic writes and safe loading of checkpoints and run files.
+"""Checkpoints: atomic writes, the one safe load, what a checkpoint holds and how a run comes
+back from one.
 
 Every file is written to a temporary name in the same folder, flushed to disk, then moved
 over the final name with `os.replace`, so a crash never leaves a partial file under a final
 name. Checkpoints hold only tensors and plain types and are read with
-`torch.load(weights_only=True)`: loading one never runs code.
+`torch.load(weights_only=True)` in `read`, the one place that loads them: loading never runs
+code. `open_saved` turns a checkpoint back into its config (with overrides), data info and
+model, for resume, eval, predict and finetune alike. torch is imported inside the functions:
+`dltrain runs` and `plot` start without it.
 """
 
 from __future__ import annotations
 
+import copy
 import errno
 import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
+from dltrain import __version__
+from dltrain.config import Config, from_dict
 from dltrain.errors import DltrainError
+
+if TYPE_CHECKING:
+    from dltrain.session import Session
 
 FORMAT = "dltrain-checkpoint"
 
@@ -63,45 +75,52 @@ def save(payload: dict, path: Path, *copies: Path) -> None:
     the epoch's last.pt is also the best): a hard link, not a second write. Safe because a
     checkpoint is never written in place: the next save replaces last.pt by a new file, and
     the link keeps the old one. Where links are not supported, the file is copied."""
-    import torch  # here, not at the top: `dltrain runs` and `plot` start without torch
+    import torch
 
     atomic_write(path, lambda handle: torch.save(payload, handle))
-    for copy in copies:
-        tmp = copy.with_name(f".{copy.name}.tmp-{os.getpid()}")
+    for link in copies:
+        tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
         try:
             tmp.unlink(missing_ok=True)
             os.link(path, tmp)
-            os.replace(tmp, copy)
+            os.replace(tmp, link)
         except OSError:
             tmp.unlink(missing_ok=True)
             with open(path, "rb") as source:
-                atomic_write(copy, lambda handle, source=source: shutil.copyfileobj(source, handle))
+                atomic_write(link, lambda handle, source=source: shutil.copyfileobj(source, handle))
+
+
+def read(path: str | Path, what: str = "") -> object:
+    """The one `torch.load`: tensors and plain values only (`weights_only`), never retried
+    unsafely. Every failure is one line naming the file; `what` (e.g. "model.pretrained: ")
+    starts it."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # A GLOBAL is a reference to Python code: refuse it.
+        found = re.search(r"GLOBAL (\S+)|Unsupported global: (\S+)", str(err))
+        if found:
+            raise DltrainError(
+                f"{what}refused to load {path}: it holds Python objects beyond tensors and "
+                f"plain values ({found.group(1) or found.group(2)}), which could run code; not "
+                "loaded for safety"
+            ) from None
+        reason = "not a readable PyTorch file"
+    except Exception as err:  # noqa: BLE001 - torch's unpickler fails in many ways on garbage
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    raise DltrainError(f"{what}cannot load {path}: the file is damaged or truncated ({reason})")
 
 
 def load(path: str | Path) -> dict:
     """Load a dltrain checkpoint safely; every failure is a one-line DltrainError."""
-    import torch
-
     path = Path(path)
     if path.is_dir():
         raise DltrainError(f"{path} is a folder; give a checkpoint file such as {path}/best.pt")
     if not path.is_file():
         raise DltrainError(f"checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        # A GLOBAL is a reference to Python code: refuse it, never retry an unsafe load.
-        if "GLOBAL" in str(err) or "Unsupported global" in str(err):
-            raise DltrainError(
-                f"{path}: refused to load: the file holds Python objects beyond tensors and "
-                "plain values, which could run code; dltrain loads weights-only checkpoints"
-            ) from None
-        raise DltrainError(
-            f"{path}: the checkpoint is damaged (not a readable checkpoint)"
-        ) from None
-    except Exception as err:  # noqa: BLE001 - torch's unpickler fails in many ways on garbage
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DltrainError(f"{path}: the checkpoint is damaged or truncated ({reason})") from None
+    payload = read(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DltrainError(
             f"{path}: not a dltrain checkpoint (no model, config and class names in it; "
@@ -178,3 +197,110 @@ def find_resume(target: str | Path) -> tuple[dict, Path, list[str]]:
     if problems:
         raise DltrainError(f"--resume {target}: no intact checkpoint ({problems[0]})")
     raise DltrainError(f"--resume {target}: no last.pt or best.pt in this folder")
+
+
+# --- a run's checkpoint: what it holds, and a run restored from it -----------------------
+
+
+def payload(s: Session, loop, row: dict) -> dict:
+    """A checkpoint of session `s` at `loop` (engine.LoopState): enough to evaluate, predict,
+    finetune and resume exactly."""
+    return {
+        "format": FORMAT,
+        "version": __version__,
+        "epoch": loop.epoch,
+        "global_step": loop.global_step,
+        "model": s.model.state_dict(),
+        "optimizer": s.optimizer.state_dict(),
+        "schedule": s.schedule.state_dict(),
+        "scaler": s.precision.scaler.state_dict(),
+        "early_stopping": s.stopper.state_dict(),
+        "best_metric": s.stopper.best,
+        "rng": rng_state(),
+        "loader_rng": s.train_batches.generator.get_state(),
+        "config": s.cfg.model_dump(mode="json"),
+        "data_info": s.info.to_dict(),
+        "class_names": list(s.info.class_names),
+        "metrics": row,
+        "parent": s.parent,
+        "partial": loop.partial,
+        "world_size": s.world_size,
+    }
+
+
+def save_run(s: Session, loop, row: dict, name: str, *also: str) -> None:
+    """Write the run's checkpoint once, as `name`; the names in `also` link to it. Distributed,
+    rank 0 alone writes."""
+    if s.files.write:
+        save(payload(s, loop, row), s.run_dir / name, *(s.run_dir / n for n in also))
+
+
+def restore(s: Session, saved: dict) -> dict:
+    """Put a checkpoint's states back into session `s` (model, optimizer, schedule, scaler,
+    early stopping, every random generator); returns the loop's fields (engine.LoopState):
+    epoch, global_step, the interrupted epoch's progress and the best epoch's weights."""
+    s.model.load_state_dict(saved["model"])
+    s.optimizer.load_state_dict(saved["optimizer"])
+    s.schedule.load_state_dict(saved["schedule"])
+    s.precision.scaler.load_state_dict(saved["scaler"])
+    s.stopper.load_state_dict(saved["early_stopping"])
+    s.train_batches.generator.set_state(saved["loader_rng"])
+    set_rng_state(saved["rng"])
+    partial = saved.get("partial")
+    if partial is not None:  # its steps count batches of this many processes
+        partial = {**partial, "world_size": saved.get("world_size", 1)}
+    best_epoch, best_weights = s.stopper.best_epoch, None
+    if best_epoch == saved["epoch"] and partial is None:  # mid-epoch weights are not the best
+        best_weights = copy.deepcopy(s.model.state_dict())
+    elif best_epoch is not None and (s.run_dir / "best.pt").exists():
+        try:
+            best = load(s.run_dir / "best.pt")
+            if best["epoch"] == best_epoch and not best.get("partial"):
+                best_weights = best["model"]
+        except DltrainError:
+            pass  # a damaged best.pt: the end keeps the weights as trained
+    return {
+        "epoch": saved["epoch"],
+        "global_step": saved["global_step"],
+        "partial": partial,
+        "best_weights": best_weights,
+    }
+
+
+@dataclass
+class Saved:
+    """A checkpoint read back: where it is, what it holds, and its config with overrides."""
+
+    path: Path
+    payload: dict
+    cfg: Config
+    notes: list[str] = field(default_factory=list)  # e.g. a damaged last.pt passed over
+
+    @property
+    def info(self):
+        """The data as the saved model saw it (dltrain.data.DataInfo)."""
+        from dltrain.data import DataInfo
+
+        return DataInfo.from_dict(self.payload["data_info"])
+
+    def model(self):
+        """(the saved model with its weights, in eval mode on the config's device; the device)."""
+        from dltrain.models import build_model
+        from dltrain.runtime import resolve_device
+
+        device = resolve_device(self.cfg.device)
+        model = build_model(self.info, self.cfg.model, weights=False)
+        model.load_state_dict(self.payload["model"])
+        return model.to(device).eval(), device
+
+
+def open_saved(target: str | Path, overrides: list[str] = (), run_folder: bool = False) -> Saved:
+    """The one way from a checkpoint to a runnable thing: checkpoint -> its config with `--set`
+    overrides (`--device` is one: device=cpu) -> data info -> model with weights. `run_folder`
+    (resume) also takes a run's folder: its last.pt, or an intact best.pt if last.pt is not."""
+    if run_folder:
+        saved, path, notes = find_resume(target)
+    else:
+        path, notes = Path(target), []
+        saved = load(path)
+    return Saved(path, saved, from_dict(saved["config"], f"{path} (config)", overrides), notes)

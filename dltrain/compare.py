@@ -45,7 +45,7 @@ def compare(
     """Train every config with `seeds` seeds on one validation split (that of the first
     config's seed); returns per-config statistics and writes compare.json and compare.png."""
     from dltrain.engine import fit
-    from dltrain.plots import plot_compare
+    from dltrain.plots import draw_curves, plot_compare
 
     if seeds < 1:
         raise DltrainError(f"--seeds must be at least 1 (got {seeds})")
@@ -66,7 +66,10 @@ def compare(
                 }
             )
             folder = root / label / f"seed-{cfg.seed + k}"
-            summary = fit(run, folder)
+            try:
+                summary = fit(run, folder)
+            finally:
+                draw_curves(folder)
             folders.setdefault(label, []).append(folder)
             summaries.append(summary)
             on_run(label, cfg.seed + k, summary)

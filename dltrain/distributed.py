@@ -6,7 +6,8 @@ batch; DistributedDataParallel averages the gradients. Only rank 0 prints and wr
 Every choice that ends or changes the loop (a NaN, Ctrl-C, early stopping) is agreed through a
 collective, so no rank is left waiting at a barrier the others never reach.
 
-Without those variables everything here is a no-op and training runs in one process.
+Without those variables everything here is a no-op and training runs in one process. torch is
+imported inside the functions: the CLI asks `is_main()` before anything needs torch.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import contextlib
 import gc
 import os
 from collections.abc import Callable
-from typing import TypeVar
-
-import torch
-import torch.distributed as dist
-from torch import nn
+from typing import TYPE_CHECKING, TypeVar
 
 from dltrain.errors import DltrainError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 T = TypeVar("T")
 NO_STEP = 2**62  # "no NaN seen" in the MIN-reduction that finds the first bad step
@@ -32,39 +33,48 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def _dist():
+    import torch.distributed as dist
+
+    return dist
+
+
 def active() -> bool:
+    dist = _dist()
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank() -> int:
-    return dist.get_rank() if active() else 0
+    return _dist().get_rank() if active() else 0
 
 
 def world_size() -> int:
-    return dist.get_world_size() if active() else 1
+    return _dist().get_world_size() if active() else 1
 
 
 def is_main() -> bool:
-    """Rank 0 is the one process that prints and writes. Read from the environment too, so the
-    CLI knows before the process group exists."""
-    return rank() == 0 and os.environ.get("RANK", "0") == "0"
+    """Rank 0 is the one process that prints and writes; torchrun sets RANK before the process
+    group exists, so the CLI knows it from the start."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container often allows fewer than the host has)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def start(device_name: str) -> torch.device:
     """Join the process group torchrun set up: NCCL with one CUDA device per process (from
     LOCAL_RANK), gloo on the CPU. Returns this process's device."""
+    import torch
+
+    from dltrain.runtime import resolve_device
+
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    wants_cuda = device_name.startswith("cuda") or (
-        device_name == "auto" and torch.cuda.is_available()
-    )
-    if device_name == "mps":
+    kind = resolve_device(device_name).type  # "auto" takes the GPU when there is one
+    if kind == "mps":
         raise DltrainError("distributed training runs on CUDA or the CPU, not mps; use --device")
-    if wants_cuda:
-        if not torch.cuda.is_available():
-            raise DltrainError(
-                f"device {device_name!r} was asked for but CUDA is not available on this "
-                "machine; use --device cpu for distributed training on the CPU (gloo)"
-            )
+    if kind == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise DltrainError(
                 f"process {local_rank} on this node has no GPU: the node has "
@@ -76,8 +86,8 @@ def start(device_name: str) -> torch.device:
     else:
         device = torch.device("cpu")
         backend = "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend, device_id=device if backend == "nccl" else None)
+    if not _dist().is_initialized():
+        _dist().init_process_group(backend, device_id=device if backend == "nccl" else None)
     return device
 
 
@@ -86,6 +96,7 @@ def stop(together: bool = True) -> None:
     waits for the others first: a rank that tears down while rank 0 still writes can abort at
     exit (seen with gloo), and the launcher then kills rank 0 mid-write. After an error on
     this rank alone there is no waiting: exiting lets the launcher stop the others."""
+    dist = _dist()
     if dist.is_available() and dist.is_initialized():
         if together:
             with contextlib.suppress(RuntimeError):  # a peer already gone
@@ -96,36 +107,39 @@ def stop(together: bool = True) -> None:
         dist.destroy_process_group()
 
 
-def _tensor(values, dtype=torch.long) -> torch.Tensor:
+def _tensor(values: list[int]) -> torch.Tensor:
+    import torch
+
     # NCCL reduces only tensors on the process's GPU; gloo those on the CPU.
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    return torch.tensor(values, dtype=dtype, device=device)
+    device = "cuda" if _dist().get_backend() == "nccl" else "cpu"
+    return torch.tensor(values, dtype=torch.long, device=device)
 
 
 def all_sum(*tensors: torch.Tensor) -> None:
     """Sum tensors over all ranks, in place."""
     if active():
         for tensor in tensors:
-            dist.all_reduce(tensor)
+            _dist().all_reduce(tensor)
 
 
 def sum_ints(*values: int) -> list[int]:
     if not active():
         return list(values)
     total = _tensor(list(values))
-    dist.all_reduce(total)
+    _dist().all_reduce(total)
     return total.tolist()
 
 
-def agree(bad_step: int | None, wants_stop: bool) -> tuple[int | None, bool]:
+def agree(bad_step: int | None, stop: int) -> tuple[int | None, int]:
     """One collective for both loop-ending events: the first step any rank saw a NaN/Inf loss,
-    and whether any rank was asked to stop (Ctrl-C, SIGTERM)."""
+    and the strongest stop request of any rank (0: none; larger codes win)."""
     if not active():
-        return bad_step, wants_stop
-    flags = _tensor([NO_STEP if bad_step is None else bad_step, -int(wants_stop)])
+        return bad_step, stop
+    dist = _dist()
+    flags = _tensor([NO_STEP if bad_step is None else bad_step, -stop])
     dist.all_reduce(flags, op=dist.ReduceOp.MIN)
     first_bad, stop_flag = flags.tolist()
-    return (None if first_bad == NO_STEP else first_bad), stop_flag < 0
+    return (None if first_bad == NO_STEP else first_bad), -stop_flag
 
 
 def from_main(compute: Callable[[], T]) -> T:
@@ -133,6 +147,7 @@ def from_main(compute: Callable[[], T]) -> T:
     rank (only rank 0 prints it), so none waits for an answer that never comes."""
     if not active():
         return compute()
+    dist = _dist()
     box: list = [None]
     if dist.get_rank() == 0:
         try:
@@ -152,6 +167,8 @@ def wrap(model: nn.Module, device: torch.device, sync_batchnorm: bool) -> nn.Mod
     run (SyncBatchNorm first, if asked), else `model` itself."""
     if not active():
         return model
+    from torch import nn
+
     plain_bn = any(
         isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm)
         for m in model.modules()
@@ -178,8 +195,7 @@ def launch(nproc: int, args: list[str]) -> int:
     from torch.distributed.run import parse_args, run
 
     # torchrun would set OMP_NUM_THREADS=1 with a banner; share the cores out instead.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (cores or 1) // nproc)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // nproc)))
     # The elastic agent logs each failed worker as a long report; our processes say it better.
     for name in list(logging.root.manager.loggerDict):
         if name.startswith("torch.distributed"):

@@ -16,12 +16,11 @@ from datetime import datetime
 from pathlib import Path
 
 from dltrain import checkpoint
-from dltrain.config import apply_overrides, validate
 from dltrain.data import build_splits, make_loader
-from dltrain.engine import evaluate
+from dltrain.epoch import evaluate
 from dltrain.errors import DltrainError
-from dltrain.models import build_model, needs_rgb
-from dltrain.runtime import apply_speedups, precision_tools, resolve_device
+from dltrain.models import needs_rgb
+from dltrain.runtime import apply_speedups, precision_tools
 
 LEDGER = "test_ledger.jsonl"
 
@@ -34,38 +33,29 @@ def confusion_path(ckpt: str | Path, split: str) -> Path:
     return Path(ckpt).parent / f"confusion-{split}.csv"
 
 
-def evaluate_checkpoint(
-    path: str | Path, split: str, device: str | None = None, overrides: list[str] = ()
-) -> dict:
-    """Rebuild data and model from a checkpoint alone and measure one split.
+def evaluate_checkpoint(path: str | Path, split: str, overrides: list[str] = ()) -> dict:
+    """Rebuild data and model from a checkpoint alone (with `--set` overrides, `--device` among
+    them) and measure one split.
 
     Returns loss, acc, top5 (over 5 classes), the confusion matrix (`confusion[true][pred]`),
     per-class accuracy, the checkpoint's path and sha256 and, for the test split, `test_uses`
     (how many times this run's test set has now been measured). Writes `eval-<split>.json`
     and `confusion-<split>.csv` beside the checkpoint.
     """
-    path = Path(path)
-    payload = checkpoint.load(path)
-    data = payload["config"]
-    overridden = apply_overrides(data, list(overrides), f"{path} (config)")
-    if device:
-        data["device"] = device
-    cfg = validate(data, f"{path} (config)", overridden)
-    torch_device = resolve_device(cfg.device)
+    saved = checkpoint.open_saved(path, overrides)
+    cfg, path = saved.cfg, saved.path
+    model, device = saved.model()
     splits = build_splits(cfg.data, cfg.seed, rgb=needs_rgb(cfg.model))
-    model = build_model(splits.info, cfg.model, weights=False)
-    model.load_state_dict(payload["model"])
-    model.to(torch_device)
-    batches = make_loader(splits, split, cfg.data, torch_device)
+    batches = make_loader(splits, split, cfg.data, device)
     # The same memory format and precision as training's validation, so the numbers match.
-    net = apply_speedups(cfg, model, torch_device, [batches], compile_ok=False)
-    autocast, _, _ = precision_tools(torch_device, cfg.train.precision)
+    net = apply_speedups(cfg, model, device, [batches], compile_ok=False)
+    autocast = precision_tools(device, cfg.train.precision).autocast
     metrics = evaluate(net, batches, details=True, autocast=autocast)
     names = list(splits.info.class_names)
     result = {
         "split": split,
         "samples": splits.sizes[split],
-        "epoch": payload["epoch"],
+        "epoch": saved.payload["epoch"],
         "checkpoint": str(path),
         "sha256": checkpoint.file_sha256(path),
         **metrics,

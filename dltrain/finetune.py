@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from torch import nn
 
 from dltrain import checkpoint
@@ -60,16 +58,14 @@ def from_source(cfg: Config, source: str) -> tuple[Config, dict]:
         model = cfg.model.model_copy(update={"pretrained": "imagenet"})
         parent = {"source": "imagenet", "model": cfg.model.name}
     else:
-        path = Path(source)
-        payload = checkpoint.load(path)
-        source_model = Config.model_validate(payload["config"]).model
-        model = source_model.model_copy(update={"pretrained": str(path)})
+        saved = checkpoint.open_saved(source)
+        model = saved.cfg.model.model_copy(update={"pretrained": str(saved.path)})
         parent = {
             "source": "checkpoint",
-            "checkpoint": str(path),
-            "sha256": checkpoint.file_sha256(path),
-            "epoch": payload["epoch"],
-            "name": payload["config"]["name"],
-            "classes": len(payload["class_names"]),
+            "checkpoint": str(saved.path),
+            "sha256": checkpoint.file_sha256(saved.path),
+            "epoch": saved.payload["epoch"],
+            "name": saved.cfg.name,
+            "classes": len(saved.payload["class_names"]),
         }
     return cfg.model_copy(update={"model": model}), parent

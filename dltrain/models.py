@@ -12,8 +12,6 @@ import contextlib
 import io
 import math
 import os
-import pickle
-import re
 from collections.abc import Callable
 from urllib.parse import urlparse
 
@@ -22,12 +20,12 @@ import torchvision
 from torch import nn
 from torchvision.models import AlexNet_Weights, ResNet18_Weights, WeightsEnum
 
-from dltrain.config import ModelConfig
+from dltrain import checkpoint
+from dltrain.config import ALEXNET_MIN_SIZE, ModelConfig
 from dltrain.data import DataInfo
 from dltrain.errors import DltrainError
-from dltrain.registry import Registry
+from dltrain.registry import MODELS
 
-MODELS: Registry = Registry("model")
 IMAGENET_CLASSES = 1000
 
 
@@ -137,7 +135,8 @@ def alexnet(info: DataInfo, cfg: ModelConfig) -> nn.Module:
     28->13->6->2; AdaptiveAvgPool then gives the 6x6 the classifier expects). Only that conv's
     weight shape changes (64x3x11x11 -> 64x3x3x3). Smallest input: 15 px with the stem.
     """
-    model = _from_torchvision(
+    _check_alexnet_fits(info, _small_input(info, cfg))
+    return _from_torchvision(
         lambda classes: torchvision.models.alexnet(num_classes=classes, dropout=cfg.dropout),
         AlexNet_Weights.IMAGENET1K_V1,
         _alexnet_stem,
@@ -145,8 +144,6 @@ def alexnet(info: DataInfo, cfg: ModelConfig) -> nn.Module:
         info,
         cfg,
     )
-    _check_alexnet_fits(model, info, _small_input(info, cfg))
-    return model
 
 
 @MODELS.register("resnet18")
@@ -264,18 +261,7 @@ def _read_state_dict(path: str) -> dict:
     """Read a bare state dict or a dltrain checkpoint ({"model": state dict}); tensors only."""
     if not os.path.isfile(path):
         raise DltrainError(f"model.pretrained: no such file: {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        found = re.search(r"GLOBAL (\S+)", str(error))
-        why = (
-            f"it holds Python objects beyond tensors ({found.group(1)}), not loaded for safety"
-            if found
-            else "it is damaged or not a PyTorch file"
-        )
-        raise DltrainError(f"model.pretrained: cannot load {path}: {why}") from error
-    except Exception as error:  # torch raises many types for damaged files
-        raise DltrainError(f"model.pretrained: cannot load {path}: {_first_line(error)}") from error
+    data = checkpoint.read(path, "model.pretrained: ")
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         data = data["model"]
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
@@ -309,34 +295,16 @@ def _load_state_dict(model: nn.Module, state: dict, source: str) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def _check_alexnet_fits(model: nn.Module, info: DataInfo, small: bool) -> None:
+def _check_alexnet_fits(info: DataInfo, small: bool) -> None:
     """Refuse, at build time, images that AlexNet's convs and pools would shrink to nothing."""
-
-    def fits(size: int) -> bool:
-        for layer in model.features:
-            if isinstance(layer, (nn.Conv2d, nn.MaxPool2d)):
-                kernel, stride, padding = (
-                    _first(layer.kernel_size),
-                    _first(layer.stride),
-                    _first(layer.padding),
-                )
-                size = (size + 2 * padding - kernel) // stride + 1
-                if size < 1:
-                    return False
-        return True
-
-    if not all(fits(size) for size in info.image_size):
-        smallest = next(size for size in range(1, 1024) if fits(size))
+    smallest = ALEXNET_MIN_SIZE[small]
+    if min(info.image_size) < smallest:
         height, width = info.image_size
         hint = "use cnn or resnet18" if small else "set model.small_input: true"
         raise DltrainError(
             f"alexnet (small_input {str(small).lower()}) needs images of at least "
             f"{smallest}x{smallest} px, the data has {height}x{width}; {hint}"
         )
-
-
-def _first(value: int | tuple[int, ...]) -> int:
-    return value[0] if isinstance(value, tuple) else value
 
 
 def _first_line(error: Exception) -> str:

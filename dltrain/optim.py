@@ -8,9 +8,7 @@ import torch
 from torch import nn
 
 from dltrain.config import OptimConfig, ScheduleConfig
-from dltrain.registry import Registry
-
-OPTIMIZERS: Registry = Registry("optimizer")
+from dltrain.registry import OPTIMIZERS
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 

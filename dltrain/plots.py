@@ -45,6 +45,19 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     return _save(fig, Path(out) if out is not None else run_dir / "curves.png")
 
 
+def draw_curves(run_dir: str | Path) -> str | None:
+    """curves.png after a run, for whatever epochs metrics.csv holds; a plotting problem never
+    fails a run: it comes back as a note to show (None when all is well)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.csv").exists():
+        return None
+    try:
+        plot_run(run_dir)
+    except Exception as err:  # noqa: BLE001 - the run itself is saved; say so and go on
+        return f"could not draw {run_dir / 'curves.png'}: {err}"
+    return None
+
+
 def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
     """Overlay several runs: val loss and val accuracy per epoch as solid lines, train as
     dashed lines in the same colour, one colour per run."""

@@ -17,25 +17,25 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from dltrain import checkpoint
-from dltrain.config import validate
 from dltrain.data import DataInfo
 from dltrain.errors import DltrainError
-from dltrain.models import build_model
-from dltrain.runtime import resolve_device
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 BATCH_SIZE = 256
 
 
 def predict(
-    ckpt_path: str | Path, inputs: list[Path], topk: int = 3, device: str | None = None
+    ckpt_path: str | Path, inputs: list[Path], topk: int = 3, overrides: list[str] = ()
 ) -> list[dict]:
     """Top-k classes with softmax probabilities for each image: [{"file", "top": [{"class",
-    "prob"}, ...]}, ...], in the order of `inputs` (folders expanded, sorted)."""
+    "prob"}, ...]}, ...], in the order of `inputs` (folders expanded, sorted). `overrides`:
+    `--set` strings for the checkpoint's config (`--device` is device=…)."""
     if topk < 1:
         raise DltrainError(f"topk must be at least 1 (got {topk})")
     files = expand_inputs(inputs)
-    model, info, torch_device = load_model(ckpt_path, device)
+    saved = checkpoint.open_saved(ckpt_path, overrides)
+    model, torch_device = saved.model()
+    info = saved.info
     k = min(topk, info.num_classes)
     results = []
     for start in range(0, len(files), BATCH_SIZE):
@@ -79,21 +79,6 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
     if not files:
         raise DltrainError("no images given: name image files or folders")
     return files
-
-
-def load_model(ckpt_path: str | Path, device: str | None = None):
-    """The checkpoint's model in eval mode on its device, with the checkpoint's DataInfo."""
-    payload = checkpoint.load(ckpt_path)
-    data = dict(payload["config"])
-    if device:
-        data["device"] = device
-    cfg = validate(data, f"{ckpt_path} (config)")
-    info = DataInfo.from_dict(payload["data_info"])
-    torch_device = resolve_device(cfg.device)
-    model = build_model(info, cfg.model, weights=False)
-    model.load_state_dict(payload["model"])
-    model.to(torch_device).eval()
-    return model, info, torch_device
 
 
 def load_image(path: Path, info: DataInfo) -> torch.Tensor:

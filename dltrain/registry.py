@@ -1,4 +1,9 @@
-"""A tiny name -> builder registry (models, datasets, optimizers)."""
+"""A tiny name -> builder registry, and the three that dltrain has: datasets, models, optimizers.
+
+Each registry is declared here with the names it holds, so the config schema offers them as
+choices without importing torch; the modules that build them (data, models, optim) register a
+builder under each name, and a test checks that every declared name has one.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,9 @@ T = TypeVar("T", bound=Callable)
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, choices: tuple[str, ...] = ()):
         self.kind = kind
+        self.choices = choices  # the names it may hold; empty: any name
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -22,6 +28,8 @@ class Registry(Generic[T]):
         def add(builder: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
+            if self.choices and name not in self.choices:
+                raise ValueError(f"{self.kind} {name!r}: declare it in dltrain/registry.py first")
             self._items[name] = builder
             return builder
 
@@ -40,3 +48,10 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         return name in self._items
+
+
+DATASETS: Registry = Registry(
+    "dataset", ("digits", "fake", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder")
+)
+MODELS: Registry = Registry("model", ("mlp", "cnn", "alexnet", "resnet18"))
+OPTIMIZERS: Registry = Registry("optimizer", ("sgd", "adam", "adamw", "rmsprop"))

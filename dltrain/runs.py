@@ -132,6 +132,12 @@ class RunFiles:
         if self.write:
             write_json(self.dir / "summary.json", summary)
 
+    def remove_temporary(self) -> None:
+        """Temporary files a process killed while writing left behind (.last.pt.tmp-PID)."""
+        if self.write:
+            for stale in self.dir.glob(".*.tmp-*"):
+                stale.unlink(missing_ok=True)
+
 
 # --- reading runs back: `dltrain runs`, `dltrain plot` -----------------------------------
 

@@ -11,12 +11,15 @@ import os
 import random
 import signal
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from dltrain.config import Config
+from dltrain.distributed import usable_cores
 from dltrain.errors import DltrainError
 
 
@@ -52,9 +55,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def precision_tools(device: torch.device, precision: str):
-    """One code path for every precision: an autocast context factory (disabled for fp32)
-    and a GradScaler (enabled only for fp16, where gradients can underflow)."""
+@dataclass
+class Precision:
+    """One code path for every precision: an autocast context factory (a no-op for fp32) and
+    a GradScaler (enabled only for fp16, where gradients can underflow)."""
+
+    autocast: Callable = contextlib.nullcontext
+    scaler: torch.amp.GradScaler | None = None
+    name: str = "float32"
+
+
+def precision_tools(device: torch.device, precision: str) -> Precision:
     if precision == "auto":
         use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         dtype = torch.bfloat16 if use_bf16 else None
@@ -67,7 +78,7 @@ def precision_tools(device: torch.device, precision: str):
         else contextlib.nullcontext
     )
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    return autocast, scaler, str(dtype or torch.float32).removeprefix("torch.")
+    return Precision(autocast, scaler, str(dtype or torch.float32).removeprefix("torch."))
 
 
 def set_determinism(on: bool) -> None:
@@ -81,8 +92,8 @@ def set_determinism(on: bool) -> None:
 def set_threads() -> None:
     """Use the cores this process may run on (containers often allow fewer than the host
     has), unless OMP_NUM_THREADS says otherwise."""
-    if "OMP_NUM_THREADS" not in os.environ and hasattr(os, "sched_getaffinity"):
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(usable_cores())
 
 
 def apply_speedups(
@@ -107,7 +118,7 @@ def apply_speedups(
 
 
 class StopSignal:
-    """Ctrl-C (SIGINT) and SIGTERM ask training to stop at the next optimizer step.
+    """Ctrl-C (SIGINT) and SIGTERM ask training to stop (engine.Channel reads `signum`).
 
     Further signals are ignored while the run saves its checkpoint: the save finishes and
     nothing is corrupted. Handlers can only be installed from the main thread; elsewhere
@@ -131,6 +142,3 @@ class StopSignal:
     def __exit__(self, *exc) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
-
-    def __call__(self) -> bool:
-        return self.signum is not None

@@ -24,6 +24,7 @@ import yaml
 
 from dltrain.checkpoint import atomic_write
 from dltrain.config import Config, Space, parse_space, set_key, validate
+from dltrain.distributed import usable_cores
 from dltrain.errors import ConfigError, DltrainError, Interrupted
 from dltrain.runs import new_run_dir
 
@@ -134,7 +135,7 @@ def _parallel(folder: Path, remaining: int, seeds: list[str], deadline, report: 
     rows = context.Queue()
     jobs = len(seeds)
     quotas = [remaining // jobs + (i < remaining % jobs) for i in range(jobs)]
-    threads = max(1, cores() // jobs)
+    threads = max(1, usable_cores() // jobs)
     workers = [
         context.Process(target=_worker, args=(str(folder), quota, seed, deadline, threads, rows))
         for quota, seed in zip(quotas, seeds, strict=True)
@@ -260,7 +261,7 @@ def trial_config(base: dict, values: dict, number: int) -> Config:
     data = copy.deepcopy(base)
     data["sweep"] = {}
     for key, value in values.items():
-        set_key(data, key, value)
+        set_key(data, key.split("."), value)
     try:
         return validate(data, f"trial {number}")
     except ConfigError as err:
@@ -268,20 +269,27 @@ def trial_config(base: dict, values: dict, number: int) -> Config:
 
 
 def _fit(cfg: Config, run_dir: Path, trial, metric: str) -> dict:
-    """Train, reporting each epoch's metric to the study; the pruner may stop the run."""
+    """Train, reporting each epoch's metric to the study; the pruner may stop the run. The
+    trial's run folder gets its curves.png like any run."""
     from dltrain.engine import fit
+    from dltrain.plots import draw_curves
 
-    def on_epoch(row: dict) -> str | None:
-        value = row[metric]
-        trial.report(value, row["epoch"])
+    def on_event(kind: str, info: dict) -> str | None:
+        if kind != "epoch":
+            return None
+        row = info["row"]
+        trial.report(row[metric], row["epoch"])
         if trial.should_prune():
             return (
-                f"pruned by the sweep at epoch {row['epoch']}: {metric} {value:.4f} worse than "
-                "the median of earlier trials at that epoch"
+                f"pruned by the sweep at epoch {row['epoch']}: {metric} {row[metric]:.4f} worse "
+                "than the median of earlier trials at that epoch"
             )
         return None
 
-    return fit(cfg, run_dir, on_epoch=on_epoch)
+    try:
+        return fit(cfg, run_dir, on_event)
+    finally:
+        draw_curves(run_dir)
 
 
 def _tell(study, trial, state, summary: dict | None, reason: str, started: float, metric: str):
@@ -422,9 +430,10 @@ def _write_csv(path: Path, rows: list[dict], metric: str) -> None:
     atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
-def evaluate_best(folder: Path, device: str | None = None) -> dict:
+def evaluate_best(folder: Path, overrides: list[str] = ()) -> dict:
     """Measure the best trial's best.pt on the test split, once (the run's test ledger
-    records it). Returns the metrics and the checkpoint's path."""
+    records it), with `--set` overrides (e.g. device=cpu). Returns the metrics and the
+    checkpoint's path."""
     from dltrain.evaluation import evaluate_checkpoint
 
     settings = load_settings(folder)
@@ -434,8 +443,4 @@ def evaluate_best(folder: Path, device: str | None = None) -> dict:
         raise DltrainError(f"{folder}: no trial completed, so there is no best to test")
     run_dir = Path(folder) / best["folder"]
     ckpt = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
-    return {**evaluate_checkpoint(ckpt, "test", device), "trial": best["trial"]}
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {**evaluate_checkpoint(ckpt, "test", overrides), "trial": best["trial"]}

@@ -136,16 +136,16 @@ def test_signal_mid_epoch_saves_and_resumes(tmp_path, config, uninterrupted, sig
     mid_epoch, second = tmp_path / "mid-epoch", tmp_path / "second-signal"
     hook = f"""
         import os, signal, time
-        import dltrain.cli
+        import dltrain.cli.train
         calls = []
-        real_on_batch = dltrain.cli.TrainReport.on_batch
+        real_batch = dltrain.cli.train.TrainReport.batch
         def on_batch(self, info):
             calls.append(1)
             if len(calls) == 72 + 20:  # epoch 2, step 20 (72 steps per epoch)
                 open({str(mid_epoch)!r}, "w").close()
             time.sleep(0.002)
-            return real_on_batch(self, info)
-        dltrain.cli.TrainReport.on_batch = on_batch
+            return real_batch(self, info)
+        dltrain.cli.train.TrainReport.batch = on_batch
         real_replace = os.replace
         def replace(src, dst):
             if os.path.exists({str(mid_epoch)!r}) and str(dst).endswith("last.pt"):
@@ -420,7 +420,11 @@ def test_config_min_sizes_match_the_models():
     for small, smallest in ALEXNET_MIN_SIZE.items():
         cfg = ModelConfig(name="alexnet", small_input=small)
         info = DataInfo("x", ["a", "b"], 3, (smallest, smallest), [0.5] * 3, [0.5] * 3)
-        build_model(info, cfg)  # fits
+        model = build_model(info, cfg).eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, smallest, smallest))  # the real layers take this size
+            with pytest.raises(RuntimeError):  # and not one pixel less
+                model(torch.zeros(1, 3, smallest - 1, smallest - 1))
         with pytest.raises(DltrainError):
             build_model(info.with_(image_size=(smallest - 1, smallest - 1)), cfg)
     del DataConfig
@@ -535,7 +539,7 @@ def test_cuda_out_of_memory_suggests_smaller_batch(tmp_path):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     with pytest.raises(DltrainError) as caught:
-        fit(_small(), tmp_path, progress=progress)
+        fit(_small(), tmp_path, on_event=progress)
     message = str(caught.value)
     assert "ran out of memory in epoch 2 with data.batch_size=64" in message
     assert "--set data.batch_size=32" in message

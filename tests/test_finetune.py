@@ -80,7 +80,7 @@ def test_unfreeze_at_epoch_trains_everything_from_then_on(tmp_path, source):
             payload = torch.load(tmp_path / "ft" / "last.pt", weights_only=True)
             after_epoch[info["row"]["epoch"]] = payload["model"]
 
-    fit(cfg, tmp_path / "ft", progress=capture, parent=parent)
+    fit(cfg, tmp_path / "ft", on_event=capture, parent=parent)
     key = "features.1.weight"
     assert torch.equal(after_epoch[1][key], src[key])
     assert not torch.equal(after_epoch[2][key], src[key])

@@ -19,8 +19,9 @@ import torchvision
 from dltrain.checkpoint import load
 from dltrain.config import validate
 from dltrain.data import build_splits, make_loader
-from dltrain.engine import Loop, train_one_epoch
+from dltrain.engine import train_one_epoch
 from dltrain.models import build_model
+from dltrain.runtime import Precision
 from tests.formats import write_cifar, write_pngs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -136,15 +137,16 @@ def test_training_steps_do_not_wait_for_the_gpu(cifar_root):
     batches = make_loader(splits, "train", cfg.data, device, seed=0)
     model = build_model(splits.info, cfg.model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    bf16 = Loop(autocast=lambda: torch.autocast("cuda", torch.bfloat16))
-    args = (model, batches, optimizer, torch.nn.CrossEntropyLoss(), cfg.train, bf16)
-    train_one_epoch(*args)  # warm-up: cuDNN autotuning and allocator growth
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    bf16 = Precision(lambda: torch.autocast("cuda", torch.bfloat16), scaler)
+    args = (model, batches, optimizer, torch.nn.CrossEntropyLoss(), cfg.train)
+    train_one_epoch(*args, precision=bf16)  # warm-up: cuDNN autotuning and allocator growth
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            result = train_one_epoch(*args)
+            result = train_one_epoch(*args, precision=bf16)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message)]

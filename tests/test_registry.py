@@ -1,6 +1,6 @@
 import pytest
 
-from dltrain import config
+from dltrain import registry
 from dltrain.data import DATASETS
 from dltrain.errors import DltrainError
 from dltrain.models import MODELS
@@ -25,10 +25,21 @@ def test_unknown_name_lists_choices_and_suggests():
         registry.get("cnnn")
 
 
+def test_register_refuses_undeclared_names():
+    declared = Registry("model", ("mlp",))
+    with pytest.raises(ValueError, match="declare it in dltrain/registry.py"):
+        declared.register("cnn")(lambda: None)
+
+
 @pytest.mark.parametrize(
-    "registry, names",
-    [(DATASETS, config.DATASETS), (MODELS, config.MODELS), (OPTIMIZERS, config.OPTIMIZERS)],
+    "built, declared",
+    [
+        (DATASETS, registry.DATASETS),
+        (MODELS, registry.MODELS),
+        (OPTIMIZERS, registry.OPTIMIZERS),
+    ],
 )
-def test_schema_choices_match_registries(registry, names):
-    # The schema lists choices without importing torch; it must never drift from the registries.
-    assert registry.names() == sorted(names)
+def test_schema_choices_match_registries(built, declared):
+    # The schema lists the declared names without importing torch; each has a builder.
+    assert built is declared
+    assert built.names() == sorted(declared.choices)

@@ -15,7 +15,7 @@ YAMLS = sorted(CONFIGS.rglob("*.yaml"))
 
 def test_committed_schema_is_current():
     assert json.loads(SCHEMA.read_text()) == Config.model_json_schema(), (
-        "configs/schema.json is out of date with dltrain/config.py; regenerate it with: "
+        "configs/schema.json is out of date with dltrain/config/schema.py; regenerate it with: "
         "dltrain config schema > configs/schema.json"
     )
 

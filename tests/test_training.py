@@ -218,7 +218,7 @@ def test_best_pt_is_last_pt_of_its_epoch_and_survives_later_epochs(tmp_path, mon
             seen.append((info["improved"], best.exists() and last.samefile(best)))
 
     cfg = _cfg(**{"optim.lr": 0.05, "schedule.name": "none", "train.epochs": 6})
-    summary = fit(cfg, tmp_path, progress=progress)
+    summary = fit(cfg, tmp_path, on_event=progress)
     assert [same for _, same in seen] == [improved for improved, _ in seen]
     assert not seen[-1][0], "pick a config whose last epoch is not the best"
     assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == summary["best_epoch"]
@@ -251,7 +251,7 @@ def test_resume_equals_uninterrupted(tmp_path, cli):
     cfg = _cfg()
     fit(cfg, tmp_path / "whole")
     with pytest.raises(Interrupt):
-        fit(cfg, tmp_path / "parts", progress=_stop_after(2))
+        fit(cfg, tmp_path / "parts", on_event=_stop_after(2))
     # Simulate the crash losing an epoch's metrics row written after the checkpoint.
     assert [r["epoch"] for r in read_metrics(tmp_path / "parts")] == [1, 2]
     result = cli("train", "--resume", tmp_path / "parts")
@@ -286,7 +286,7 @@ def test_resume_keeps_early_stopping_state(tmp_path, cli):
     assert whole["status"] == "stopped_early"
     stop = whole["epochs_run"]
     with pytest.raises(Interrupt):
-        fit(cfg, tmp_path / "parts", progress=_stop_after(stop - 1))
+        fit(cfg, tmp_path / "parts", on_event=_stop_after(stop - 1))
     result = cli("train", "--resume", tmp_path / "parts" / "last.pt")
     assert result.exit_code == 0, result.output
     parts = json.loads((tmp_path / "parts" / "summary.json").read_text())

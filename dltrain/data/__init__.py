@@ -16,8 +16,9 @@ from dltrain.config import AugmentConfig, DataConfig
 from dltrain.data import datasets as _datasets  # noqa: F401 - registers the datasets
 from dltrain.data import folder as _folder
 from dltrain.data.augment import BatchAugment, pil_transforms
-from dltrain.data.core import DATASETS, DataInfo, Splits, TensorSplit, stratified_split
+from dltrain.data.core import DataInfo, Splits, TensorSplit, stratified_split
 from dltrain.errors import DltrainError
+from dltrain.registry import DATASETS
 
 __all__ = [
     "DATASETS",

@@ -1,4 +1,4 @@
-"""Shared pieces of the data layer: DataInfo, in-memory splits, the registry, stratified splits."""
+"""Shared pieces of the data layer: DataInfo, in-memory splits, stratified splits."""
 
 from __future__ import annotations
 
@@ -7,9 +7,6 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from dltrain.errors import DltrainError
-from dltrain.registry import Registry
-
-DATASETS: Registry = Registry("dataset")
 
 
 @dataclass

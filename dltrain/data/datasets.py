@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 from dltrain.config import DataConfig
-from dltrain.data.core import DATASETS, DataInfo, RawData, TensorSplit, stratified_split
+from dltrain.data.core import DataInfo, RawData, TensorSplit, stratified_split
 from dltrain.errors import DltrainError
+from dltrain.registry import DATASETS
 
 DIGITS_TEST_SEED = 20240613  # fixed: the digits test split never depends on the run's seed
 DIGITS_TEST_FRACTION = 0.2

@@ -13,8 +13,9 @@ import torch
 from torch.utils.data import Dataset
 
 from dltrain.config import DataConfig
-from dltrain.data.core import DATASETS, DataInfo, RawData
+from dltrain.data.core import DataInfo, RawData
 from dltrain.errors import DltrainError
+from dltrain.registry import DATASETS
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]

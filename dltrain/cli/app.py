@@ -1,0 +1,138 @@
+"""The app, its shared options, and how our errors reach the user: one red line and an exit code.
+
+The CLI is the only part of dltrain that prints or exits. torch is imported inside the commands
+that train or evaluate, never at module level, so `dltrain --help` and `dltrain config …`
+start fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+from dltrain import __version__, distributed
+from dltrain.errors import DltrainError, Interrupted
+
+
+class _Group(TyperGroup):
+    """Keeps the command line as the user gave it (`ctx.meta["argv"]`), for --nproc to pass on."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        argv = list(args)  # parsing consumes the list
+        ctx = super().make_context(info_name, args, parent=parent, **extra)
+        ctx.meta.setdefault("argv", argv)
+        return ctx
+
+
+app = typer.Typer(
+    cls=_Group,
+    help="Train image classifiers from YAML configs.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect configs and their schema.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config value: KEY=VALUE (dotted key), repeatable."),
+]
+DeviceOption = Annotated[
+    str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")
+]
+OutOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--out", "--run-dir", help="Folder for the outputs (--run-dir is the same option)."
+    ),
+]
+ForceOption = Annotated[
+    bool, typer.Option("--force", help="Replace a run that --out already holds.")
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print one JSON object (the result) and nothing else.")
+]
+NprocOption = Annotated[
+    int,
+    typer.Option(
+        "--nproc",
+        min=1,
+        help="Train data-parallel in N processes on this machine (torch.distributed, started "
+        "through torchrun); data.batch_size is per process.",
+    ),
+]
+
+
+def overrides(set_: list[str] | None, device: str | None) -> list[str]:
+    """--set values, with --device as one more override."""
+    return list(set_ or []) + ([f"device={device}"] if device else [])
+
+
+def out() -> Console:
+    """stdout; distributed, only rank 0 prints."""
+    return Console(highlight=False, quiet=not distributed.is_main())
+
+
+def err() -> Console:
+    return Console(stderr=True, highlight=False, quiet=not distributed.is_main())
+
+
+def note(text: str) -> None:
+    err().print(f"note: {text}", style="yellow", markup=False, soft_wrap=True)
+
+
+def fail(error: DltrainError) -> None:
+    lines = str(error).splitlines() or [type(error).__name__]
+    console = err()
+    label, style = (
+        ("interrupted", "yellow") if isinstance(error, Interrupted) else ("error", "bold red")
+    )
+    for line in lines:
+        console.print(f"{label}: {line}", style=style, markup=False, soft_wrap=True)
+    raise typer.Exit(error.exit_code)
+
+
+def friendly(command):
+    """Turn our errors into red lines and exit codes; anything else is a bug and keeps its
+    traceback. Distributed, leave the process group as the outcome allows."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        together = False  # distributed: did every rank get here?
+        try:
+            result = command(*args, **kwargs)
+            together = True
+            return result
+        except DltrainError as error:
+            together = error.all_ranks
+            fail(error)
+        except KeyboardInterrupt:  # before training started: nothing to save
+            fail(Interrupted("stopped by Ctrl-C before training started", 130))
+        finally:
+            if "torch.distributed" in sys.modules:  # else there is no process group to leave
+                distributed.stop(together)
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        out().print(f"dltrain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """Train image classifiers from YAML configs."""

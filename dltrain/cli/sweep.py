@@ -1,0 +1,271 @@
+"""`dltrain compare` and `dltrain sweep`: many runs, measured on validation, side by side."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from dltrain.cli.app import (
+    DeviceOption,
+    JsonOption,
+    OutOption,
+    SetOption,
+    app,
+    err,
+    friendly,
+    note,
+    out,
+    overrides,
+)
+from dltrain.errors import DltrainError
+
+
+@app.command()
+@friendly
+def compare(
+    configs: Annotated[list[Path], typer.Argument(help="Two or more YAML configs.")],
+    seeds: Annotated[int, typer.Option("--seeds", help="Seeds per config.")] = 3,
+    set_: SetOption = None,
+    device: DeviceOption = None,
+    out_dir: OutOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Train configs side by side with several seeds; mean ± std of best val accuracy.
+
+    The runs go to --out (default runs/compare-<time>)."""
+    from dltrain.compare import compare as run_compare
+    from dltrain.compare import default_root, labels_for
+    from dltrain.config import load_config
+    from dltrain.runs import new_run_dir
+
+    changes = overrides(set_, device)
+    loaded = {
+        label: load_config(path, changes)
+        for label, path in zip(labels_for(configs), configs, strict=True)
+    }
+    root = new_run_dir(next(iter(loaded.values())), out_dir or default_root())
+
+    def on_run(label: str, seed: int, summary: dict) -> None:
+        err().print(
+            f"{label} seed {seed}: best val acc {summary['best_metrics']['val_acc']:.4f} "
+            f"({summary['epochs_run']} epochs, {summary['seconds']:.1f}s)",
+            markup=False,
+            soft_wrap=True,
+        )
+
+    result = run_compare(loaded, seeds, root, on_run)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"compare: {seeds} seed(s) each, one validation split")
+    for name in ("config", "model", "params", "best val acc", "s/epoch"):
+        table.add_column(name, justify="left" if name in ("config", "model") else "right")
+    for row in result["configs"]:
+        table.add_row(
+            row["config"],
+            row["model"],
+            f"{row['params']:,}",
+            f"{row['val_acc_mean']:.4f} ± {row['val_acc_std']:.4f}",
+            f"{row['seconds_per_epoch']:.2f}",
+        )
+    out_console = out()
+    out_console.print(table)
+    out_console.print(
+        f"wrote {result['png']} and {root / 'compare.json'}", markup=False, soft_wrap=True
+    )
+
+
+@app.command()
+@friendly
+def sweep(
+    config: Annotated[Path | None, typer.Argument(help="YAML config with a sweep section.")] = None,
+    trials: Annotated[
+        int | None, typer.Option("--trials", min=1, help="Trials in all (default sweep.trials).")
+    ] = None,
+    sampler: Annotated[
+        str | None, typer.Option("--sampler", help="random (default) or tpe.")
+    ] = None,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Stop unpromising trials early (median pruner).")
+    ] = False,
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", min=1, help="Trials run in parallel (default 1).")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Start no trial after this many seconds.")
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option("--storage", help="Shared study, e.g. postgresql://…; default study.db."),
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", help="Search space: KEY=SPEC, e.g. 'optim.lr=uniform(0, 1)'."),
+    ] = None,
+    set_: SetOption = None,
+    device: DeviceOption = None,
+    out_dir: OutOption = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue an interrupted sweep: its folder.")
+    ] = None,
+    test_best: Annotated[
+        bool, typer.Option("--test-best", help="At the end, test the best trial (once).")
+    ] = False,
+) -> None:
+    """Many trials with sampled hyperparameters, selected on validation; test the best once.
+
+    The sweep's folder is --out (default runs/<name>/sweep-<time>)."""
+    from dltrain import sweep as sweeps
+
+    if resume is not None:
+        fixed = {"CONFIG": config, "--param": param, "--set": set_, "--device": device}
+        fixed.update({"--sampler": sampler, "--prune": prune, "--storage": storage})
+        fixed["--out"] = out_dir
+        folder, settings = resume, _sweep_resumed(resume, fixed, jobs, timeout)
+    else:
+        if config is None:
+            raise DltrainError("give a config to sweep, or --resume SWEEP_DIR to continue one")
+        if sampler not in (None, "random", "tpe"):
+            raise DltrainError(f"--sampler {sampler!r}: expected random or tpe")
+        from dltrain.config import load_config
+
+        cfg = load_config(config, overrides(set_, device), list(param or []))
+        folder = out_dir or sweeps.default_folder(cfg)
+        options = {"trials": trials or cfg.sweep.trials, "sampler": sampler or cfg.sweep.sampler}
+        options.update(prune=prune, jobs=jobs or 1, timeout=timeout, storage=storage)
+        settings = sweeps.create(cfg, folder, options)
+    _sweep_start(folder, settings, trials)
+    log_scaled = [key for key, space in sweeps.spaces(settings).items() if space.log]
+    on_trial = functools.partial(_sweep_trial_line, settings["metric"], log_scaled)
+    result = sweeps.run(folder, on_trial, trials)
+    _sweep_table(result)
+    if result["best"] is None:
+        raise DltrainError("no trial completed (the table says why); nothing to select")
+    if test_best:
+        _sweep_test(folder, device)
+
+
+def _sweep_resumed(folder: Path, fixed: dict, jobs: int | None, timeout: float | None) -> dict:
+    """The saved settings of a sweep to continue; only how it runs may change."""
+    from dltrain import sweep as sweeps
+
+    if any(fixed.values()):
+        raise DltrainError(
+            "--resume continues a sweep with its saved config and options; drop "
+            f"{', '.join(name for name, value in fixed.items() if value)} (--trials, --jobs, "
+            "--timeout and --test-best may be given)"
+        )
+    settings = sweeps.load_settings(folder)
+    settings.update(jobs=jobs or settings["jobs"], timeout=timeout or settings["timeout"])
+    sweeps.save_settings(folder, settings)
+    return settings
+
+
+def _sweep_start(folder: Path, settings: dict, trials: int | None) -> None:
+    keys = ", ".join(settings["config"]["sweep"]["params"])
+    total = trials or settings["trials"]
+    jobs = settings["jobs"]
+    err().print(
+        f"sweep {folder}: {total} trials of {keys} ({settings['sampler']} sampling"
+        f"{', pruned' if settings['prune'] else ''}, {jobs} job{'s' if jobs > 1 else ''}), "
+        f"selected on {settings['metric']}",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+def _sweep_value(value, log: bool = False) -> str:
+    """Compact: 3.2e-03 (log-scaled, tiny or huge), 0.213, 64, adam."""
+    if isinstance(value, float):
+        tiny_or_huge = value and not 0.01 <= abs(value) < 1e4
+        return f"{value:.1e}" if log or tiny_or_huge else f"{value:.3g}"
+    return "-" if value is None else str(value)
+
+
+def _sweep_trial_line(metric: str, log_scaled: list[str], row: dict) -> None:
+    params = ", ".join(
+        f"{key}={_sweep_value(value, key in log_scaled)}" for key, value in row["params"].items()
+    )
+    value = "-" if row["value"] is None else f"{row['value']:.4f}"
+    why = f"; {row['reason']}" if row["reason"] and row["state"] != "complete" else ""
+    state = "failed" if row["state"] == "fail" else row["state"]
+    err().print(
+        f"trial {row['trial']} {state}: {metric} {value} ({params}), {row['epochs']} epochs, "
+        f"{row['seconds']:.1f}s{why}",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+SWEEP_STATE_STYLES = {"complete": "green", "pruned": "yellow", "fail": "red", "interrupted": "red"}
+
+
+def _sweep_table(result: dict) -> None:
+    from rich import box
+    from rich.text import Text
+
+    rows, metric = result["rows"], result["metric"]
+    keys = list(rows[0]["params"]) if rows else []
+    # A key's last part heads its column (lr, dropout) unless two keys share it.
+    ends = [key.rpartition(".")[2] for key in keys]
+    table = Table(box=box.SIMPLE_HEAD, title=f"sweep: {len(rows)} trials, best first")
+    table.add_column("trial", justify="right", no_wrap=True)
+    for key, end in zip(keys, ends, strict=True):
+        table.add_column(end if ends.count(end) == 1 else key, justify="right", no_wrap=True)
+    table.add_column(f"best {metric}", justify="right", no_wrap=True)
+    table.add_column("epochs", justify="right", no_wrap=True)
+    table.add_column("state", overflow="fold", min_width=8)
+    for row in rows:
+        state = "failed" if row["state"] == "fail" else row["state"]
+        if row["reason"] and row["state"] != "complete":  # the first clause; sweep.csv has all
+            short = row["reason"].split(";")[0]
+            state += f": {short[:50]}" + ("…" if len(short) > 50 else "")
+        table.add_row(
+            str(row["trial"]),
+            *(_sweep_value(row["params"][key], key in result["log_scaled"]) for key in keys),
+            "-" if row["value"] is None else f"{row['value']:.4f}",
+            "-" if row["epochs"] is None else str(row["epochs"]),
+            Text(state, style=SWEEP_STATE_STYLES.get(row["state"], "")),
+        )
+    console = out()
+    console.print(table)
+    best, names = result["best"], ", ".join(Path(p).name for p in result["written"])
+    if best is not None:
+        console.print(
+            f"best: trial {best['trial']} ({metric} {best['value']:.4f}, {best['folder']}); "
+            f"wrote {names} in {result['folder']}",
+            markup=False,
+            soft_wrap=True,
+        )
+    if result["finished"] < result["trials"]:
+        note(
+            f"{result['finished']} of {result['trials']} trials finished; run the rest with: "
+            f"dltrain sweep --resume {result['folder']}"
+        )
+
+
+def _sweep_test(folder: Path, device: str | None) -> None:
+    from dltrain.sweep import evaluate_best
+
+    metrics = evaluate_best(folder, overrides(None, device))
+    uses, ledger = metrics["test_uses"], Path(metrics["checkpoint"]).parent / "test_ledger.jsonl"
+    out().print(
+        f"test (trial {metrics['trial']}): accuracy {metrics['acc']:.4f}  loss "
+        f"{metrics['loss']:.4f}  ({metrics['samples']} samples, {metrics['checkpoint']}, "
+        f"epoch {metrics['epoch']})",
+        markup=False,
+        soft_wrap=True,
+    )
+    style = "yellow" if uses > 1 else ""
+    err().print(
+        f"the test set has now been used {uses} time{'s' if uses > 1 else ''} ({ledger}); "
+        "report this number, and do not select on it",
+        style=style,
+        markup=False,
+        soft_wrap=True,
+    )

@@ -1,0 +1,291 @@
+"""`dltrain train`, `finetune` and `--resume`, and the live report of a training run."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dltrain import distributed
+from dltrain.cli.app import (
+    DeviceOption,
+    ForceOption,
+    JsonOption,
+    NprocOption,
+    OutOption,
+    QuietOption,
+    SetOption,
+    app,
+    friendly,
+    note,
+    out,
+    overrides,
+)
+from dltrain.errors import DltrainError
+
+
+class TrainReport:
+    """Shows training as it happens: a live bar on a terminal, one line per epoch otherwise."""
+
+    def __init__(self, console: Console, mode: str = "normal"):
+        self.console = console
+        self.mode = mode  # normal, quiet (the final summary only) or json (one object)
+        self.live = console.is_terminal and mode == "normal"
+        self.bar = None
+        self.last_refresh = 0.0
+
+        self.handlers = {
+            "start": self.start,
+            "note": self.note,
+            "epoch_start": self.epoch_start,
+            "batch": self.batch,
+            "epoch": self.epoch,
+            "end": self.end,
+        }
+
+    def __call__(self, kind: str, info: dict) -> None:
+        """engine.fit's event channel; it never asks training to stop."""
+        if self.mode == "normal" or kind in ("note", "end"):
+            self.handlers[kind](info)
+
+    def start(self, info: dict) -> None:
+        sizes = info["sizes"]
+        self.console.print(
+            f"run {info['run_dir']}  device {info['device']} ({info['precision']})"
+            + (f" × {info['processes']} processes" if info.get("processes", 1) > 1 else "")
+            + "  "
+            f"params {info['params']:,}  "
+            f"train/val/test {sizes['train']}/{sizes['val']}/{sizes['test']}",
+            soft_wrap=True,
+            markup=False,
+        )
+        self.epochs, self.batches = info["epochs"], info["batches"]
+        if self.live:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+                refresh_per_second=4,
+                transient=True,
+            )
+            self.bar.start()
+
+    def note(self, info: dict) -> None:
+        note(info["text"])
+
+    def epoch_start(self, info: dict) -> None:
+        self.epoch_started = time.perf_counter()
+        if self.bar is not None:
+            self.task = self.bar.add_task(
+                "", total=self.batches, epoch=info["epoch"], epochs=self.epochs, rate=""
+            )
+
+    def batch(self, info: dict) -> None:
+        now = time.perf_counter()
+        # A few refreshes a second are enough for a human; more would slow short steps.
+        if self.bar is None or now - self.last_refresh < 0.2:
+            return
+        self.last_refresh = now
+        rate = info["seen"] / max(now - self.epoch_started, 1e-9)
+        self.bar.update(self.task, completed=info["step"], rate=f"{rate:,.0f} samples/s")
+
+    def epoch(self, info: dict) -> None:
+        row = info["row"]
+        if self.bar is not None:
+            self.bar.remove_task(self.task)
+        mark = "  *best" if info["improved"] else ""
+        gap = f"  gap {row['gap']:+.4f}" if row.get("gap") is not None else ""
+        self.console.print(
+            f"epoch {row['epoch']}/{info['epochs']}  train_loss {row['train_loss']:.4f}  "
+            f"train_acc {row['train_acc']:.4f}  val_loss {row['val_loss']:.4f}  "
+            f"val_acc {row['val_acc']:.4f}{gap}  {row['seconds']:.2f}s{mark}",
+            soft_wrap=True,
+            markup=False,
+        )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def end(self, info: dict) -> None:
+        self.close()
+        summary = info["summary"]
+        if self.mode == "json":
+            if distributed.is_main():
+                print(json.dumps({**summary, "run_dir": info["run_dir"]}))
+            return
+        best = summary["best_metrics"]
+        table = Table(title="summary", show_header=False)
+        table.add_row("status", summary["status"].replace("_", " "))
+        if summary["stop_reason"]:
+            table.add_row("why", summary["stop_reason"])
+        table.add_row("best epoch", f"{summary['best_epoch']} of {summary['epochs_run']}")
+        table.add_row("val accuracy", f"{best['val_acc']:.4f}")
+        table.add_row("val loss", f"{best['val_loss']:.4f}")
+        table.add_row("train accuracy", f"{best['train_acc']:.4f} (running, in train mode)")
+        if best.get("gap") is not None:
+            table.add_row("train accuracy, eval mode", f"{best['train_eval_acc']:.4f}")
+            table.add_row("train-val gap", f"{best['gap']:+.4f}")
+        if summary.get("overfitting"):
+            table.add_row("overfitting", summary["overfitting"])
+        which = "best epoch restored" if summary["restored_best"] else "weights as trained"
+        table.add_row("final val accuracy", f"{summary['final_val']['acc']:.4f} ({which})")
+        table.add_row("seconds per epoch", f"{summary['seconds_per_epoch']:.2f}")
+        table.add_row("run folder", info["run_dir"])
+        self.console.print(table)
+        if summary["stop_reason"]:
+            self.console.print(summary["stop_reason"], markup=False, soft_wrap=True)
+
+
+def _mode(quiet: bool, as_json: bool) -> str:
+    return "json" if as_json else "quiet" if quiet else "normal"
+
+
+@app.command()
+@friendly
+def train(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Argument(help="YAML config file.")] = None,
+    set_: SetOption = None,
+    device: DeviceOption = None,
+    out_dir: OutOption = None,
+    force: ForceOption = False,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option("--resume", help="Continue a run: its folder (last.pt) or a checkpoint."),
+    ] = None,
+    nproc: NprocOption = 1,
+) -> None:
+    """Train a model from a YAML config, or continue a run with --resume."""
+    from dltrain.config import load_config
+
+    changes = overrides(set_, device)
+    if resume is None and config is None:
+        raise DltrainError("give a config file to train, or --resume RUN_DIR to continue a run")
+    if nproc > 1:
+        if resume is None:
+            load_config(config, changes)  # a bad config fails once, here
+        elif not resume.exists():
+            raise DltrainError(f"--resume {resume}: no such run folder or checkpoint")
+        _launch(ctx, nproc)
+    elif resume is not None:
+        _resume(resume, config, out_dir, changes, _mode(quiet, as_json))
+    else:
+        cfg = load_config(config, changes)
+        run(cfg, _run_folder(cfg, out_dir, force), _mode(quiet, as_json))
+
+
+def _launch(ctx: typer.Context, nproc: int) -> None:
+    """`--nproc N`: the user's own command line, less --nproc, in N processes started through
+    torchrun's launcher."""
+    if distributed.launched():
+        raise DltrainError(
+            "--nproc starts its own processes; under torchrun, leave it out (torchrun's "
+            "--nproc-per-node says how many)"
+        )
+    args, argv = [], iter(ctx.meta["argv"])
+    for arg in argv:
+        if arg == "--nproc":
+            next(argv, None)  # and its value
+        elif not arg.startswith("--nproc="):
+            args.append(arg)
+    code = distributed.launch(nproc, args)
+    if code:
+        raise typer.Exit(code)
+
+
+def _run_folder(cfg, run_dir: Path | None, force: bool) -> Path:
+    """The new run's folder. Under torchrun, rank 0 makes it and tells the others."""
+    from dltrain.runs import new_run_dir
+
+    if not distributed.launched():
+        return new_run_dir(cfg, run_dir, force=force)
+    distributed.start(cfg.device)
+    return distributed.from_main(lambda: new_run_dir(cfg, run_dir, force=force))
+
+
+def run(cfg, folder: Path, mode: str = "normal", **kwargs) -> None:
+    """engine.fit with the live report; then the run's curves.png (rank 0)."""
+    from dltrain.engine import fit
+    from dltrain.plots import draw_curves
+
+    report = TrainReport(out(), mode)
+    try:
+        fit(cfg, folder, report, **kwargs)
+    finally:
+        report.close()
+        problem = draw_curves(folder) if distributed.is_main() else None
+        if problem:
+            note(problem)
+
+
+def _resume(target: Path, config: Path | None, run_dir: Path | None, changes: list[str], mode):
+    if config is not None or run_dir is not None:
+        raise DltrainError(
+            "--resume continues a run in its own folder with its saved config; drop CONFIG and "
+            "--out (use --set, e.g. --set train.epochs=20, to change values)"
+        )
+    from dltrain.checkpoint import open_saved
+
+    saved = open_saved(target, changes, run_folder=True)
+    for text in saved.notes:
+        note(text)
+    cfg, payload = saved.cfg, saved.payload
+    stopped = payload["early_stopping"]["stopped_epoch"]
+    if stopped is not None or payload["epoch"] >= cfg.train.epochs:
+        why = f"stopped early at epoch {stopped}" if stopped else "finished all its epochs"
+        note(
+            f"{saved.path.parent}: the run {why} (epoch {payload['epoch']} of "
+            f"{cfg.train.epochs}); nothing to resume (raise train.epochs with --set to train "
+            "longer)"
+        )
+        return
+    run(cfg, saved.path.parent, mode, resume=payload)
+
+
+@app.command()
+@friendly
+def finetune(
+    ctx: typer.Context,
+    config: Annotated[Path, typer.Argument(help="YAML config of the new task (its data).")],
+    source: Annotated[
+        str, typer.Option("--from", help="A dltrain checkpoint, or imagenet (torchvision).")
+    ],
+    set_: SetOption = None,
+    device: DeviceOption = None,
+    out_dir: OutOption = None,
+    force: ForceOption = False,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
+    nproc: NprocOption = 1,
+) -> None:
+    """Train on a new dataset starting from a checkpoint's (or ImageNet) weights."""
+    from dltrain.config import load_config
+
+    cfg = load_config(config, overrides(set_, device))
+    if nproc > 1:
+        _launch(ctx, nproc)
+        return
+    from dltrain.finetune import from_source
+
+    cfg, parent = from_source(cfg, source)
+    run(cfg, _run_folder(cfg, out_dir, force), _mode(quiet, as_json), parent=parent)

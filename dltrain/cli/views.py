@@ -1,0 +1,296 @@
+"""The commands that look at what training made: eval, predict, runs, plot, and config views."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from dltrain.cli.app import (
+    DeviceOption,
+    SetOption,
+    app,
+    config_app,
+    err,
+    friendly,
+    note,
+    out,
+    overrides,
+)
+from dltrain.errors import DltrainError
+
+
+@app.command("eval")
+@friendly
+def eval_(
+    ckpt: Annotated[Path, typer.Option("--ckpt", help="Checkpoint file (best.pt or last.pt).")],
+    split: Annotated[str, typer.Option("--split", help="val or test.")] = "val",
+    set_: SetOption = None,
+    device: DeviceOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+) -> None:
+    """Measure a checkpoint on the validation or test split."""
+    if split not in ("val", "test"):
+        raise DltrainError(f"--split {split!r}: expected val or test")
+    from dltrain.evaluation import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(ckpt, split, overrides(set_, device))
+    uses = metrics.get("test_uses", 0)
+    if uses >= 2:
+        err().print(
+            f"warning: this run's test set has now been used {uses} times; "
+            "select models on validation and test once",
+            style="yellow",
+            markup=False,
+            soft_wrap=True,
+        )
+    if as_json:
+        out().print_json(json.dumps(metrics))
+        return
+    console = out()
+    console.print(
+        f"{split}: accuracy {metrics['acc']:.4f}  loss {metrics['loss']:.4f}  "
+        f"({metrics['samples']} samples, {ckpt}, epoch {metrics['epoch']})",
+        markup=False,
+        soft_wrap=True,
+    )
+    _show_eval_details(console, metrics, ckpt, split)
+
+
+CONFUSION_MAX_CLASSES = 20  # more columns than this do not fit a terminal: see the CSV
+
+
+def _show_eval_details(console: Console, metrics: dict, ckpt: Path, split: str) -> None:
+    """Top-5, the per-class table, the confusion matrix (small ones) and where files went."""
+    from rich import box
+
+    from dltrain.evaluation import confusion_path, metrics_path
+
+    if "top5" in metrics:
+        console.print(f"top-5 accuracy {metrics['top5']:.4f}")
+    table = Table(title="per-class accuracy", box=box.SIMPLE_HEAD)
+    for name in ("class", "correct", "total", "accuracy"):
+        table.add_column(name, justify="left" if name == "class" else "right")
+    for row in metrics["per_class"]:
+        acc = "-" if row["acc"] is None else f"{row['acc']:.4f}"
+        table.add_row(escape(row["class"]), str(row["correct"]), str(row["total"]), acc)
+    console.print(table)
+    names, confusion = metrics["class_names"], metrics["confusion"]
+    csv_path = confusion_path(ckpt, split)
+    table = _confusion_table(names, confusion) if len(names) <= CONFUSION_MAX_CLASSES else None
+    if table is not None and _natural_width(console, table) <= console.width:
+        # A title would wrap over a narrow table: a line of its own instead.
+        console.print("confusion matrix (rows: true class, columns: predicted class)")
+        console.print(table)
+    else:
+        console.print(f"confusion matrix ({len(names)} classes): see {csv_path}", markup=False)
+    console.print(f"wrote {metrics_path(ckpt, split)} and {csv_path}", markup=False, soft_wrap=True)
+
+
+def _confusion_table(names: list[str], confusion: list[list[int]]) -> Table:
+    """Counts with columns headed by class index (names are too wide); zeros as dots."""
+    from rich import box
+
+    table = Table(box=box.SIMPLE_HEAD, padding=0)
+    table.add_column("true", no_wrap=True)
+    for index in range(len(names)):
+        table.add_column(str(index), justify="right", no_wrap=True)
+    for index, (name, counts) in enumerate(zip(names, confusion, strict=True)):
+        label = name if name == str(index) else f"{index} {name}"
+        cells = [
+            f"[bold]{n}[/]" if i == index else (str(n) if n else "[dim].[/]")
+            for i, n in enumerate(counts)
+        ]
+        table.add_row(escape(label), *cells)
+    return table
+
+
+def _natural_width(console: Console, table: Table) -> int:
+    from rich.measure import Measurement
+
+    # Measured with room to spare: a measure within the console's width is clamped to it.
+    return Measurement.get(console, console.options.update_width(10_000), table).maximum
+
+
+@app.command("predict")
+@friendly
+def predict_(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Image files or folders (searched recursively).")
+    ],
+    ckpt: Annotated[Path, typer.Option("--ckpt", help="Checkpoint file (best.pt or last.pt).")],
+    topk: Annotated[int, typer.Option("--topk", help="Classes to show per image.")] = 3,
+    device: DeviceOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Classify images with a checkpoint, using its own preprocessing."""
+    from dltrain.predict import predict
+
+    results = predict(ckpt, list(inputs), topk, overrides(None, device))
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    console = out()
+    for result in results:
+        top = ", ".join(f"{item['class']} ({item['prob']:.2f})" for item in result["top"])
+        console.print(f"{result['file']}: {top}", markup=False, soft_wrap=True)
+
+
+@config_app.command("show")
+@friendly
+def config_show(
+    config: Annotated[Path, typer.Argument(help="YAML config file.")],
+    set_: SetOption = None,
+) -> None:
+    """Print the resolved config (defaults filled in, overrides applied) as YAML."""
+    from dltrain.config import load_config
+
+    out().print(load_config(config, list(set_ or [])).to_yaml(), markup=False, end="")
+
+
+@config_app.command("reference")
+def config_reference() -> None:
+    """Print every config key with its default and description (Markdown)."""
+    from dltrain.config import reference_markdown
+
+    print(reference_markdown(), end="")
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the config's JSON schema (for editor autocompletion and validation)."""
+    from dltrain.config import Config
+
+    print(json.dumps(Config.model_json_schema(), indent=2))
+
+
+@app.command("plot")
+@friendly
+def plot_(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run folders (runs/<name>/<time>).")],
+    image: Annotated[
+        Path | None,
+        typer.Option("--out", help="Image to write (.png, .svg or .pdf)."),
+    ] = None,
+) -> None:
+    """Draw learning curves: one run's curves.png, or several runs overlaid in one image."""
+    from dltrain.plots import overlay_path, plot_run, plot_runs
+
+    run_dirs = list(dict.fromkeys(run_dirs))
+    if len(run_dirs) == 1:
+        path = plot_run(run_dirs[0], image)
+    else:
+        path = plot_runs(run_dirs, image or overlay_path(run_dirs))
+    out().print(f"wrote {path}", markup=False, soft_wrap=True)
+
+
+RUN_STATUS_STYLES = {
+    "finished": "green",
+    "stopped_early": "green",
+    "stopped": "yellow",
+    "interrupted": "yellow",
+    "incomplete": "yellow",
+    "failed": "red",
+    "unreadable": "red",
+}
+
+
+@app.command("runs")
+@friendly
+def runs_(
+    root: Annotated[Path, typer.Argument(help="Folder to search for runs.")] = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
+) -> None:
+    """List runs, newest first: model, data, epochs, accuracy, test uses, time, status."""
+    from dltrain.runs import list_runs
+
+    runs = list_runs(root)
+    if as_json:
+        print(json.dumps(runs, indent=2))
+        return
+    console = out()
+    if not runs:
+        console.print(f"no runs under {root}", markup=False, soft_wrap=True)
+        return
+    # A narrow terminal drops the least needed columns rather than squeezing every one; the
+    # run's folder may wrap onto a second line down to RUN_FOLD characters.
+    longest = max(len(_run_label(run, root)) for run in runs)
+    for left_out in ((), ("params",), ("params", "time"), ("params", "time", "model/data")):
+        table = _runs_table(runs, root, left_out)
+        if _natural_width(console, table) - max(longest - RUN_FOLD, 0) <= console.width:
+            break
+    console.print(table)
+    for run in runs:
+        if run["problem"]:
+            note(f"{run['path']}: {run['problem']}")
+
+
+RUN_FOLD = 24
+RUN_COLUMNS = ("run", "model/data", "epochs", "val acc", "test acc", "params", "time", "status")
+
+
+def _runs_table(runs: list[dict], root: Path, left_out: tuple[str, ...] = ()) -> Table:
+    from rich import box
+
+    table = Table(box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False, show_edge=False)
+    columns = [name for name in RUN_COLUMNS if name not in left_out]
+    for name in columns:
+        if name in ("run", "model/data"):
+            table.add_column(name, overflow="fold")
+        else:
+            table.add_column(name, justify="left" if name == "status" else "right", no_wrap=True)
+    for run in runs:
+        cells = _run_cells(run, root)
+        table.add_row(*(cells[name] for name in columns))
+    return table
+
+
+def _run_cells(run: dict, root: Path) -> dict:
+    from rich.text import Text
+
+    uses, status = run["test_uses"], run["status"]
+    test = _maybe(run["test_acc"], "{:.4f}") + (f" ×{uses}" if uses > 1 else "")
+    return {
+        "run": Text(_run_label(run, root)),
+        "model/data": Text(f"{run['model'] or '-'}/{run['dataset'] or '-'}"),
+        "epochs": f"{run['epochs']}" + (f"/{run['max_epochs']}" if run["max_epochs"] else ""),
+        "val acc": _maybe(run["best_val_acc"], "{:.4f}"),
+        "test acc": Text(test, style="yellow" if uses > 1 else ""),
+        "params": _maybe(run["params"], _count),
+        "time": _maybe(run["seconds"], _duration),
+        "status": Text(status.replace("_", " "), style=RUN_STATUS_STYLES.get(status, "")),
+    }
+
+
+def _run_label(run: dict, root: Path) -> str:
+    """The folder under ROOT; the run's name first when the folder does not show it."""
+    folder = Path(run["path"])
+    if folder != root and folder.is_relative_to(root):
+        folder = folder.relative_to(root)
+    name = run["name"]
+    return str(folder) if not name or name in folder.parts else f"{name} {folder}"
+
+
+def _count(n: int) -> str:
+    """Parameters: 4,810 / 11.2M."""
+    return f"{n:,}" if n < 1_000_000 else f"{n / 1e6:.1f}M"
+
+
+def _maybe(value, form) -> str:
+    if value is None:
+        return "-"
+    return form(value) if callable(form) else form.format(value)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"

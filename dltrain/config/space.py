@@ -1,0 +1,70 @@
+"""The sweep search-space grammar: `loguniform(1e-4, 1e-1)`, `int(16, 256, log)`, `choice([...])`.
+
+Torch-free and Optuna-free: a config's search spaces are checked before anything runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from dataclasses import dataclass
+
+from dltrain.errors import DltrainError
+
+SPACE_KINDS = ("loguniform", "uniform", "int", "choice")
+SPACE_FORMS = "loguniform(lo, hi), uniform(lo, hi), int(lo, hi[, log]) or choice([a, b, ...])"
+
+
+@dataclass(frozen=True)
+class Space:
+    """One parameter's search space, parsed from e.g. `loguniform(1e-4, 1e-1)`."""
+
+    kind: str  # one of SPACE_KINDS
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    choices: tuple = ()
+
+    def ends(self) -> tuple:
+        """The values at its edges: each must be a valid value of the key it sets."""
+        return self.choices if self.kind == "choice" else (self.low, self.high)
+
+
+def parse_space(spec: str) -> Space:
+    """`kind(arguments)`, the arguments read as YAML; ValueError says what is wrong."""
+    match = re.fullmatch(r"\s*([A-Za-z_]\w*)\s*\((.*)\)\s*", spec, flags=re.DOTALL)
+    if not match:
+        raise ValueError(f"{spec!r} is not a search space; expected {SPACE_FORMS}")
+    kind, text = match.groups()
+    if kind not in SPACE_KINDS:
+        hint = next(iter(difflib.get_close_matches(kind, SPACE_KINDS, n=1)), None)
+        line = f"{kind!r} is not one of {', '.join(SPACE_KINDS)}"
+        raise ValueError(line + (f"; did you mean {hint}?" if hint else ""))
+    from dltrain.config.loading import parse_yaml  # here: loading checks spaces with this module
+
+    try:
+        args = parse_yaml(f"[{text}]", spec)
+    except DltrainError:
+        raise ValueError(f"{spec}: cannot read the arguments; expected {SPACE_FORMS}") from None
+    if kind == "choice":
+        if len(args) != 1 or not isinstance(args[0], list) or not args[0]:
+            raise ValueError(f"{spec}: expected a non-empty list, e.g. choice([sgd, adam])")
+        if len({repr(value) for value in args[0]}) < len(args[0]):
+            raise ValueError(f"{spec}: a value is listed twice")
+        return Space("choice", choices=tuple(args[0]))
+    log = kind == "loguniform"
+    if kind == "int" and len(args) == 3 and args[2] == "log":
+        args, log = args[:2], True
+    number = int if kind == "int" else int | float
+    form = "int(lo, hi) or int(lo, hi, log) with whole numbers" if kind == "int" else kind
+    if len(args) != 2 or not all(
+        isinstance(a, number) and not isinstance(a, bool) and math.isfinite(a) for a in args
+    ):
+        raise ValueError(f"{spec}: expected {form}{'' if kind == 'int' else '(lo, hi)'}")
+    low, high = args
+    if low >= high:
+        raise ValueError(f"{spec}: lo must be below hi")
+    if log and low <= 0:
+        raise ValueError(f"{spec}: a log scale needs lo > 0")
+    return Space(kind, low, high, log)
