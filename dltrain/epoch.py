@@ -19,6 +19,7 @@ from dltrain.optim import Schedule
 from dltrain.runtime import Precision, StopSignal
 
 Events = Callable[[str, dict], "str | None"]
+NAN_CHECK_EVERY = 16  # steps between host checks of the loss (each check is a device sync)
 
 
 def quiet(kind: str, info: dict) -> None:
@@ -26,69 +27,53 @@ def quiet(kind: str, info: dict) -> None:
 
 
 class Stop(NamedTuple):
-    reason: str  # why (a caller's words; "" for a signal)
+    reason: str  # a caller's words ("" for a signal: the engine words it)
     signum: int | None = None  # SIGINT/SIGTERM: the run is interrupted and resumable
 
 
 class Channel:
-    """The one way between the loop and its caller: events go out through `__call__`, stop
-    requests come back as its answers (and from signals). `decided` is the stop every rank
-    acts on: in one process, as soon as it is asked; distributed, once `check` has agreed it
-    (any rank's signal wins over rank 0's caller), so all ranks stop at the same step."""
+    """Events go out through `channel(kind, info)`; a caller's answer (a reason) or a signal
+    asks to stop. `decided` is the stop the loop acts on: in one process as soon as it is
+    asked; distributed, once `check` has agreed it among the ranks (any rank's signal wins over
+    rank 0's caller), so that every rank stops at the same step."""
 
     def __init__(self, on_event: Events = quiet, signals: StopSignal | None = None):
-        self.on_event = on_event
-        self.signals = signals
+        self.on_event, self.signals = on_event, signals
         self.asked: Stop | None = None
         self.decided: Stop | None = None
         self.single = not distributed.active()
 
     def __call__(self, kind: str, info: dict) -> None:
         reason = self.on_event(kind, info)
-        if self.asked is None and (reason or self._signalled()):
+        if self.asked is None and (reason or self._signum() is not None):
             self._ask(reason)
 
-    def _signalled(self) -> bool:
-        return self.signals is not None and self.signals.signum is not None
+    def _signum(self) -> int | None:
+        return None if self.signals is None else self.signals.signum
 
     def _ask(self, reason: str | None) -> None:
-        signalled = self._signalled()
-        self.asked = Stop("", self.signals.signum) if signalled else Stop(reason)
+        signum = self._signum()
+        self.asked = Stop("", signum) if signum is not None else Stop(reason)
         if self.single:
             self.decided = self.asked
 
     def check(self, bad_step: int | None = None) -> int | None:
         """Take in a signal that came between events; distributed, agree on the stop and on the
         first NaN/Inf step (returned) in one collective. Every rank calls it at the same point."""
-        if self.asked is None and self._signalled():
+        if self.asked is None and self._signum() is not None:
             self._ask(None)
         if self.single:
             return bad_step
         code = 0 if self.asked is None else 1 + (self.asked.signum or 0)
-        bad_step, code = distributed.agree(bad_step, code)
-        if code and self.decided is None:
-            own = self.asked is not None and 1 + (self.asked.signum or 0) == code
-            self.decided = self.asked if own else Stop("asked on rank 0", code - 1 or None)
+        bad_step, agreed = distributed.agree(bad_step, code)
+        if agreed and self.decided is None:
+            self.decided = self.asked if agreed == code else Stop("rank 0", agreed - 1 or None)
         return bad_step
-
-
-def set_train_mode(model: nn.Module) -> None:
-    """Train mode, except that BatchNorm layers whose parameters are all frozen stay in eval
-    mode, so a frozen backbone's running statistics do not drift."""
-    model.train()
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            params = list(module.parameters())
-            if params and not any(p.requires_grad for p in params):
-                module.eval()
 
 
 class NonFiniteLoss(Exception):
     def __init__(self, step: int):
         self.step = step
-
-
-NAN_CHECK_EVERY = 16  # steps between host checks of the loss (each check is a device sync)
 
 
 class _Tally:
@@ -97,18 +82,13 @@ class _Tally:
     loss is caught, with its exact step: one host sync per window, none per step."""
 
     def __init__(self, device: torch.device, start: dict):
-        self.losses: list[torch.Tensor] = []
-        self.logits: list[torch.Tensor] = []
-        self.labels: list[torch.Tensor] = []
-        self.sizes: list[int] = []
-        self.first_step = 0
+        self.losses, self.logits, self.labels, self.sizes = [], [], [], []
+        self.first_step, self.seen = 0, start.get("seen", 0)
         zero = torch.zeros((), dtype=torch.float64)
         # non_blocking: a plain CPU-to-CUDA copy would wait for the GPU's queue to drain.
         self.loss_sum = start.get("loss_sum", zero).to(device, torch.float64, non_blocking=True)
-        self.correct_sum = start.get("correct", zero.long()).to(
-            device, torch.long, non_blocking=True
-        )
-        self.seen = start.get("seen", 0)
+        correct = start.get("correct", zero.long())
+        self.correct_sum = correct.to(device, torch.long, non_blocking=True)
 
     def add(self, step: int, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor):
         """Record one step; returns True when the window is full."""
@@ -121,28 +101,47 @@ class _Tally:
         self.seen += len(labels)
         return len(self.losses) == NAN_CHECK_EVERY
 
-    def fold(self) -> int | None:
-        """Add the window to the sums; returns the first step with a NaN/Inf loss, if any."""
-        if not self.losses:
-            return None
-        losses = torch.stack(self.losses).double()
-        if len(set(self.sizes)) == 1:  # every batch of the window has the same size
-            window = losses.sum() * self.sizes[0]
-        else:
-            window = (
-                losses
-                * torch.tensor(self.sizes, dtype=torch.float64).to(losses.device, non_blocking=True)
-            ).sum()
-        # In float64 a sum of finite losses stays finite: one check (the host sync of this
-        # window) covers every step; the exact bad step is looked for only when needed.
-        if not math.isfinite(window.item()):
-            bad = (~torch.isfinite(losses)).nonzero()
-            return self.first_step + int(bad[0])
-        self.loss_sum += window
-        predicted = torch.cat(self.logits).argmax(1)
-        self.correct_sum += (predicted == torch.cat(self.labels)).sum()
-        self.losses, self.logits, self.labels, self.sizes = [], [], [], []
-        return None
+    def fold(self, emit: Channel | None = None) -> None:
+        """Add the window to the sums; raise NonFiniteLoss at the first NaN/Inf step. With
+        `emit`, that and the stop decision are agreed among the ranks (Channel.check)."""
+        bad = None
+        if self.losses:
+            losses = torch.stack(self.losses).double()
+            if len(set(self.sizes)) == 1:  # every batch of the window has the same size
+                window = losses.sum() * self.sizes[0]
+            else:
+                sizes = torch.tensor(self.sizes, dtype=torch.float64)
+                window = (losses * sizes.to(losses.device, non_blocking=True)).sum()
+            # In float64 a sum of finite losses stays finite: one check (the host sync of this
+            # window) covers every step; the exact bad step is looked for only when needed.
+            if not math.isfinite(window.item()):
+                bad = self.first_step + int((~torch.isfinite(losses)).nonzero()[0])
+            else:
+                self.loss_sum += window
+                predicted = torch.cat(self.logits).argmax(1)
+                self.correct_sum += (predicted == torch.cat(self.labels)).sum()
+                self.losses, self.logits, self.labels, self.sizes = [], [], [], []
+        bad = emit.check(bad) if emit is not None else bad
+        if bad is not None:
+            raise NonFiniteLoss(bad)
+
+    def sum_ranks(self) -> _Tally:
+        """Distributed: the sums and sample count over all ranks (every rank gets them)."""
+        if distributed.active():
+            distributed.all_sum(self.loss_sum, self.correct_sum)
+            (self.seen,) = distributed.sum_ints(self.seen)
+        return self
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """Train mode, except that BatchNorm layers whose parameters are all frozen stay in eval
+    mode, so a frozen backbone's running statistics do not drift."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters())
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
 
 
 def train_one_epoch(
@@ -160,76 +159,58 @@ def train_one_epoch(
     """One pass over the training batches; returns mean loss, accuracy and optimizer steps.
 
     Steps the optimizer every `cfg.accumulate` batches (and after the last one), clipping the
-    gradients' norm to `cfg.grad_clip`, then a per-step `schedule`. After each batch `emit`
-    gets a "batch" event; when a stop is decided, the epoch ends at the next optimizer step
-    and returns {"partial": …}: the steps done and the running sums, which `start` takes to
-    continue the same epoch (its first `steps` batches are drawn and skipped, so the loader's
-    random state replays exactly). Raises NonFiniteLoss(step) for a NaN/Inf loss.
-
-    Distributed (`model` wrapped in DDP): gradients are averaged at optimizer steps only
-    (no_sync in between), NaN and stop decisions are agreed at each fold, and the returned
-    loss and accuracy are over all ranks.
+    gradients' norm to `cfg.grad_clip`, then a per-step `schedule`. `emit` hears each batch;
+    once a stop is decided the epoch ends at the next optimizer step and returns {"partial":
+    …}: the steps done and the running sums, which `start` takes to continue the same epoch
+    (its first `steps` batches are drawn and skipped, so the loader's random state replays
+    exactly). Raises NonFiniteLoss(step) for a NaN/Inf loss. Distributed (`model` in DDP):
+    gradients are averaged at optimizer steps only, and the sums are over all ranks.
     """
-    emit = emit or Channel()
+    emit, start = emit or Channel(), start or {}
     precision = precision or Precision(scaler=torch.amp.GradScaler(enabled=False))
     ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     set_train_mode(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    total_batches = len(batches)
-    start = start or {}
-    skip, steps = start.get("steps", 0), 0
+    total, skip, steps = len(batches), start.get("steps", 0), 0
     # A resumed epoch's running sums are the totals over all ranks: only rank 0 starts with them.
     tally = _Tally(next(model.parameters()).device, start if distributed.rank() == 0 else {})
-    scaler = precision.scaler
     optimizer.zero_grad(set_to_none=True)
     for step, (images, labels) in enumerate(batches, start=1):
         if step <= skip:
             continue
-        boundary = step % cfg.accumulate == 0 or step == total_batches
+        boundary = step % cfg.accumulate == 0 or step == total
         # DDP averages gradients in backward; between optimizer steps that would be wasted.
         with model.no_sync() if ddp and not boundary else contextlib.nullcontext():
             with precision.autocast():
                 logits = model(images)
                 loss = loss_fn(logits, labels)
             full = tally.add(step, loss.detach(), logits.detach(), labels)
-            if cfg.accumulate > 1:
-                loss = loss / cfg.accumulate
-            scaler.scale(loss).backward()
+            precision.scaler.scale(loss / cfg.accumulate if cfg.accumulate > 1 else loss).backward()
         if boundary:
-            if cfg.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            _optimizer_step(optimizer, precision.scaler, params, cfg.grad_clip)
             steps += 1
             if schedule is not None:
                 schedule.after_step()
         emit("batch", {"step": step, "seen": tally.seen})
-        if full or step == total_batches:
-            bad = emit.check(tally.fold())
-            if bad is not None:
-                raise NonFiniteLoss(bad)
-        if boundary and step < total_batches and emit.decided:
-            bad = tally.fold()  # the window since the last fold (distributed: none)
-            if bad is not None:
-                raise NonFiniteLoss(bad)
-            _sum_tally(tally)
-            sums = {"loss_sum": tally.loss_sum.cpu(), "correct": tally.correct_sum.cpu()}
-            return {"partial": {"steps": step, "seen": tally.seen, **sums}, "steps": steps}
-    _sum_tally(tally)
-    return {
-        "loss": tally.loss_sum.item() / tally.seen,
-        "acc": tally.correct_sum.item() / tally.seen,
-        "steps": steps,
-    }
+        if full or step == total:
+            tally.fold(emit)
+        if boundary and step < total and emit.decided:
+            tally.fold(emit)  # the window since the last fold (every rank is at this step)
+            sums = tally.sum_ranks()
+            partial = {"steps": step, "seen": sums.seen, "loss_sum": sums.loss_sum.cpu()}
+            return {"partial": {**partial, "correct": sums.correct_sum.cpu()}, "steps": steps}
+    sums = tally.sum_ranks()
+    loss, acc = sums.loss_sum.item() / sums.seen, sums.correct_sum.item() / sums.seen
+    return {"loss": loss, "acc": acc, "steps": steps}
 
 
-def _sum_tally(tally: _Tally) -> None:
-    """Distributed: the sums and sample count over all ranks (every rank gets them)."""
-    if distributed.active():
-        distributed.all_sum(tally.loss_sum, tally.correct_sum)
-        (tally.seen,) = distributed.sum_ints(tally.seen)
+def _optimizer_step(optimizer, scaler: torch.amp.GradScaler, params: list, grad_clip) -> None:
+    if grad_clip is not None:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(params, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
 
 
 @torch.inference_mode()
@@ -244,18 +225,17 @@ def evaluate(
     """
     model.eval()
     device = next(model.parameters()).device
-    total_loss = torch.zeros((), dtype=torch.float64, device=device)
-    total_correct = torch.zeros((), dtype=torch.long, device=device)
-    total_top5 = torch.zeros((), dtype=torch.long, device=device)
-    confusion = None
-    seen = 0
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    top5 = torch.zeros((), dtype=torch.long, device=device)
+    confusion, seen = None, 0
     for images, labels in batches:
         with autocast():
             logits = model(images)
         logits = logits.float()
-        total_loss += F.cross_entropy(logits, labels, reduction="sum").double()
+        loss += F.cross_entropy(logits, labels, reduction="sum").double()
         predicted = logits.argmax(1)
-        total_correct += (predicted == labels).sum()
+        correct += (predicted == labels).sum()
         seen += len(labels)
         if details:
             classes = logits.shape[1]
@@ -263,15 +243,14 @@ def evaluate(
                 confusion = torch.zeros(classes * classes, dtype=torch.long, device=device)
             confusion += torch.bincount(labels * classes + predicted, minlength=classes**2)
             if classes > 5:
-                top5 = logits.topk(5, dim=1).indices
-                total_top5 += (top5 == labels[:, None]).any(1).sum()
+                top5 += (logits.topk(5, dim=1).indices == labels[:, None]).any(1).sum()
     if distributed.active():
-        distributed.all_sum(total_loss, total_correct, total_top5)
+        distributed.all_sum(loss, correct, top5)
         (seen,) = distributed.sum_ints(seen)
-    metrics = {"loss": total_loss.item() / seen, "acc": total_correct.item() / seen}
+    metrics = {"loss": loss.item() / seen, "acc": correct.item() / seen}
     if details:
         classes = int(len(confusion) ** 0.5)
         metrics["confusion"] = confusion.view(classes, classes).tolist()
         if classes > 5:
-            metrics["top5"] = total_top5.item() / seen
+            metrics["top5"] = top5.item() / seen
     return metrics
