@@ -57,37 +57,25 @@ def compare(
     folders: dict[str, list[Path]] = {}
     rows = []
     for label, cfg in configs.items():
-        summaries = []
-        for k in range(seeds):
-            run = cfg.model_copy(
-                update={
-                    "seed": cfg.seed + k,
-                    "data": cfg.data.model_copy(update={"split_seed": split_seed}),
-                }
-            )
-            folder = root / label / f"seed-{cfg.seed + k}"
+        folders[label], summaries = [], []
+        for seed in range(cfg.seed, cfg.seed + seeds):
+            data = cfg.data.model_copy(update={"split_seed": split_seed})
+            folder = root / label / f"seed-{seed}"
             try:
-                summary = fit(run, folder)
+                summaries.append(fit(cfg.model_copy(update={"seed": seed, "data": data}), folder))
             finally:
                 draw_curves(folder)
-            folders.setdefault(label, []).append(folder)
-            summaries.append(summary)
-            on_run(label, cfg.seed + k, summary)
+            folders[label].append(folder)
+            on_run(label, seed, summaries[-1])
         rows.append(_stats(label, cfg, summaries))
-    result = {
-        "root": str(root),
-        "split_seed": split_seed,
-        "seeds": seeds,
-        "configs": rows,
-        "png": str(plot_compare(folders, root / "compare.png")),
-    }
+    result = {"root": str(root), "split_seed": split_seed, "seeds": seeds, "configs": rows}
+    result["png"] = str(plot_compare(folders, root / "compare.png"))
     write_json(root / "compare.json", result)
     return result
 
 
 def _stats(label: str, cfg: Config, summaries: list[dict]) -> dict:
     accs = [s["best_metrics"]["val_acc"] for s in summaries]
-    per_epoch = [s["seconds_per_epoch"] for s in summaries]
     return {
         "config": label,
         "model": cfg.model.name,
@@ -95,7 +83,7 @@ def _stats(label: str, cfg: Config, summaries: list[dict]) -> dict:
         "val_acc_mean": statistics.fmean(accs),
         "val_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
         "val_accs": accs,
-        "seconds_per_epoch": statistics.fmean(per_epoch),
+        "seconds_per_epoch": statistics.fmean(s["seconds_per_epoch"] for s in summaries),
         "epochs": [s["epochs_run"] for s in summaries],
     }
 

@@ -1,13 +1,11 @@
 """Data-parallel training on torch.distributed: the process group, and decisions all ranks share.
 
-torchrun (or `dltrain train --nproc N`, which calls torchrun's own launcher) starts one process
-per device and sets RANK, WORLD_SIZE and LOCAL_RANK. Each process trains on its shard of every
-batch; DistributedDataParallel averages the gradients. Only rank 0 prints and writes files.
-Every choice that ends or changes the loop (a NaN, Ctrl-C, early stopping) is agreed through a
-collective, so no rank is left waiting at a barrier the others never reach.
-
-Without those variables everything here is a no-op and training runs in one process. torch is
-imported inside the functions: the CLI asks `is_main()` before anything needs torch.
+torchrun (or `dltrain train --nproc N`, through its launcher) starts one process per device and
+sets RANK, WORLD_SIZE and LOCAL_RANK; each trains on its shard of every batch, and only rank 0
+prints and writes. Every choice that ends or changes the loop (a NaN, Ctrl-C, early stopping) is
+agreed through a collective, so no rank waits at a barrier the others never reach. Without those
+variables all this is a no-op; torch is imported inside the functions, as the CLI asks
+`is_main()` before anything needs torch.
 """
 
 from __future__ import annotations
@@ -53,8 +51,7 @@ def world_size() -> int:
 
 
 def is_main() -> bool:
-    """Rank 0 is the one process that prints and writes; torchrun sets RANK before the process
-    group exists, so the CLI knows it from the start."""
+    """Rank 0 prints and writes; torchrun sets RANK before the process group exists."""
     return os.environ.get("RANK", "0") == "0"
 
 
@@ -74,6 +71,7 @@ def start(device_name: str) -> torch.device:
     kind = resolve_device(device_name).type  # "auto" takes the GPU when there is one
     if kind == "mps":
         raise DltrainError("distributed training runs on CUDA or the CPU, not mps; use --device")
+    device = torch.device("cpu")
     if kind == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise DltrainError(
@@ -82,20 +80,17 @@ def start(device_name: str) -> torch.device:
             )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-        backend = "nccl"
-    else:
-        device = torch.device("cpu")
-        backend = "gloo"
     if not _dist().is_initialized():
-        _dist().init_process_group(backend, device_id=device if backend == "nccl" else None)
+        nccl = device.type == "cuda"
+        _dist().init_process_group("nccl" if nccl else "gloo", device_id=device if nccl else None)
     return device
 
 
 def stop(together: bool = True) -> None:
-    """Leave the process group. `together` (all ranks got here: success, or an agreed stop)
-    waits for the others first: a rank that tears down while rank 0 still writes can abort at
-    exit (seen with gloo), and the launcher then kills rank 0 mid-write. After an error on
-    this rank alone there is no waiting: exiting lets the launcher stop the others."""
+    """Leave the process group. `together` (all ranks got here: success, or an agreed stop) waits
+    for the others first: a rank tearing down while rank 0 still writes can abort at exit (seen
+    with gloo), and the launcher then kills rank 0 mid-write. After an error on this rank alone
+    there is no waiting: exiting lets the launcher stop the others."""
     dist = _dist()
     if dist.is_available() and dist.is_initialized():
         if together:
@@ -107,12 +102,16 @@ def stop(together: bool = True) -> None:
         dist.destroy_process_group()
 
 
-def _tensor(values: list[int]) -> torch.Tensor:
+def _reduce(values: list[int], minimum: bool = False) -> list[int]:
+    """Integers summed (or their minimum taken) over all ranks, in one collective."""
     import torch
 
+    dist = _dist()
     # NCCL reduces only tensors on the process's GPU; gloo those on the CPU.
-    device = "cuda" if _dist().get_backend() == "nccl" else "cpu"
-    return torch.tensor(values, dtype=torch.long, device=device)
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor(values, dtype=torch.long, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN if minimum else dist.ReduceOp.SUM)
+    return tensor.tolist()
 
 
 def all_sum(*tensors: torch.Tensor) -> None:
@@ -123,11 +122,7 @@ def all_sum(*tensors: torch.Tensor) -> None:
 
 
 def sum_ints(*values: int) -> list[int]:
-    if not active():
-        return list(values)
-    total = _tensor(list(values))
-    _dist().all_reduce(total)
-    return total.tolist()
+    return _reduce(list(values)) if active() else list(values)
 
 
 def agree(bad_step: int | None, stop: int) -> tuple[int | None, int]:
@@ -135,10 +130,8 @@ def agree(bad_step: int | None, stop: int) -> tuple[int | None, int]:
     and the strongest stop request of any rank (0: none; larger codes win)."""
     if not active():
         return bad_step, stop
-    dist = _dist()
-    flags = _tensor([NO_STEP if bad_step is None else bad_step, -stop])
-    dist.all_reduce(flags, op=dist.ReduceOp.MIN)
-    first_bad, stop_flag = flags.tolist()
+    flags = [NO_STEP if bad_step is None else bad_step, -stop]
+    first_bad, stop_flag = _reduce(flags, minimum=True)
     return (None if first_bad == NO_STEP else first_bad), -stop_flag
 
 
@@ -147,19 +140,17 @@ def from_main(compute: Callable[[], T]) -> T:
     rank (only rank 0 prints it), so none waits for an answer that never comes."""
     if not active():
         return compute()
-    dist = _dist()
-    box: list = [None]
-    if dist.get_rank() == 0:
+    box: list = [None, None]  # [result, error]
+    if _dist().get_rank() == 0:
         try:
-            box[0] = ("ok", compute())
+            box[0] = compute()
         except DltrainError as err:
-            box[0] = ("error", err)
-    dist.broadcast_object_list(box, src=0)
-    kind, value = box[0]
-    if kind == "error":
-        value.all_ranks = True
-        raise value
-    return value
+            box[1] = err
+    _dist().broadcast_object_list(box, src=0)
+    if box[1] is not None:
+        box[1].all_ranks = True
+        raise box[1]
+    return box[0]
 
 
 def wrap(model: nn.Module, device: torch.device, sync_batchnorm: bool) -> nn.Module:
@@ -169,11 +160,8 @@ def wrap(model: nn.Module, device: torch.device, sync_batchnorm: bool) -> nn.Mod
         return model
     from torch import nn
 
-    plain_bn = any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm)
-        for m in model.modules()
-    )
-    if sync_batchnorm and plain_bn:
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if sync_batchnorm and not all(isinstance(m, nn.SyncBatchNorm) for m in norms):
         if device.type != "cuda":
             raise DltrainError(
                 "train.sync_batchnorm: PyTorch's SyncBatchNorm runs on CUDA only; set "
@@ -186,8 +174,7 @@ def wrap(model: nn.Module, device: torch.device, sync_batchnorm: bool) -> nn.Mod
 
 def launch(nproc: int, args: list[str]) -> int:
     """Run `python -m dltrain <args>` in `nproc` local processes through torchrun's launcher
-    (standalone rendezvous on this machine). Returns the exit code to pass on: 0, or that of
-    the first process that failed (rank 0's errors are already printed by rank 0)."""
+    (standalone rendezvous). Returns 0, or the first failed one's exit code (rank 0 said why)."""
     import logging
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -200,12 +187,10 @@ def launch(nproc: int, args: list[str]) -> int:
     for name in list(logging.root.manager.loggerDict):
         if name.startswith("torch.distributed"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
-    launch_args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "dltrain", *args])
     try:
-        run(launch_args)
+        run(parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "dltrain", *args]))
     except ChildFailedError as err:
-        _, failure = err.get_first_failure()
-        code = failure.exitcode
+        code = err.get_first_failure()[1].exitcode
         return code if code > 0 else 128 - code
     except SignalException as err:  # Ctrl-C or SIGTERM here: the workers got it too, and saved
         return 128 + int(err.sigval)

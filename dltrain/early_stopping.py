@@ -8,30 +8,22 @@ from dltrain.config import EarlyStoppingConfig
 
 
 class EarlyStopping:
-    """Tracks the best value of a monitored metric; `step` says whether an epoch improved.
-
-    One notion of improvement serves both best.pt and stopping: better than the best so far
-    by more than `min_delta` (a NaN never improves).
-    """
+    """Tracks the best value of a monitored metric. One notion of improvement serves best.pt
+    and stopping: better than the best so far by more than `min_delta`; a NaN never improves."""
 
     def __init__(self, cfg: EarlyStoppingConfig):
-        self.monitor = cfg.monitor
-        self.mode = (
-            cfg.mode if cfg.mode != "auto" else ("min" if cfg.monitor == "val_loss" else "max")
-        )
-        self.patience = cfg.patience
-        self.min_delta = cfg.min_delta
+        self.monitor, self.patience, self.min_delta = cfg.monitor, cfg.patience, cfg.min_delta
+        auto = "min" if cfg.monitor == "val_loss" else "max"
+        self.mode = auto if cfg.mode == "auto" else cfg.mode
         self.best: float | None = None
         self.best_epoch: int | None = None
+        self.stopped_epoch: int | None = None  # set when patience runs out
         self.wait = 0
-        self.stopped_epoch: int | None = None
 
     def improves(self, value: float) -> bool:
-        if math.isnan(value):
-            return False
         if self.best is None:
-            return True
-        if self.mode == "min":
+            return not math.isnan(value)
+        if self.mode == "min":  # a NaN compares False: never an improvement
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
 
@@ -61,12 +53,7 @@ class EarlyStopping:
         )
 
     def state_dict(self) -> dict:
-        return {
-            "best": self.best,
-            "best_epoch": self.best_epoch,
-            "wait": self.wait,
-            "stopped_epoch": self.stopped_epoch,
-        }
+        return {key: getattr(self, key) for key in ("best", "best_epoch", "wait", "stopped_epoch")}
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.best_epoch = state["best"], state["best_epoch"]

@@ -307,6 +307,7 @@ def _finish(s: Session, loop: LoopState, stop: Stop | None, seconds: float) -> d
     return {
         **_status(s, loop, status, reason, seconds),
         "restored_best": restored,
+        "overfitting": loop.overfitting or None,  # the note, if training gave it
         "final_val": {"loss": final["loss"], "acc": final["acc"]},
         "trainable_params": sum(p.numel() for p in s.model.parameters() if p.requires_grad),
         "seconds_per_epoch": sum(r["seconds"] for r in loop.rows) / max(1, len(loop.rows)),

@@ -1,12 +1,14 @@
 """The error types that the CLI turns into one red line and an exit code."""
 
+# Every line break that splitlines() splits on, written as its escape: a problem stays one line
+# whatever characters a bad key or value brought in.
+_ONE_LINE = str.maketrans({c: repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"})
+
 
 class DltrainError(Exception):
-    """A problem the user can fix: bad input, missing files, absent device.
-
-    The message is complete on its own (what, where, what to do); the CLI prints it
-    without a traceback and exits with `exit_code`.
-    """
+    """A problem the user can fix: bad input, missing files, absent device. The message is
+    complete on its own (what, where, what to do); the CLI prints it without a traceback and
+    exits with `exit_code`."""
 
     exit_code = 1
     all_ranks = False  # distributed: raised by every process at the same point (they can meet)
@@ -18,17 +20,9 @@ class ConfigError(DltrainError):
     exit_code = 2
 
     def __init__(self, lines: list[str], source: str = "config"):
-        # One line per problem, whatever characters a bad key or value brought in.
-        self.lines = [_one_line(line) for line in lines]
-        self.source = _one_line(source)
+        self.lines = [line.translate(_ONE_LINE) for line in lines]
+        self.source = source.translate(_ONE_LINE)
         super().__init__("\n".join(f"{self.source}: {line}" for line in self.lines))
-
-
-_LINE_BREAKS = set("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")  # what splitlines() splits on
-
-
-def _one_line(text: str) -> str:
-    return "".join(repr(c)[1:-1] if c in _LINE_BREAKS else c for c in text)
 
 
 class Interrupted(DltrainError):

@@ -1,10 +1,6 @@
-"""Measuring a checkpoint: `dltrain eval`.
-
-Everything is rebuilt from the checkpoint alone: its resolved config, data info and weights.
-The metrics are written beside the checkpoint (`eval-<split>.json`, `confusion-<split>.csv`),
-and every look at the test split is appended to the run's `test_ledger.jsonl`, so a run
-shows how often its test set has been used (the course: select on validation, test once).
-"""
+"""`dltrain eval`: measure a checkpoint, rebuilt from itself alone (resolved config, data info,
+weights). Every look at the test split is appended to the run's `test_ledger.jsonl`, so a run
+shows how often its test set has been used (the course: select on validation, test once)."""
 
 from __future__ import annotations
 
@@ -34,14 +30,9 @@ def confusion_path(ckpt: str | Path, split: str) -> Path:
 
 
 def evaluate_checkpoint(path: str | Path, split: str, overrides: list[str] = ()) -> dict:
-    """Rebuild data and model from a checkpoint alone (with `--set` overrides, `--device` among
-    them) and measure one split.
-
-    Returns loss, acc, top5 (over 5 classes), the confusion matrix (`confusion[true][pred]`),
-    per-class accuracy, the checkpoint's path and sha256 and, for the test split, `test_uses`
-    (how many times this run's test set has now been measured). Writes `eval-<split>.json`
-    and `confusion-<split>.csv` beside the checkpoint.
-    """
+    """Measure one split (`overrides`: `--set` strings, `--device` among them) and write the
+    result beside the checkpoint. `evaluate` adds loss, acc, top5 (over 5 classes) and
+    `confusion[true][pred]`; `test_uses`: how many times this run's test set has been measured."""
     saved = checkpoint.open_saved(path, overrides)
     cfg, path = saved.cfg, saved.path
     model, device = saved.model()
@@ -74,8 +65,7 @@ def per_class_accuracy(confusion: list[list[int]], names: list[str]) -> list[dic
     class with no samples in the split has accuracy None."""
     rows = []
     for index, (name, counts) in enumerate(zip(names, confusion, strict=True)):
-        total = sum(counts)
-        correct = counts[index]
+        correct, total = counts[index], sum(counts)
         acc = correct / total if total else None
         rows.append({"class": name, "correct": correct, "total": total, "acc": acc})
     return rows
@@ -86,8 +76,7 @@ def write_confusion_csv(path: Path, confusion: list[list[int]], names: list[str]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["true\\predicted", *names])
-    for name, counts in zip(names, confusion, strict=True):
-        writer.writerow([name, *counts])
+    writer.writerows([name, *counts] for name, counts in zip(names, confusion, strict=True))
     text = buffer.getvalue()
     checkpoint.atomic_write(path, lambda handle: handle.write(text.encode()))
 
@@ -98,9 +87,7 @@ def record_test_use(ckpt: Path, result: dict) -> int:
     entry = {
         "time": datetime.now().astimezone().isoformat(timespec="seconds"),
         "checkpoint": str(ckpt),
-        "sha256": result["sha256"],
-        "epoch": result["epoch"],
-        "acc": result["acc"],
+        **{key: result[key] for key in ("sha256", "epoch", "acc")},
     }
     try:
         with open(ledger, "a", encoding="utf-8") as handle:
@@ -110,6 +97,5 @@ def record_test_use(ckpt: Path, result: dict) -> int:
         with open(ledger, encoding="utf-8") as handle:
             return sum(1 for line in handle if line.strip())
     except OSError as err:
-        raise DltrainError(
-            f"could not record the test use in {ledger}: {err.strerror or err}"
-        ) from None
+        reason = err.strerror or err
+        raise DltrainError(f"could not record the test use in {ledger}: {reason}") from None

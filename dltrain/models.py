@@ -1,9 +1,8 @@
 """Model builders `(info, cfg) -> nn.Module`; input channels and class count come from the data.
 
-Every built model names its final Linear in `model.head_name`, so `replace_head` and the
-weight loading below treat all models alike. `cfg.pretrained` is "none", "imagenet"
-(alexnet and resnet18, through torchvision's weights API and torch.hub's cache) or the path
-of a state-dict file (any model).
+Every built model names its final Linear in `model.head_name`, so `replace_head` and the weight
+loading treat all models alike. `cfg.pretrained` is "none", "imagenet" (alexnet and resnet18, via
+torchvision's weights API and torch.hub's cache) or the path of a state-dict file (any model).
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ import io
 import math
 import os
 from collections.abc import Callable
+from functools import partial
 from urllib.parse import urlparse
 
 import torch
@@ -25,8 +25,6 @@ from dltrain.config import ALEXNET_MIN_SIZE, ModelConfig
 from dltrain.data import DataInfo
 from dltrain.errors import DltrainError
 from dltrain.registry import MODELS
-
-IMAGENET_CLASSES = 1000
 
 
 def build_model(info: DataInfo, cfg: ModelConfig, weights: bool = True) -> nn.Module:
@@ -55,8 +53,8 @@ def replace_head(model: nn.Module, num_classes: int) -> None:
     setattr(model.get_submodule(parent_name), child, new)
 
 
-class MLP(nn.Module):
-    """Flatten -> [Linear -> (BatchNorm) -> ReLU -> (Dropout)] per hidden size -> Linear head."""
+class MLP(nn.Sequential):
+    """Flatten -> [Linear -> (BatchNorm) -> ReLU -> (Dropout)] per hidden size -> Linear `head`."""
 
     def __init__(self, info: DataInfo, cfg: ModelConfig):
         super().__init__()
@@ -64,29 +62,22 @@ class MLP(nn.Module):
         width = info.channels * math.prod(info.image_size)
         for size in cfg.hidden:
             layers.append(nn.Linear(width, size))
-            if cfg.batch_norm:
-                layers.append(nn.BatchNorm1d(size))
+            layers += [nn.BatchNorm1d(size)] if cfg.batch_norm else []
             layers.append(nn.ReLU(inplace=True))
-            if cfg.dropout:
-                layers.append(nn.Dropout(cfg.dropout))
+            layers += [nn.Dropout(cfg.dropout)] if cfg.dropout else []
             width = size
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(width, info.num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
-
-class CNN(nn.Module):
+class CNN(nn.Sequential):
     """The course's CIFAR CNN: per entry of `cfg.channels`, Conv 3x3 (padding 1) -> (BatchNorm)
-    -> ReLU -> MaxPool 2; then flatten -> (Dropout) -> Linear head.
+    -> ReLU -> MaxPool 2; then flatten -> (Dropout) -> Linear `head`.
 
-    The head's input size is computed from `info.image_size` (32 px: 32->16->8->4, so 128*4*4;
-    28 px: 28->14->7->3), so no adaptive pooling is needed and no features are averaged away.
-    The one place a plain MaxPool(2) would break is a side already down to 1 px (tiny inputs, or
-    more blocks than the image can halve): that side is pooled with kernel 1 instead, so the map
-    never shrinks to nothing and every input of at least 1 px gives a well-defined head.
-    Large images keep their spatial detail and so get a large head; resnet18 suits them better.
+    The head's input size follows from `info.image_size` (32 px: 32->16->8->4, so 128*4*4; 28 px:
+    28->14->7->3): no adaptive pooling averages features away. A side already down to 1 px (tiny
+    inputs, or more blocks than the image can halve) is pooled with kernel 1, so the map never
+    shrinks to nothing. Large images keep their detail and so get a large head: use resnet18.
     """
 
     def __init__(self, info: DataInfo, cfg: ModelConfig):
@@ -96,31 +87,19 @@ class CNN(nn.Module):
         height, width = info.image_size
         for out_channels in cfg.channels:
             layers.append(nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1))
-            if cfg.batch_norm:
-                layers.append(nn.BatchNorm2d(out_channels))
-            layers.append(nn.ReLU(inplace=True))
-            kernel = (2 if height >= 2 else 1, 2 if width >= 2 else 1)
-            layers.append(nn.MaxPool2d(kernel))
+            layers += [nn.BatchNorm2d(out_channels)] if cfg.batch_norm else []
+            kernel = (min(2, height), min(2, width))
+            layers += [nn.ReLU(inplace=True), nn.MaxPool2d(kernel)]
             height, width = height // kernel[0], width // kernel[1]
             in_channels = out_channels
         layers.append(nn.Flatten())
-        if cfg.dropout:
-            layers.append(nn.Dropout(cfg.dropout))
+        layers += [nn.Dropout(cfg.dropout)] if cfg.dropout else []
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(in_channels * height * width, info.num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
-
-@MODELS.register("mlp")
-def mlp(info: DataInfo, cfg: ModelConfig) -> nn.Module:
-    return _finish(MLP(info, cfg), "head", cfg)
-
-
-@MODELS.register("cnn")
-def cnn(info: DataInfo, cfg: ModelConfig) -> nn.Module:
-    return _finish(CNN(info, cfg), "head", cfg)
+MODELS.register("mlp")(lambda info, cfg: _finish(MLP(info, cfg), "head", cfg))
+MODELS.register("cnn")(lambda info, cfg: _finish(CNN(info, cfg), "head", cfg))
 
 
 @MODELS.register("alexnet")
@@ -128,107 +107,101 @@ def alexnet(info: DataInfo, cfg: ModelConfig) -> nn.Module:
     """torchvision's AlexNet (same state-dict keys; same parameter count at 3 channels and 1000
     classes), with `cfg.dropout` in the classifier and `info.channels` into the first conv.
 
-    Small-input stem (`small_input`, auto under 64 px): the 11x11 stride-4 first conv would
-    shrink a 32 px image to 7 px and the three 3x3 stride-2 max-pools would leave nothing (the
-    stock model needs at least 63 px). It becomes a 3x3 stride-1 padding-1 conv with the same
-    64 outputs; depth, widths and the max-pools stay as they are (32 px: 32->15->7->3, 28 px:
-    28->13->6->2; AdaptiveAvgPool then gives the 6x6 the classifier expects). Only that conv's
-    weight shape changes (64x3x11x11 -> 64x3x3x3). Smallest input: 15 px with the stem.
+    Small-input stem (`small_input`, auto under 64 px): the stock model needs 63 px (its 11x11
+    stride-4 first conv shrinks 32 px to 7, and three 3x3 stride-2 max-pools would leave nothing).
+    The stem makes that conv 3x3 stride 1 padding 1, same 64 outputs (64x3x11x11 -> 64x3x3x3);
+    all else stays (32 px: 32->15->7->3, 28 px: 28->13->6->2; AdaptiveAvgPool then gives the 6x6
+    the classifier expects). Smallest input with the stem: 15 px.
     """
-    _check_alexnet_fits(info, _small_input(info, cfg))
-    return _from_torchvision(
-        lambda classes: torchvision.models.alexnet(num_classes=classes, dropout=cfg.dropout),
-        AlexNet_Weights.IMAGENET1K_V1,
-        _alexnet_stem,
-        "classifier.6",
-        info,
-        cfg,
-    )
+    # Refuse, at build time, images that the convs and pools would shrink to nothing.
+    small = _small_input(info, cfg)
+    smallest = ALEXNET_MIN_SIZE[small]
+    if min(info.image_size) < smallest:
+        height, width = info.image_size
+        hint = "use cnn or resnet18" if small else "set model.small_input: true"
+        raise DltrainError(
+            f"alexnet (small_input {str(small).lower()}) needs images of at least "
+            f"{smallest}x{smallest} px, the data has {height}x{width}; {hint}"
+        )
+    return _from_torchvision(partial(torchvision.models.alexnet, dropout=cfg.dropout), info, cfg)
 
 
 @MODELS.register("resnet18")
 def resnet18(info: DataInfo, cfg: ModelConfig) -> nn.Module:
     """torchvision's ResNet-18 with `fc` sized for the data and `info.channels` into conv1.
-
-    Small-input stem (for 32 px from scratch): conv1 becomes 3x3 stride 1 padding 1 and the
-    max-pool is removed, so layer1 sees 32x32 instead of 8x8. `cfg.dropout` and
-    `cfg.batch_norm` are not used: ResNet always has BatchNorm and no dropout.
-    """
-    return _from_torchvision(
-        lambda classes: torchvision.models.resnet18(num_classes=classes),
-        ResNet18_Weights.IMAGENET1K_V1,
-        _resnet_stem,
-        "fc",
-        info,
-        cfg,
-    )
+    Its small-input stem (for 32 px from scratch) makes conv1 3x3 stride 1 padding 1 and drops
+    the max-pool, so layer1 sees 32x32 instead of 8x8. `cfg.dropout` and `cfg.batch_norm` are
+    not used: ResNet always has BatchNorm and no dropout."""
+    return _from_torchvision(torchvision.models.resnet18, info, cfg)
 
 
 def _alexnet_stem(model: nn.Module, channels: int, small: bool) -> None:
-    if small:
-        model.features[0] = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1)
-    elif channels != 3:
-        model.features[0] = nn.Conv2d(channels, 64, kernel_size=11, stride=4, padding=2)
+    if small or channels != 3:
+        kernel, stride, padding = (3, 1, 1) if small else (11, 4, 2)
+        model.features[0] = nn.Conv2d(channels, 64, kernel, stride, padding)
 
 
 def _resnet_stem(model: nn.Module, channels: int, small: bool) -> None:
+    if small or channels != 3:
+        kernel, stride, padding = (3, 1, 1) if small else (7, 2, 3)
+        model.conv1 = nn.Conv2d(channels, 64, kernel, stride, padding, bias=False)
+        # the init torchvision gives every ResNet conv
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     if small:
-        model.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
-    elif channels != 3:
-        model.conv1 = nn.Conv2d(channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    else:
-        return
-    # the init torchvision gives every ResNet conv
-    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+
+
+# name -> (ImageNet weights, the final Linear, what sets the stem for (channels, small_input))
+TORCHVISION = {
+    "alexnet": (AlexNet_Weights.IMAGENET1K_V1, "classifier.6", _alexnet_stem),
+    "resnet18": (ResNet18_Weights.IMAGENET1K_V1, "fc", _resnet_stem),
+}
 
 
 def _small_input(info: DataInfo, cfg: ModelConfig) -> bool:
-    if cfg.small_input == "auto":
-        return min(info.image_size) < 64
-    return bool(cfg.small_input)
+    return min(info.image_size) < 64 if cfg.small_input == "auto" else bool(cfg.small_input)
 
 
-def _from_torchvision(
-    factory: Callable[[int], nn.Module],
-    weights: WeightsEnum,
-    set_stem: Callable[[nn.Module, int, bool], None],
-    head_name: str,
-    info: DataInfo,
-    cfg: ModelConfig,
-) -> nn.Module:
-    """Build a torchvision model for the data; with ImageNet weights, build the ImageNet-shaped
-    model, load them, then replace the head and (if small_input) the stem, which is then the
-    one freshly initialised layer besides the head."""
-    small = _small_input(info, cfg)
-    if cfg.pretrained != "imagenet":
-        model = factory(info.num_classes)
-        set_stem(model, info.channels, small)
-        return _finish(model, head_name, cfg)
-    if info.channels != 3:
+def _from_torchvision(factory: Callable[..., nn.Module], info: DataInfo, cfg: ModelConfig):
+    """Build `factory` for the data. ImageNet weights are loaded into the ImageNet-shaped model,
+    then the head and (if small_input) the stem are replaced: the only fresh layers."""
+    weights, head_name, set_stem = TORCHVISION[cfg.name]
+    imagenet = cfg.pretrained == "imagenet"
+    if imagenet and info.channels != 3:
         raise DltrainError(
             f"ImageNet weights for {cfg.name} need 3-channel images, the data has "
             f"{info.channels}; the data layer converts gray to RGB when pretrained is imagenet"
         )
-    model = factory(IMAGENET_CLASSES)
-    model.head_name = head_name
-    path, state = _imagenet_state_dict(cfg.name, weights)
-    _load_state_dict(model, state, path)
-    replace_head(model, info.num_classes)
-    set_stem(model, 3, small)
-    return model
+    model = factory(num_classes=1000 if imagenet else info.num_classes)  # ImageNet has 1000
+    if imagenet:
+        model.head_name = head_name
+        path, state = _imagenet_state_dict(cfg.name, weights)
+        _load_state_dict(model, state, path)
+        replace_head(model, info.num_classes)
+    set_stem(model, info.channels, _small_input(info, cfg))
+    return model if imagenet else _finish(model, head_name, cfg)
 
 
 def _finish(model: nn.Module, head_name: str, cfg: ModelConfig) -> nn.Module:
-    """Name the head and load `cfg.pretrained` when it is a file."""
+    """Name the head and load `cfg.pretrained` when it is a file: a bare state dict or a dltrain
+    checkpoint ({"model": state dict}), tensors only."""
     model.head_name = head_name
     if cfg.pretrained == "imagenet":
         raise DltrainError(
             f"model.pretrained: imagenet weights exist for alexnet and resnet18, not {cfg.name}; "
             "use none or the path of a state-dict file"
         )
-    if cfg.pretrained != "none":
-        _load_state_dict(model, _read_state_dict(cfg.pretrained), cfg.pretrained)
+    if cfg.pretrained == "none":
+        return model
+    path = cfg.pretrained
+    if not os.path.isfile(path):
+        raise DltrainError(f"model.pretrained: no such file: {path}")
+    state = checkpoint.read(path, "model.pretrained: ")
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DltrainError(f"model.pretrained: {path} does not hold a state dict")
+    _load_state_dict(model, state, path)
     return model
 
 
@@ -244,8 +217,9 @@ def _imagenet_state_dict(arch: str, weights: WeightsEnum) -> tuple[str, dict]:
             return path, weights.get_state_dict(progress=False, weights_only=True)
     except Exception as error:
         if cached:  # torch.load raises many types for a damaged file
+            reason = (str(error).strip() or type(error).__name__).splitlines()[0]
             raise DltrainError(
-                f"the cached ImageNet weights {path} cannot be read ({_first_line(error)}); "
+                f"the cached ImageNet weights {path} cannot be read ({reason}); "
                 "delete the file so it is downloaded again"
             ) from error
         if not isinstance(error, (OSError, RuntimeError)):  # URLError and HTTPError are OSErrors
@@ -257,28 +231,15 @@ def _imagenet_state_dict(arch: str, weights: WeightsEnum) -> tuple[str, dict]:
         ) from error
 
 
-def _read_state_dict(path: str) -> dict:
-    """Read a bare state dict or a dltrain checkpoint ({"model": state dict}); tensors only."""
-    if not os.path.isfile(path):
-        raise DltrainError(f"model.pretrained: no such file: {path}")
-    data = checkpoint.read(path, "model.pretrained: ")
-    if isinstance(data, dict) and isinstance(data.get("model"), dict):
-        data = data["model"]
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise DltrainError(f"model.pretrained: {path} does not hold a state dict")
-    return data
-
-
 def _load_state_dict(model: nn.Module, state: dict, source: str) -> None:
     """Load `state` into `model`. If any head tensor's shape differs (another class count), the
     whole head is skipped and keeps its fresh init; any other mismatch is an error."""
     own = model.state_dict()
     head_keys = {key for key in own if key.startswith(model.head_name + ".")}
+    expected = own.keys()
     if any(key in state and state[key].shape != own[key].shape for key in head_keys):
         state = {key: value for key, value in state.items() if key not in head_keys}
         expected = own.keys() - head_keys
-    else:
-        expected = own.keys()
     problems = [f"missing {key}" for key in sorted(expected - state.keys())]
     problems += [f"unexpected {key}" for key in sorted(state.keys() - own.keys())]
     problems += [
@@ -293,20 +254,3 @@ def _load_state_dict(model: nn.Module, state: dict, source: str) -> None:
             f"{'; '.join(problems[:3])}{more}"
         )
     model.load_state_dict(state, strict=False)
-
-
-def _check_alexnet_fits(info: DataInfo, small: bool) -> None:
-    """Refuse, at build time, images that AlexNet's convs and pools would shrink to nothing."""
-    smallest = ALEXNET_MIN_SIZE[small]
-    if min(info.image_size) < smallest:
-        height, width = info.image_size
-        hint = "use cnn or resnet18" if small else "set model.small_input: true"
-        raise DltrainError(
-            f"alexnet (small_input {str(small).lower()}) needs images of at least "
-            f"{smallest}x{smallest} px, the data has {height}x{width}; {hint}"
-        )
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

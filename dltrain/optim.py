@@ -16,20 +16,15 @@ _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalRe
 def param_groups(
     model: nn.Module, cfg: OptimConfig, head_name: str | None = None, head_lr_mult: float = 1.0
 ) -> list[dict]:
-    """Every parameter, grouped by learning rate and weight decay.
-
-    Biases and normalization layers get no weight decay with `no_decay_bias_norm`; the head
-    (`head_name`) gets `lr * head_lr_mult`. Frozen parameters are included: they have no
-    gradient, so the optimizer skips them until they are unfrozen.
-    """
+    """Every parameter, grouped by learning rate and weight decay: with `no_decay_bias_norm`,
+    biases and normalization layers get no weight decay; the head (`head_name`) gets
+    `lr * head_lr_mult`. Frozen parameters are included (no gradient: the optimizer skips them)."""
     groups: dict[tuple, dict] = {}
     for module_name, module in model.named_modules():
+        in_head = head_name is not None and f"{module_name}.".startswith(f"{head_name}.")
+        lr = cfg.lr * (head_lr_mult if in_head else 1.0)
         for name, param in module.named_parameters(recurse=False):
             exempt = cfg.no_decay_bias_norm and (name == "bias" or isinstance(module, _NORMS))
-            in_head = head_name is not None and (
-                module_name == head_name or module_name.startswith(head_name + ".")
-            )
-            lr = cfg.lr * (head_lr_mult if in_head else 1.0)
             decay = 0.0 if exempt else cfg.weight_decay
             group = groups.setdefault((lr, decay), {"params": [], "lr": lr, "weight_decay": decay})
             group["params"].append(param)
@@ -42,29 +37,19 @@ def build_optimizer(
     return OPTIMIZERS.get(cfg.name)(param_groups(model, cfg, head_name, head_lr_mult), cfg)
 
 
-@OPTIMIZERS.register("sgd")
-def sgd(groups, cfg: OptimConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+def _torch_optimizer(cls: type[torch.optim.Optimizer], *fields: str):
+    """A builder `(groups, cfg) -> cls` with `cfg.lr` and the named OptimConfig fields."""
+    return lambda groups, cfg: cls(groups, lr=cfg.lr, **{f: getattr(cfg, f) for f in fields})
 
 
-@OPTIMIZERS.register("adam")
-def adam(groups, cfg: OptimConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(groups, lr=cfg.lr)
-
-
-@OPTIMIZERS.register("adamw")
-def adamw(groups, cfg: OptimConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(groups, lr=cfg.lr)
-
-
-@OPTIMIZERS.register("rmsprop")
-def rmsprop(groups, cfg: OptimConfig) -> torch.optim.Optimizer:
-    return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum)
+OPTIMIZERS.register("sgd")(_torch_optimizer(torch.optim.SGD, "momentum", "nesterov"))
+OPTIMIZERS.register("adam")(_torch_optimizer(torch.optim.Adam))
+OPTIMIZERS.register("adamw")(_torch_optimizer(torch.optim.AdamW))
+OPTIMIZERS.register("rmsprop")(_torch_optimizer(torch.optim.RMSprop, "momentum"))
 
 
 class Schedule:
-    """A learning-rate scheduler and when it steps: after each optimizer step ("step"),
-    after each epoch ("epoch"), or after each validation with its metric ("metric")."""
+    """A scheduler stepped per optimizer "step", per "epoch", or per validation ("metric")."""
 
     def __init__(self, scheduler=None, interval: str = "epoch", monitor: str | None = None):
         self.scheduler = scheduler
@@ -76,11 +61,9 @@ class Schedule:
             self.scheduler.step()
 
     def after_epoch(self, metrics: dict) -> None:
-        if self.scheduler is None:
-            return
-        if self.interval == "epoch":
+        if self.scheduler is not None and self.interval == "epoch":
             self.scheduler.step()
-        elif self.interval == "metric":
+        elif self.scheduler is not None and self.interval == "metric":
             self.scheduler.step(metrics[self.monitor])
 
     def state_dict(self) -> dict:
@@ -105,15 +88,11 @@ def build_schedule(
         return Schedule(lr_sched.MultiStepLR(optimizer, cfg.milestones, cfg.gamma))
     if cfg.name == "onecycle":
         peaks = [group["lr"] * cfg.max_lr_mult for group in optimizer.param_groups]
-        scheduler = lr_sched.OneCycleLR(
-            optimizer, peaks, total_steps=total, pct_start=cfg.pct_start
-        )
+        scheduler = lr_sched.OneCycleLR(optimizer, peaks, total, pct_start=cfg.pct_start)
         return Schedule(scheduler, "step")
     if cfg.name == "plateau":
         mode = "min" if cfg.monitor == "val_loss" else "max"
-        scheduler = lr_sched.ReduceLROnPlateau(
-            optimizer, mode=mode, factor=cfg.factor, patience=cfg.patience
-        )
+        scheduler = lr_sched.ReduceLROnPlateau(optimizer, mode, cfg.factor, cfg.patience)
         return Schedule(scheduler, "metric", cfg.monitor)
     # cosine, with optional linear warmup, stepped per optimizer step for a smooth curve
     warmup = round(cfg.warmup_epochs * steps_per_epoch)

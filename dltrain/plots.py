@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import suppress
 from pathlib import Path
 
 from dltrain.checkpoint import atomic_write
@@ -18,31 +19,36 @@ from dltrain.runs import describe_run, read_metrics
 
 FIGSIZE, DPI = (12, 5), 100  # every image is 1200×500 pixels
 FORMATS = ("png", "svg", "pdf")
+_THIN = {"linestyle": "--", "linewidth": 0.8, "marker": ""}  # a second curve in the same colour
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Draw one run's learning curves to `out` (default `<run_dir>/curves.png`).
-
-    Loss (left, with the learning rate on a second axis) and accuracy (right), train against
-    val per epoch; vertical lines at the best epoch and where early stopping stopped. Works on
-    a run still going (no summary.json yet): it draws the epochs metrics.csv holds.
-    """
+    """Draw one run's learning curves to `out` (default `<run_dir>/curves.png`): loss (left,
+    with the learning rate on a second axis) and accuracy (right), train against val per
+    epoch; vertical lines at the best epoch and where early stopping stopped. Works on a run
+    still going (no summary.json yet): it draws the epochs metrics.csv holds."""
     run_dir = Path(run_dir)
     run = _load_run(run_dir)
-    fig, (loss_ax, acc_ax) = _figure()
+    rows, best, stopped = run["rows"], run["best_epoch"], run["stopped_at"]
+    title = f"{run['name']} ({run['status'].replace('_', ' ')}) — {run_dir}"
+    fig, (loss_ax, acc_ax) = _figure(title, "loss", "accuracy")
     for ax, metric in ((loss_ax, "loss"), (acc_ax, "acc")):
-        _train_val(ax, run["rows"], metric)
-        _markers(ax, run["best_epoch"], run["stopped_at"])
-    handles = _lr_axis(loss_ax, run["rows"])
-    for ax in (loss_ax, acc_ax):
-        lines, labels = ax.get_legend_handles_labels()
-        extra = handles if ax is loss_ax else []
-        ax.legend(lines + extra, labels + [h.get_label() for h in extra], fontsize="small")
-    loss_ax.set_ylabel("loss")
-    acc_ax.set_ylabel("accuracy")
-    status = run["status"].replace("_", " ")
-    fig.suptitle(f"{run['name']} ({status}) — {run_dir}")
-    return _save(fig, Path(out) if out is not None else run_dir / "curves.png")
+        train, running = _train_key(rows, metric), f"train_{metric}"
+        if train == running:
+            _line(ax, rows, train, color="C0", label="train")
+        else:
+            _line(ax, rows, train, color="C0", label="train (eval mode)")
+            _line(ax, rows, running, color="C0", label="train (running, train mode)", **_THIN)
+        _line(ax, rows, f"val_{metric}", color="C1", label="val")
+        if best is not None:
+            label = f"best epoch {best}"
+            ax.axvline(best, color="green", linestyle=":", linewidth=1.5, label=label)
+        if stopped is not None:
+            label = f"early stop at {stopped}"
+            ax.axvline(stopped, color="red", linestyle="--", linewidth=1, label=label)
+    _legend(loss_ax, _lr_axis(loss_ax, rows))
+    _legend(acc_ax)
+    return _save(fig, out if out is not None else run_dir / "curves.png")
 
 
 def draw_curves(run_dir: str | Path) -> str | None:
@@ -61,26 +67,27 @@ def draw_curves(run_dir: str | Path) -> str | None:
 def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
     """Overlay several runs: val loss and val accuracy per epoch as solid lines, train as
     dashed lines in the same colour, one colour per run."""
+    from matplotlib.lines import Line2D
+
     runs = [_load_run(Path(folder)) for folder in run_dirs]
-    fig, (loss_ax, acc_ax) = _figure()
-    colors = _colors(len(runs))
-    for run, label, color in zip(runs, _labels(runs), colors, strict=True):
+    title = f"{len(runs)} runs: validation (solid) and training (dashed)"
+    fig, (loss_ax, acc_ax) = _figure(title, "loss", "accuracy")
+    for run, label, color in zip(runs, _labels(runs), _colors(len(runs)), strict=True):
         for ax, metric in ((loss_ax, "loss"), (acc_ax, "acc")):
-            train = _train_key(run["rows"], metric)
             _line(ax, run["rows"], f"val_{metric}", color=color, label=label)
-            _line(ax, run["rows"], train, color=color, linestyle="--", linewidth=0.8, marker="")
-    _legend_with_styles(acc_ax, len(runs))
-    loss_ax.set_ylabel("loss")
-    acc_ax.set_ylabel("accuracy")
-    fig.suptitle(f"{len(runs)} runs: validation (solid) and training (dashed)")
-    return _save(fig, Path(out))
+            _line(ax, run["rows"], _train_key(run["rows"], metric), color=color, **_THIN)
+    val = Line2D([], [], color="black", label="val")
+    train = Line2D([], [], color="black", linestyle="--", label="train")
+    _legend(acc_ax, [val, train], many=len(runs) > 8)
+    return _save(fig, out)
 
 
 def plot_compare(groups: dict[str, list[str | Path]], out: str | Path) -> Path:
     """Compare configs across seeds: for each label, the mean val loss and val accuracy per
     epoch over its runs, with a band from their minimum to their maximum. Where some runs
     stopped early, later epochs average the runs that got there."""
-    fig, (loss_ax, acc_ax) = _figure()
+    title = "mean over seeds (line) and min–max (band)"
+    fig, (loss_ax, acc_ax) = _figure(title, "val loss", "val accuracy")
     for (label, folders), color in zip(groups.items(), _colors(len(groups)), strict=True):
         if not folders:
             raise DltrainError(f"compare: {label!r} has no runs")
@@ -90,10 +97,7 @@ def plot_compare(groups: dict[str, list[str | Path]], out: str | Path) -> Path:
             ax.plot(epochs, mean, color=color, label=f"{label} (n={len(runs)})", **_dots(epochs))
             ax.fill_between(epochs, low, high, color=color, alpha=0.2, linewidth=0)
     acc_ax.legend(fontsize="small")
-    loss_ax.set_ylabel("val loss")
-    acc_ax.set_ylabel("val accuracy")
-    fig.suptitle("mean over seeds (line) and min–max (band)")
-    return _save(fig, Path(out))
+    return _save(fig, out)
 
 
 def plot_sweep(rows: list[dict], spaces: dict, metric: str, out: str | Path) -> Path:
@@ -112,30 +116,27 @@ def plot_sweep(rows: list[dict], spaces: dict, metric: str, out: str | Path) -> 
 
         def x(row, key=key, labels=labels):
             value = row["params"][key]
-            return labels.index(str(value)) if labels and str(value) in labels else value
+            return labels.index(str(value)) if str(value) in labels else value
 
-        for state, style in (("complete", {"marker": "o"}), ("pruned", {"marker": "x"})):
+        for state, marker in (("complete", "o"), ("pruned", "x")):
             points = [(x(row), row["value"]) for row in scored if row["state"] == state]
             if points:
-                ax.scatter(*zip(*points, strict=True), label=state, color="C0", **style)
+                ax.scatter(*zip(*points, strict=True), label=state, color="C0", marker=marker)
         if best is not None:
             ax.scatter([x(best)], [best["value"]], marker="*", s=200, color="C3", label="best")
         if labels:
-            ax.set_xticks(range(len(labels)), labels)
-            ax.set_xlim(-0.5, len(labels) - 0.5)
+            ax.set(xticks=range(len(labels)), xticklabels=labels, xlim=(-0.5, len(labels) - 0.5))
         elif space.log:  # the whole searched range, so that its empty parts show too
-            ax.set_xscale("log")
-            ax.set_xlim(space.low / 1.3, space.high * 1.3)
+            ax.set(xscale="log", xlim=(space.low / 1.3, space.high * 1.3))
             ax.xaxis.set_minor_formatter(NullFormatter())
         else:
             margin = (space.high - space.low) * 0.04
             ax.set_xlim(space.low - margin, space.high + margin)
-        ax.set_xlabel(key)
-        ax.set_ylabel(f"best {metric}")
+        ax.set(xlabel=key, ylabel=f"best {metric}")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
     fig.suptitle(f"{len(rows)} trials: best {metric} (validation) against each parameter")
-    return _save(fig, Path(out))
+    return _save(fig, out)
 
 
 def overlay_path(run_dirs: list[str | Path]) -> Path:
@@ -143,10 +144,8 @@ def overlay_path(run_dirs: list[str | Path]) -> Path:
     holds all the runs."""
     parents = [os.path.abspath(Path(folder).parent) for folder in run_dirs]
     common = Path(os.path.commonpath(parents))
-    try:
+    with suppress(ValueError):
         common = common.relative_to(Path.cwd())
-    except ValueError:
-        pass
     return common / f"overlay-{time.strftime('%Y%m%d-%H%M%S')}.png"
 
 
@@ -154,7 +153,7 @@ def overlay_path(run_dirs: list[str | Path]) -> Path:
 
 
 def _load_run(run_dir: Path) -> dict:
-    """A run folder's epochs, name, status, best epoch and early-stopping epoch."""
+    """`describe_run` of a run folder, with its folder, epochs and early-stopping epoch."""
     if not run_dir.is_dir():
         raise DltrainError(f"{run_dir}: no such folder; give a run folder (runs/<name>/<time>)")
     if not (run_dir / "metrics.csv").is_file():
@@ -171,15 +170,10 @@ def _load_run(run_dir: Path) -> dict:
         raise DltrainError(f"{run_dir / 'metrics.csv'}: no epoch recorded yet")
     # Status and best epoch as `dltrain runs` shows them: summary.json when it is current,
     # else what the config's early stopping would pick so far.
-    run = describe_run(run_dir)
-    return {
-        "dir": run_dir,
-        "rows": rows,
-        "name": run["name"] or run_dir.name,
-        "status": run["status"],
-        "best_epoch": run["best_epoch"],
-        "stopped_at": run["epochs"] if run["status"] == "stopped_early" else None,
-    }
+    run = {**describe_run(run_dir), "dir": run_dir, "rows": rows}
+    run["name"] = run["name"] or run_dir.name
+    run["stopped_at"] = run["epochs"] if run["status"] == "stopped_early" else None
+    return run
 
 
 def _train_key(rows: list[dict], metric: str) -> str:
@@ -195,31 +189,28 @@ def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def _spread(runs: list[dict], key: str) -> tuple[list[int], list, list, list]:
+    """Per epoch: the mean, minimum and maximum over the runs that reached it."""
     by_epoch: dict[int, list[float]] = {}
-    for run in runs:
-        for epoch, value in zip(*_series(run["rows"], key), strict=True):
-            by_epoch.setdefault(epoch, []).append(value)
+    for row in [row for run in runs for row in run["rows"] if row.get(key) is not None]:
+        by_epoch.setdefault(row["epoch"], []).append(row[key])
     epochs = sorted(by_epoch)
-    values = [by_epoch[e] for e in epochs]
-    return (
-        epochs,
-        [sum(v) / len(v) for v in values],
-        [min(v) for v in values],
-        [max(v) for v in values],
-    )
+    mean = [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs]
+    return epochs, mean, [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs]
 
 
 # --- drawing ---------------------------------------------------------------------------------
 
 
-def _figure():
+def _figure(title: str, *ylabels: str):
+    """A figure of one panel per y-label, epochs on the x-axis."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
-    axes = fig.subplots(1, 2)
-    for ax in axes:
-        ax.set_xlabel("epoch")
+    fig.suptitle(title)
+    axes = fig.subplots(1, len(ylabels))
+    for ax, ylabel in zip(axes, ylabels, strict=True):
+        ax.set(xlabel="epoch", ylabel=ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     return fig, axes
@@ -236,24 +227,10 @@ def _line(ax, rows: list[dict], key: str, **style) -> None:
         ax.plot(epochs, values, **{**_dots(epochs), **style})
 
 
-def _train_val(ax, rows: list[dict], metric: str) -> None:
-    train = _train_key(rows, metric)
-    if train.startswith("train_eval"):
-        _line(ax, rows, train, color="C0", label="train (eval mode)")
-        label = "train (running, train mode)"
-        thin = {"linestyle": "--", "linewidth": 0.8, "marker": ""}
-        _line(ax, rows, f"train_{metric}", color="C0", label=label, **thin)
-    else:
-        _line(ax, rows, train, color="C0", label="train")
-    _line(ax, rows, f"val_{metric}", color="C1", label="val")
-
-
-def _markers(ax, best: int | None, stopped_at: int | None) -> None:
-    if best is not None:
-        ax.axvline(best, color="green", linestyle=":", linewidth=1.5, label=f"best epoch {best}")
-    if stopped_at is not None:
-        label = f"early stop at {stopped_at}"
-        ax.axvline(stopped_at, color="red", linestyle="--", linewidth=1, label=label)
+def _legend(ax, extra: list = (), many: bool = False) -> None:
+    """The axis's labelled lines, then `extra` ones (drawn on a twin axis, or style keys)."""
+    handles = [*ax.get_legend_handles_labels()[0], *extra]
+    ax.legend(handles=handles, fontsize="x-small" if many else "small", ncol=2 if many else 1)
 
 
 def _lr_axis(ax, rows: list[dict]) -> list:
@@ -269,10 +246,9 @@ def _lr_axis(ax, rows: list[dict]) -> list:
     else:  # from zero, so that a constant rate is a flat line rather than a zoomed-in one
         twin.set_ylim(0, max(positive) * 1.15)
         twin.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
-    (line,) = twin.plot(epochs, rates, color="grey", linewidth=1, alpha=0.8, label="learning rate")
     twin.set_ylabel("learning rate", color="grey")
     twin.tick_params(axis="y", colors="grey")
-    return [line]
+    return twin.plot(epochs, rates, color="grey", linewidth=1, alpha=0.8, label="learning rate")
 
 
 def _colors(count: int) -> list:
@@ -292,18 +268,9 @@ def _labels(runs: list[dict]) -> list[str]:
     return labels if len(set(labels)) == len(labels) else [str(run["dir"]) for run in runs]
 
 
-def _legend_with_styles(ax, count: int) -> None:
-    from matplotlib.lines import Line2D
-
-    handles, labels = ax.get_legend_handles_labels()
-    handles += [Line2D([], [], color="black"), Line2D([], [], color="black", linestyle="--")]
-    labels += ["val", "train"]
-    small = "small" if count <= 8 else "x-small"
-    ax.legend(handles, labels, fontsize=small, ncol=1 if count <= 8 else 2)
-
-
-def _save(fig, out: Path) -> Path:
+def _save(fig, out: str | Path) -> Path:
     """Write the figure atomically; the format follows the file's suffix (png by default)."""
+    out = Path(out)
     kind = out.suffix.lower().lstrip(".") or "png"
     if kind not in FORMATS:
         raise DltrainError(f"{out}: cannot draw a .{kind} file; use .png, .svg or .pdf")

@@ -1,11 +1,6 @@
-"""`dltrain predict`: classify image files with a checkpoint, using its own preprocessing.
-
-The checkpoint's `data_info` says how images reached the model in training: channels, size
-and normalization. An image is decoded with PIL, made gray or RGB to match, resized the way
-the in-memory training path resizes (bilinear, antialiased) when its size differs, scaled to
-[0, 1] and normalized: an image of the right size gives the training path's tensor (up to
-float rounding).
-"""
+"""`dltrain predict`: classify image files with a checkpoint, using its own preprocessing: its
+`data_info` (channels, size, normalization) and the in-memory training path's resize, so an
+image of the right size gives the training path's tensor (up to float rounding)."""
 
 from __future__ import annotations
 
@@ -36,20 +31,15 @@ def predict(
     saved = checkpoint.open_saved(ckpt_path, overrides)
     model, torch_device = saved.model()
     info = saved.info
-    k = min(topk, info.num_classes)
     results = []
     for start in range(0, len(files), BATCH_SIZE):
         chunk = files[start : start + BATCH_SIZE]
         with torch.inference_mode():
             logits = model(to_batch(chunk, info, torch_device))
-            probs, indices = logits.float().softmax(1).topk(k, dim=1)
-        for path, row_probs, row_indices in zip(
-            chunk, probs.tolist(), indices.tolist(), strict=True
-        ):
-            top = [
-                {"class": info.class_names[i], "prob": p}
-                for p, i in zip(row_probs, row_indices, strict=True)
-            ]
+            probs, indices = logits.float().softmax(1).topk(min(topk, info.num_classes), dim=1)
+        for path, prob_row, index_row in zip(chunk, probs.tolist(), indices.tolist(), strict=True):
+            pairs = zip(prob_row, index_row, strict=True)
+            top = [{"class": info.class_names[i], "prob": p} for p, i in pairs]
             results.append({"file": str(path), "top": top})
     return results
 
@@ -69,10 +59,8 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
                 and not any(part.startswith(".") for part in path.relative_to(item).parts)
             )
             if not found:
-                raise DltrainError(
-                    f"{item}: no image files in this folder (looked for "
-                    f"{', '.join(IMAGE_SUFFIXES)})"
-                )
+                looked = ", ".join(IMAGE_SUFFIXES)
+                raise DltrainError(f"{item}: no image files in this folder (looked for {looked})")
             files.extend(found)
         else:
             raise DltrainError(f"{item}: no such file or folder")
@@ -94,15 +82,10 @@ def load_image(path: Path, info: DataInfo) -> torch.Tensor:
     pixels = torch.from_numpy(np.array(image, dtype=np.uint8))
     pixels = pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1)
     x = pixels.float().mul_(1.0 / 255.0)
-    if tuple(x.shape[1:]) != tuple(info.image_size):
+    size = tuple(info.image_size)
+    if tuple(x.shape[1:]) != size:
         # The same resize as the in-memory training path (dltrain.data.Batches.convert).
-        x = F.interpolate(
-            x[None],
-            size=tuple(info.image_size),
-            mode="bilinear",
-            antialias=True,
-            align_corners=False,
-        )[0]
+        x = F.interpolate(x[None], size, mode="bilinear", antialias=True, align_corners=False)[0]
     return x
 
 

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import os
 import time
+from contextlib import suppress
+from datetime import datetime
 from pathlib import Path
+
+import yaml
 
 from dltrain.checkpoint import atomic_write, write_json
 from dltrain.config import Config
 from dltrain.errors import DltrainError
 
-RUN_FILES = (
-    "config.yaml",
-    "metrics.csv",
-    "summary.json",
-    "last.pt",
-    "best.pt",
-    "test_ledger.jsonl",
-)
+RUN_FILES = tuple("config.yaml metrics.csv summary.json last.pt best.pt test_ledger.jsonl".split())
 
 
 def new_run_dir(
@@ -41,10 +40,9 @@ def new_run_dir(
                     f"{path} already holds a run; continue it with --resume {path}, replace it "
                     "with --force, or choose another --run-dir"
                 )
-            for name in RUN_FILES:
-                (path / name).unlink(missing_ok=True)
-            for extra in [*path.glob("eval-*.json"), *path.glob("confusion-*.csv")]:
-                extra.unlink()
+            old = [path / name for name in RUN_FILES]
+            for stale in [*old, *path.glob("eval-*.json"), *path.glob("confusion-*.csv")]:
+                stale.unlink(missing_ok=True)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".dltrain-write-test"
@@ -83,18 +81,16 @@ class TensorBoard:
 
 
 class RunFiles:
-    """A run's files. With `write=False` (ranks other than 0 of a distributed run) the writes
-    do nothing and the reads still work."""
+    """A run's files; with `write=False` (ranks other than 0 of a distributed run) writes do
+    nothing and reads still work."""
 
     def __init__(self, run_dir: Path, write: bool = True):
-        self.dir = Path(run_dir)
-        self.write = write
+        self.dir, self.write = Path(run_dir), write
 
     def write_config(self, cfg: Config) -> None:
-        if not self.write:
-            return
-        text = cfg.to_yaml()
-        atomic_write(self.dir / "config.yaml", lambda handle: handle.write(text.encode()))
+        if self.write:
+            text = cfg.to_yaml()
+            atomic_write(self.dir / "config.yaml", lambda handle: handle.write(text.encode()))
 
     def append_metrics(self, row: dict) -> None:
         if not self.write:
@@ -147,10 +143,9 @@ RUN_STATUSES = (*SUMMARY_STATUSES, "incomplete", "unreadable")  # incomplete: no
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """metrics.csv, also of a run still writing it or killed while appending: numbers as
-    floats (epoch as int), empty cells as None; a row shorter than the header (a half-written
-    last line) is dropped.
-    [] without a metrics.csv; DltrainError for a file that is not CSV at all."""
+    """metrics.csv, also of a run still writing it or killed while appending: numbers as floats
+    (epoch as int), empty cells as None, a row shorter than the header (a half-written last
+    line) dropped. [] without a metrics.csv; DltrainError for a file that is not CSV at all."""
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
         return []
@@ -161,12 +156,10 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
                 raw.pop(None, None)  # cells beyond the header
                 if None in raw.values():
                     continue
-                try:
+                with suppress(KeyError, ValueError):
                     row = {key: float(value) if value else None for key, value in raw.items()}
                     row["epoch"] = int(float(raw["epoch"]))
-                except (KeyError, ValueError):
-                    continue
-                rows.append(row)
+                    rows.append(row)
     except csv.Error as err:
         raise DltrainError(f"{path} is damaged: {err}") from None
     return rows
@@ -178,36 +171,26 @@ def best_epoch_so_far(rows: list[dict], monitor: str = "val_acc", mode: str = "a
     if not scored:
         return None
     lower = mode == "min" or (mode == "auto" and monitor.endswith("loss"))
-    pick = min if lower else max
-    return pick(scored, key=lambda row: row[monitor])["epoch"]
+    return (min if lower else max)(scored, key=lambda row: row[monitor])["epoch"]
 
 
 def list_runs(root: str | Path) -> list[dict]:
-    """Every run folder under `root` (one holding config.yaml or metrics.csv), newest first,
-    each described by `describe_run`. A damaged file marks its run "unreadable" and the
-    listing goes on."""
-    import os
-
+    """Every run folder under `root` (one holding config.yaml or metrics.csv) as `describe_run`
+    gives it, newest first. A damaged file marks its run "unreadable"; the listing goes on."""
     root = Path(root)
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
         raise DltrainError(f"{root} {what}; give the folder that holds your runs (default: runs)")
-    folders = []
+    runs = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         if "config.yaml" in files or "metrics.csv" in files:
-            folders.append(Path(folder))
-    runs = [describe_run(folder) for folder in folders]
+            runs.append(describe_run(folder))
     return sorted(runs, key=lambda run: (run["started_ts"], run["path"]), reverse=True)
 
 
 def describe_run(run_dir: str | Path) -> dict:
-    """One run as plain values: path, name, model, dataset, status (one of RUN_STATUSES),
-    epochs, max_epochs, best_epoch, best_val_acc, test_acc, test_uses, params, seconds,
-    started (ISO time), started_ts (seconds since the epoch, for sorting) and problem (why it
-    is unreadable, else None). Missing values are None."""
-    from datetime import datetime
-
+    """One run's files as plain values, None where missing; a damaged file: "unreadable"."""
     run_dir = Path(run_dir)
     problems: list[str] = []
     config = _read_mapping(run_dir / "config.yaml", "yaml", problems)
@@ -217,23 +200,27 @@ def describe_run(run_dir: str | Path) -> dict:
     except (OSError, DltrainError) as err:
         rows, problems = [], [*problems, f"metrics.csv: {getattr(err, 'strerror', None) or err}"]
     stale = summary is not None and _newer(run_dir / "metrics.csv", run_dir / "summary.json")
+    stopping = _dig(config, "train", "early_stopping")
+    mode = str(_dig(stopping, "mode") or "auto")
+    best_epoch = best_epoch_so_far(rows, str(_dig(stopping, "monitor") or "val_acc"), mode)
+    best = next((row for row in rows if row["epoch"] == best_epoch), {})
     started = _started(run_dir)
     run = {
         "path": str(run_dir),
         "name": _text(_dig(summary, "name") or _dig(config, "name")),
         "model": _text(_dig(config, "model", "name")),
         "dataset": _text(_dig(config, "data", "dataset")),
-        "status": "incomplete",
+        "status": "incomplete",  # one of RUN_STATUSES
         "epochs": len(rows),
         "max_epochs": _num(_dig(config, "train", "epochs")),
-        "best_epoch": None,
-        "best_val_acc": None,
+        "best_epoch": best_epoch,  # as the config's early stopping would pick it so far
+        "best_val_acc": best.get("val_acc"),
         **_test_uses(run_dir),
         "params": _num(_dig(summary, "params")),
         "seconds": sum(row.get("seconds") or 0.0 for row in rows) if rows else None,
         "started": datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds"),
-        "started_ts": started,
-        "problem": None,
+        "started_ts": started,  # seconds since the epoch, for sorting
+        "problem": None,  # why the run is unreadable
     }
     if summary is not None and not stale:  # else the run has gone on since (resumed)
         status = summary.get("status")
@@ -245,12 +232,6 @@ def describe_run(run_dir: str | Path) -> dict:
         run["best_epoch"] = _num(summary.get("best_epoch"))
         run["best_val_acc"] = _num(_dig(summary, "best_metrics", "val_acc"))
         run["seconds"] = _num(summary.get("seconds"))
-    else:
-        monitor = _dig(config, "train", "early_stopping", "monitor") or "val_acc"
-        mode = _dig(config, "train", "early_stopping", "mode") or "auto"
-        run["best_epoch"] = best_epoch_so_far(rows, str(monitor), str(mode))
-        best = next((row for row in rows if row["epoch"] == run["best_epoch"]), {})
-        run["best_val_acc"] = best.get("val_acc")
     if problems:
         run["status"], run["problem"] = "unreadable", "; ".join(problems)
     return run
@@ -258,74 +239,56 @@ def describe_run(run_dir: str | Path) -> dict:
 
 def _read_mapping(path: Path, kind: str, problems: list[str]) -> dict | None:
     """A YAML or JSON file holding a mapping; None if absent; a damaged one adds a problem."""
-    import json
-
-    import yaml
-
     if not path.exists():
         return None
     try:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if kind == "json" else yaml.safe_load(text)
     except OSError as err:
-        problems.append(f"{path.name}: {err.strerror or err}")
-        return None
+        problem = err.strerror or err
     except (ValueError, yaml.YAMLError):  # JSONDecodeError and UnicodeDecodeError included
-        problems.append(f"{path.name}: not valid {kind.upper()}")
-        return None
-    if not isinstance(data, dict):
-        problems.append(f"{path.name}: expected a mapping, found {type(data).__name__}")
-        return None
-    return data
+        problem = f"not valid {kind.upper()}"
+    else:
+        if isinstance(data, dict):
+            return data
+        problem = f"expected a mapping, found {type(data).__name__}"
+    problems.append(f"{path.name}: {problem}")
+    return None
 
 
 def _test_uses(run_dir: Path) -> dict:
     """How many times the run's test set was measured (test_ledger.jsonl) and the last
     accuracy (from the ledger, else eval-test.json)."""
-    import json
-
-    uses, acc = 0, None
-    try:
+    uses, acc, lines = 0, None, []
+    with suppress(OSError, ValueError):
         lines = (run_dir / "test_ledger.jsonl").read_text(encoding="utf-8").splitlines()
-    except (OSError, ValueError):
-        lines = []
     for line in filter(str.strip, lines):
         uses += 1
-        try:
+        with suppress(ValueError, AttributeError):
             value = _num(json.loads(line).get("acc"))
-        except (ValueError, AttributeError):
-            continue
-        acc = value if value is not None else acc
+            acc = value if value is not None else acc
     if acc is None and (run_dir / "eval-test.json").is_file():
-        try:
+        with suppress(OSError, ValueError, AttributeError):
             acc = _num(json.loads((run_dir / "eval-test.json").read_text()).get("acc"))
             uses = max(uses, 1)
-        except (OSError, ValueError, AttributeError):
-            pass
     return {"test_acc": acc, "test_uses": uses}
 
 
 def _started(run_dir: Path) -> float:
     """When the run started: the time in its folder name (runs/<name>/<time>), else the
     modification time of its config.yaml, metrics.csv or the folder."""
-    stamp = run_dir.name[:15]
-    try:
-        return time.mktime(time.strptime(stamp, "%Y%m%d-%H%M%S"))
-    except ValueError:
-        pass
+    with suppress(ValueError):
+        return time.mktime(time.strptime(run_dir.name[:15], "%Y%m%d-%H%M%S"))
     for path in (run_dir / "config.yaml", run_dir / "metrics.csv", run_dir):
-        try:
+        with suppress(OSError):
             return path.stat().st_mtime
-        except OSError:
-            continue
     return 0.0
 
 
 def _newer(path: Path, than: Path) -> bool:
-    try:
+    with suppress(OSError):
         return path.stat().st_mtime_ns > than.stat().st_mtime_ns
-    except OSError:
-        return False
+    return False
 
 
 def _dig(data, *keys):

@@ -85,9 +85,8 @@ def open_study(folder: Path, settings: dict, sampler=None, pruner=None):
     # Parallel workers share one SQLite file: wait for its lock rather than fail.
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine)
         return optuna.create_study(
-            storage=storage,
+            storage=optuna.storages.RDBStorage(url, engine_kwargs=engine),
             study_name=settings["study"],
             direction=settings["direction"],
             sampler=sampler,
@@ -103,15 +102,22 @@ def spaces(settings: dict) -> dict[str, Space]:
 
 
 def run(folder: Path, on_trial: Report = lambda row: None, trials: int | None = None) -> dict:
-    """Run the trials the sweep still lacks (after a kill: requeue the interrupted ones), in
-    `jobs` processes; then write sweep.csv, sweep.png and best.yaml. Returns `summarize`."""
+    """Run the trials the sweep still lacks, in `jobs` processes; then write sweep.csv,
+    sweep.png and best.yaml. Returns `summarize`."""
+    from optuna.trial import Trial, TrialState
+
     folder = Path(folder)
     settings = load_settings(folder)
     if trials is not None and trials != settings["trials"]:
         settings["trials"] = trials
         save_settings(folder, settings)
     study = open_study(folder, settings)
-    _requeue_interrupted(study, folder, settings)
+    # Requeue the trials this sweep left running when it was killed. With the study in the
+    # folder no one else works on it; a shared --storage keeps other machines' trials running.
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if settings["storage"] is None or frozen.user_attrs.get("sweep") == _identity(folder):
+            # A handle on a trial this process did not ask for: Trial takes its storage id.
+            _interrupted(study, Trial(study, frozen._trial_id), frozen.params)
     remaining = settings["trials"] - _counts(study)[0]
     jobs = max(1, min(settings["jobs"], remaining))
     deadline = time.time() + settings["timeout"] if settings["timeout"] else None
@@ -126,8 +132,7 @@ def run(folder: Path, on_trial: Report = lambda row: None, trials: int | None = 
 
 
 def _parallel(folder: Path, remaining: int, seeds: list[str], deadline, report: Report) -> None:
-    """`jobs` processes share the study, each with its share of the cores and of the trials;
-    their rows come back through a queue."""
+    """`jobs` processes share the study, the cores and the trials; rows come back by a queue."""
     import multiprocessing
     import queue
 
@@ -168,10 +173,8 @@ def _worker(folder: str, quota: int, seed: str, deadline, threads: int, rows) ->
     os.environ["OMP_NUM_THREADS"] = str(threads)  # torch is not imported yet in this process
     try:
         work(Path(folder), quota, seed, deadline, rows.put)
-    except Interrupted as err:
-        raise SystemExit(err.exit_code) from None
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    except (Interrupted, KeyboardInterrupt) as err:
+        raise SystemExit(err.exit_code if isinstance(err, Interrupted) else 130) from None
     except DltrainError as err:
         rows.put({"error": str(err)})
         raise SystemExit(1) from None
@@ -180,21 +183,13 @@ def _worker(folder: str, quota: int, seed: str, deadline, threads: int, rows) ->
 def work(folder: Path, quota: int, seed: str, deadline: float | None, report: Report) -> None:
     """One worker: up to `quota` trials, one after another, until the deadline passes or the
     study has all its trials (other machines may share it)."""
-    import optuna
+    from optuna.pruners import MedianPruner, NopPruner
+    from optuna.samplers import RandomSampler, TPESampler
 
     settings = load_settings(folder)
-    seed = zlib.crc32(seed.encode())
-    sampler = (
-        optuna.samplers.TPESampler(seed=seed)
-        if settings["sampler"] == "tpe"
-        else optuna.samplers.RandomSampler(seed=seed)
-    )
-    pruner = (
-        optuna.pruners.MedianPruner(PRUNE_STARTUP, PRUNE_WARMUP)
-        if settings["prune"]
-        else optuna.pruners.NopPruner()
-    )
-    study = open_study(folder, settings, sampler, pruner)
+    sampler = TPESampler if settings["sampler"] == "tpe" else RandomSampler
+    pruner = MedianPruner(PRUNE_STARTUP, PRUNE_WARMUP) if settings["prune"] else NopPruner()
+    study = open_study(folder, settings, sampler(seed=zlib.crc32(seed.encode())), pruner)
     for _ in range(quota):
         finished, running = _counts(study)
         if (deadline and time.time() >= deadline) or finished + running >= settings["trials"]:
@@ -203,9 +198,9 @@ def work(folder: Path, quota: int, seed: str, deadline: float | None, report: Re
 
 
 def run_trial(study, folder: Path, settings: dict) -> dict:
-    """Ask the study for a trial, train it as a normal run, tell the outcome; returns its row.
-    A failed trial (bad combination, NaN, …) is recorded with its reason; Ctrl-C marks the
-    trial interrupted, queues its values again and raises Interrupted."""
+    """Ask for a trial, train it as a normal run, tell the outcome; returns its row. A failure
+    (bad combination, NaN, …) is recorded with its reason; Ctrl-C marks the trial
+    interrupted, queues its values again and raises Interrupted."""
     from optuna.trial import TrialState
 
     trial = study.ask()
@@ -234,18 +229,15 @@ def run_trial(study, folder: Path, settings: dict) -> dict:
 
 
 def suggest(trial, space: dict[str, Space]) -> dict:
-    """The trial's value for each key. Lists and mappings are choices by their YAML text
-    (Optuna's categories are plain values)."""
+    """Each key's value; lists and mappings are choices by YAML text (Optuna's are plain)."""
     values = {}
     for key, item in space.items():
         if item.kind == "choice":
             labels = [_label(choice) for choice in item.choices]
-            pick = trial.suggest_categorical(key, labels)
-            values[key] = item.choices[labels.index(pick)]
-        elif item.kind == "int":
-            values[key] = trial.suggest_int(key, item.low, item.high, log=item.log)
+            values[key] = item.choices[labels.index(trial.suggest_categorical(key, labels))]
         else:
-            values[key] = trial.suggest_float(key, item.low, item.high, log=item.log)
+            number = trial.suggest_int if item.kind == "int" else trial.suggest_float
+            values[key] = number(key, item.low, item.high, log=item.log)
     return values
 
 
@@ -269,21 +261,20 @@ def trial_config(base: dict, values: dict, number: int) -> Config:
 
 
 def _fit(cfg: Config, run_dir: Path, trial, metric: str) -> dict:
-    """Train, reporting each epoch's metric to the study; the pruner may stop the run. The
-    trial's run folder gets its curves.png like any run."""
+    """Train, reporting each epoch's metric to the study, whose pruner may stop the run; the
+    run folder gets its curves.png like any run."""
     from dltrain.engine import fit
     from dltrain.plots import draw_curves
 
     def on_event(kind: str, info: dict) -> str | None:
-        if kind != "epoch":
-            return None
-        row = info["row"]
-        trial.report(row[metric], row["epoch"])
-        if trial.should_prune():
-            return (
-                f"pruned by the sweep at epoch {row['epoch']}: {metric} {row[metric]:.4f} worse "
-                "than the median of earlier trials at that epoch"
-            )
+        if kind == "epoch":
+            row = info["row"]
+            trial.report(row[metric], row["epoch"])
+            if trial.should_prune():
+                return (
+                    f"pruned by the sweep at epoch {row['epoch']}: {metric} {row[metric]:.4f} "
+                    "worse than the median of earlier trials at that epoch"
+                )
         return None
 
     try:
@@ -314,66 +305,41 @@ def _interrupted(study, trial, params: dict) -> None:
     study.enqueue_trial(params, user_attrs={"retry_of": trial.number})
 
 
-def _requeue_interrupted(study, folder: Path, settings: dict) -> None:
-    """Trials this sweep left running when it was killed. With the study in the folder no
-    one else works on it; a shared --storage keeps other machines' trials running."""
-    import optuna
-    from optuna.trial import TrialState
-
-    ours = settings["storage"] is None
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if ours or frozen.user_attrs.get("sweep") == _identity(folder):
-            # A handle on a trial this process did not ask for: Trial takes its storage id.
-            _interrupted(study, optuna.trial.Trial(study, frozen._trial_id), frozen.params)
-
-
 def _identity(folder: Path) -> str:
     return f"{socket.gethostname()}:{Path(folder).resolve()}"
 
 
 def _counts(study) -> tuple[int, int]:
     """(trials finished: complete, pruned or failed but not interrupted; trials running)."""
-    finished = running = 0
-    for trial in study.get_trials(deepcopy=False):
-        if trial.state.name == "RUNNING":
-            running += 1
-        elif trial.state.is_finished() and not trial.user_attrs.get("interrupted"):
-            finished += 1
-    return finished, running
+    trials = study.get_trials(deepcopy=False)
+    finished = sum(t.state.is_finished() and not t.user_attrs.get("interrupted") for t in trials)
+    return finished, sum(t.state.name == "RUNNING" for t in trials)
 
 
 def _resume_hint(folder: Path, err: BaseException) -> Interrupted:
     code = err.exit_code if isinstance(err, Interrupted) else 130
-    return Interrupted(
-        f"sweep stopped; finished trials are kept, interrupted ones run again: "
-        f"dltrain sweep --resume {folder}",
-        code,
-    )
-
-
-# --- results -----------------------------------------------------------------------------
+    kept = "sweep stopped; finished trials are kept, interrupted ones run again"
+    return Interrupted(f"{kept}: dltrain sweep --resume {folder}", code)
 
 
 def trial_rows(study, settings: dict, numbers: list[int] | None = None) -> list[dict]:
     """Trials as plain rows, best first (complete by value, then pruned, then failed)."""
-    rows = []
+    keys, rows = list(spaces(settings)), []
     for trial in study.get_trials(deepcopy=False):
         if trial.state.name == "WAITING" or (numbers and trial.number not in numbers):
             continue
         attrs = trial.user_attrs
-        state = "interrupted" if attrs.get("interrupted") else trial.state.name.lower()
-        rows.append(
-            {
-                "trial": trial.number,
-                "state": state,
-                "params": {key: trial.params.get(key) for key in spaces(settings)},
-                "value": attrs.get("best"),
-                "epochs": attrs.get("epochs"),
-                "seconds": attrs.get("seconds"),
-                "reason": attrs.get("reason", ""),
-                "folder": attrs.get("folder", f"trial-{trial.number:03d}"),
-            }
-        )
+        row = {
+            "trial": trial.number,
+            "state": "interrupted" if attrs.get("interrupted") else trial.state.name.lower(),
+            "params": {key: trial.params.get(key) for key in keys},
+            "value": attrs.get("best"),
+            "epochs": attrs.get("epochs"),
+            "seconds": attrs.get("seconds"),
+            "reason": attrs.get("reason", ""),
+            "folder": attrs.get("folder", f"trial-{trial.number:03d}"),
+        }
+        rows.append(row)
     sign = -1 if settings["direction"] == "maximize" else 1
     order = {"complete": 0, "pruned": 1, "running": 2, "fail": 3, "interrupted": 4}
 
@@ -398,10 +364,8 @@ def summarize(folder: Path) -> dict:
         written.append(plot_sweep(rows, spaces(settings), settings["metric"], folder / "sweep.png"))
     if best is not None:
         text = (folder / best["folder"] / "config.yaml").read_text(encoding="utf-8")
-        header = (
-            f"# best of {len(rows)} trials of {folder}: trial {best['trial']}, "
-            f"{settings['metric']} {best['value']:.4f} (selected on validation)\n"
-        )
+        chosen = f"trial {best['trial']}, {settings['metric']} {best['value']:.4f}"
+        header = f"# best of {len(rows)} trials of {folder}: {chosen} (selected on validation)\n"
         atomic_write(folder / BEST, lambda handle: handle.write((header + text).encode()))
         written.append(folder / BEST)
     return {
@@ -426,14 +390,12 @@ def _write_csv(path: Path, rows: list[dict], metric: str) -> None:
         seconds = None if row["seconds"] is None else round(row["seconds"], 2)
         extra = [row["value"], row["epochs"], seconds, row["reason"]]
         writer.writerow([row["trial"], row["state"], *params, *extra])
-    text = buffer.getvalue()
-    atomic_write(path, lambda handle: handle.write(text.encode()))
+    atomic_write(path, lambda handle: handle.write(buffer.getvalue().encode()))
 
 
 def evaluate_best(folder: Path, overrides: list[str] = ()) -> dict:
-    """Measure the best trial's best.pt on the test split, once (the run's test ledger
-    records it), with `--set` overrides (e.g. device=cpu). Returns the metrics and the
-    checkpoint's path."""
+    """Measure the best trial's best.pt on the test split, once (the run's test ledger records
+    it), with `--set` overrides (e.g. device=cpu). Returns the metrics, checkpoint and trial."""
     from dltrain.evaluation import evaluate_checkpoint
 
     settings = load_settings(folder)

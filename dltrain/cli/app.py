@@ -85,18 +85,20 @@ def err() -> Console:
     return Console(stderr=True, highlight=False, quiet=not distributed.is_main())
 
 
+def say(text: str, console: Console | None = None, style: str = "") -> None:
+    """One plain line (no rich markup read in it), left for the terminal to wrap."""
+    (console or out()).print(text, style=style, markup=False, soft_wrap=True)
+
+
 def note(text: str) -> None:
-    err().print(f"note: {text}", style="yellow", markup=False, soft_wrap=True)
+    say(f"note: {text}", err(), "yellow")
 
 
 def fail(error: DltrainError) -> None:
-    lines = str(error).splitlines() or [type(error).__name__]
-    console = err()
-    label, style = (
-        ("interrupted", "yellow") if isinstance(error, Interrupted) else ("error", "bold red")
-    )
-    for line in lines:
-        console.print(f"{label}: {line}", style=style, markup=False, soft_wrap=True)
+    stopped = isinstance(error, Interrupted)
+    label, style = ("interrupted", "yellow") if stopped else ("error", "bold red")
+    for line in str(error).splitlines() or [type(error).__name__]:
+        say(f"{label}: {line}", err(), style)
     raise typer.Exit(error.exit_code)
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from dltrain.cli.app import (
     DeviceOption,
@@ -21,6 +23,7 @@ from dltrain.cli.app import (
     note,
     out,
     overrides,
+    say,
 )
 from dltrain.errors import DltrainError
 
@@ -51,12 +54,9 @@ def compare(
     root = new_run_dir(next(iter(loaded.values())), out_dir or default_root())
 
     def on_run(label: str, seed: int, summary: dict) -> None:
-        err().print(
-            f"{label} seed {seed}: best val acc {summary['best_metrics']['val_acc']:.4f} "
-            f"({summary['epochs_run']} epochs, {summary['seconds']:.1f}s)",
-            markup=False,
-            soft_wrap=True,
-        )
+        acc = summary["best_metrics"]["val_acc"]
+        epochs, seconds = summary["epochs_run"], summary["seconds"]
+        say(f"{label} seed {seed}: best val acc {acc:.4f} ({epochs} epochs, {seconds:.1f}s)", err())
 
     result = run_compare(loaded, seeds, root, on_run)
     if as_json:
@@ -66,18 +66,11 @@ def compare(
     for name in ("config", "model", "params", "best val acc", "s/epoch"):
         table.add_column(name, justify="left" if name in ("config", "model") else "right")
     for row in result["configs"]:
-        table.add_row(
-            row["config"],
-            row["model"],
-            f"{row['params']:,}",
-            f"{row['val_acc_mean']:.4f} ± {row['val_acc_std']:.4f}",
-            f"{row['seconds_per_epoch']:.2f}",
-        )
-    out_console = out()
-    out_console.print(table)
-    out_console.print(
-        f"wrote {result['png']} and {root / 'compare.json'}", markup=False, soft_wrap=True
-    )
+        acc = f"{row['val_acc_mean']:.4f} ± {row['val_acc_std']:.4f}"
+        speed = f"{row['seconds_per_epoch']:.2f}"
+        table.add_row(row["config"], row["model"], f"{row['params']:,}", acc, speed)
+    out().print(table)
+    say(f"wrote {result['png']} and {root / 'compare.json'}")
 
 
 @app.command()
@@ -126,7 +119,14 @@ def sweep(
         fixed = {"CONFIG": config, "--param": param, "--set": set_, "--device": device}
         fixed.update({"--sampler": sampler, "--prune": prune, "--storage": storage})
         fixed["--out"] = out_dir
-        folder, settings = resume, _sweep_resumed(resume, fixed, jobs, timeout)
+        if given := [name for name, value in fixed.items() if value]:
+            raise DltrainError(
+                "--resume continues a sweep with its saved config and options; drop "
+                f"{', '.join(given)} (--trials, --jobs, --timeout and --test-best may be given)"
+            )
+        folder, settings = resume, sweeps.load_settings(resume)  # only how it runs may change
+        settings.update(jobs=jobs or settings["jobs"], timeout=timeout or settings["timeout"])
+        sweeps.save_settings(folder, settings)
     else:
         if config is None:
             raise DltrainError("give a config to sweep, or --resume SWEEP_DIR to continue one")
@@ -139,7 +139,14 @@ def sweep(
         options = {"trials": trials or cfg.sweep.trials, "sampler": sampler or cfg.sweep.sampler}
         options.update(prune=prune, jobs=jobs or 1, timeout=timeout, storage=storage)
         settings = sweeps.create(cfg, folder, options)
-    _sweep_start(folder, settings, trials)
+    keys = ", ".join(settings["config"]["sweep"]["params"])
+    how = f"{settings['sampler']} sampling{', pruned' if settings['prune'] else ''}"
+    how += f", {settings['jobs']} job{'s' if settings['jobs'] > 1 else ''}"
+    say(
+        f"sweep {folder}: {trials or settings['trials']} trials of {keys} ({how}), "
+        f"selected on {settings['metric']}",
+        err(),
+    )
     log_scaled = [key for key, space in sweeps.spaces(settings).items() if space.log]
     on_trial = functools.partial(_sweep_trial_line, settings["metric"], log_scaled)
     result = sweeps.run(folder, on_trial, trials)
@@ -148,35 +155,6 @@ def sweep(
         raise DltrainError("no trial completed (the table says why); nothing to select")
     if test_best:
         _sweep_test(folder, device)
-
-
-def _sweep_resumed(folder: Path, fixed: dict, jobs: int | None, timeout: float | None) -> dict:
-    """The saved settings of a sweep to continue; only how it runs may change."""
-    from dltrain import sweep as sweeps
-
-    if any(fixed.values()):
-        raise DltrainError(
-            "--resume continues a sweep with its saved config and options; drop "
-            f"{', '.join(name for name, value in fixed.items() if value)} (--trials, --jobs, "
-            "--timeout and --test-best may be given)"
-        )
-    settings = sweeps.load_settings(folder)
-    settings.update(jobs=jobs or settings["jobs"], timeout=timeout or settings["timeout"])
-    sweeps.save_settings(folder, settings)
-    return settings
-
-
-def _sweep_start(folder: Path, settings: dict, trials: int | None) -> None:
-    keys = ", ".join(settings["config"]["sweep"]["params"])
-    total = trials or settings["trials"]
-    jobs = settings["jobs"]
-    err().print(
-        f"sweep {folder}: {total} trials of {keys} ({settings['sampler']} sampling"
-        f"{', pruned' if settings['prune'] else ''}, {jobs} job{'s' if jobs > 1 else ''}), "
-        f"selected on {settings['metric']}",
-        markup=False,
-        soft_wrap=True,
-    )
 
 
 def _sweep_value(value, log: bool = False) -> str:
@@ -194,31 +172,23 @@ def _sweep_trial_line(metric: str, log_scaled: list[str], row: dict) -> None:
     value = "-" if row["value"] is None else f"{row['value']:.4f}"
     why = f"; {row['reason']}" if row["reason"] and row["state"] != "complete" else ""
     state = "failed" if row["state"] == "fail" else row["state"]
-    err().print(
+    say(
         f"trial {row['trial']} {state}: {metric} {value} ({params}), {row['epochs']} epochs, "
         f"{row['seconds']:.1f}s{why}",
-        markup=False,
-        soft_wrap=True,
+        err(),
     )
 
 
-SWEEP_STATE_STYLES = {"complete": "green", "pruned": "yellow", "fail": "red", "interrupted": "red"}
-
-
 def _sweep_table(result: dict) -> None:
-    from rich import box
-    from rich.text import Text
-
+    styles = {"complete": "green", "pruned": "yellow", "fail": "red", "interrupted": "red"}
     rows, metric = result["rows"], result["metric"]
     keys = list(rows[0]["params"]) if rows else []
     # A key's last part heads its column (lr, dropout) unless two keys share it.
     ends = [key.rpartition(".")[2] for key in keys]
+    heads = [end if ends.count(end) == 1 else key for key, end in zip(keys, ends, strict=True)]
     table = Table(box=box.SIMPLE_HEAD, title=f"sweep: {len(rows)} trials, best first")
-    table.add_column("trial", justify="right", no_wrap=True)
-    for key, end in zip(keys, ends, strict=True):
-        table.add_column(end if ends.count(end) == 1 else key, justify="right", no_wrap=True)
-    table.add_column(f"best {metric}", justify="right", no_wrap=True)
-    table.add_column("epochs", justify="right", no_wrap=True)
+    for head in ["trial", *heads, f"best {metric}", "epochs"]:
+        table.add_column(head, justify="right", no_wrap=True)
     table.add_column("state", overflow="fold", min_width=8)
     for row in rows:
         state = "failed" if row["state"] == "fail" else row["state"]
@@ -229,18 +199,15 @@ def _sweep_table(result: dict) -> None:
             str(row["trial"]),
             *(_sweep_value(row["params"][key], key in result["log_scaled"]) for key in keys),
             "-" if row["value"] is None else f"{row['value']:.4f}",
-            "-" if row["epochs"] is None else str(row["epochs"]),
-            Text(state, style=SWEEP_STATE_STYLES.get(row["state"], "")),
+            _sweep_value(row["epochs"]),
+            Text(state, style=styles.get(row["state"], "")),
         )
-    console = out()
-    console.print(table)
-    best, names = result["best"], ", ".join(Path(p).name for p in result["written"])
-    if best is not None:
-        console.print(
+    out().print(table)
+    if (best := result["best"]) is not None:
+        names = ", ".join(Path(p).name for p in result["written"])
+        say(
             f"best: trial {best['trial']} ({metric} {best['value']:.4f}, {best['folder']}); "
-            f"wrote {names} in {result['folder']}",
-            markup=False,
-            soft_wrap=True,
+            f"wrote {names} in {result['folder']}"
         )
     if result["finished"] < result["trials"]:
         note(
@@ -254,18 +221,14 @@ def _sweep_test(folder: Path, device: str | None) -> None:
 
     metrics = evaluate_best(folder, overrides(None, device))
     uses, ledger = metrics["test_uses"], Path(metrics["checkpoint"]).parent / "test_ledger.jsonl"
-    out().print(
+    say(
         f"test (trial {metrics['trial']}): accuracy {metrics['acc']:.4f}  loss "
         f"{metrics['loss']:.4f}  ({metrics['samples']} samples, {metrics['checkpoint']}, "
-        f"epoch {metrics['epoch']})",
-        markup=False,
-        soft_wrap=True,
+        f"epoch {metrics['epoch']})"
     )
-    style = "yellow" if uses > 1 else ""
-    err().print(
+    say(
         f"the test set has now been used {uses} time{'s' if uses > 1 else ''} ({ledger}); "
         "report this number, and do not select on it",
-        style=style,
-        markup=False,
-        soft_wrap=True,
+        err(),
+        "yellow" if uses > 1 else "",
     )

@@ -25,20 +25,19 @@ from dltrain.cli.app import (
     note,
     out,
     overrides,
+    say,
 )
 from dltrain.errors import DltrainError
 
 
 class TrainReport:
-    """Shows training as it happens: a live bar on a terminal, one line per epoch otherwise."""
+    """engine.fit's listener (it never asks to stop): a live bar on a terminal, one line per
+    epoch otherwise; `quiet` shows notes and the summary only, `json` one object at the end."""
 
     def __init__(self, console: Console, mode: str = "normal"):
-        self.console = console
-        self.mode = mode  # normal, quiet (the final summary only) or json (one object)
+        self.console, self.mode = console, mode
         self.live = console.is_terminal and mode == "normal"
-        self.bar = None
-        self.last_refresh = 0.0
-
+        self.bar, self.last_refresh = None, 0.0
         self.handlers = {
             "start": self.start,
             "note": self.note,
@@ -49,37 +48,28 @@ class TrainReport:
         }
 
     def __call__(self, kind: str, info: dict) -> None:
-        """engine.fit's event channel; it never asks training to stop."""
         if self.mode == "normal" or kind in ("note", "end"):
             self.handlers[kind](info)
 
     def start(self, info: dict) -> None:
-        sizes = info["sizes"]
-        self.console.print(
+        sizes, processes = info["sizes"], info["processes"]
+        say(
             f"run {info['run_dir']}  device {info['device']} ({info['precision']})"
-            + (f" × {info['processes']} processes" if info.get("processes", 1) > 1 else "")
-            + "  "
-            f"params {info['params']:,}  "
+            + (f" × {processes} processes" if processes > 1 else "")
+            + f"  params {info['params']:,}  "
             f"train/val/test {sizes['train']}/{sizes['val']}/{sizes['test']}",
-            soft_wrap=True,
-            markup=False,
+            self.console,
         )
         self.epochs, self.batches = info["epochs"], info["batches"]
         if self.live:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
+            from rich import progress
 
-            self.bar = Progress(
-                TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TimeRemainingColumn(),
+            self.bar = progress.Progress(
+                progress.TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+                progress.BarColumn(),
+                progress.MofNCompleteColumn(),
+                progress.TextColumn("{task.fields[rate]}"),
+                progress.TimeRemainingColumn(),
                 console=self.console,
                 refresh_per_second=4,
                 transient=True,
@@ -111,12 +101,11 @@ class TrainReport:
             self.bar.remove_task(self.task)
         mark = "  *best" if info["improved"] else ""
         gap = f"  gap {row['gap']:+.4f}" if row.get("gap") is not None else ""
-        self.console.print(
+        say(
             f"epoch {row['epoch']}/{info['epochs']}  train_loss {row['train_loss']:.4f}  "
             f"train_acc {row['train_acc']:.4f}  val_loss {row['val_loss']:.4f}  "
             f"val_acc {row['val_acc']:.4f}{gap}  {row['seconds']:.2f}s{mark}",
-            soft_wrap=True,
-            markup=False,
+            self.console,
         )
 
     def close(self) -> None:
@@ -126,32 +115,35 @@ class TrainReport:
 
     def end(self, info: dict) -> None:
         self.close()
-        summary = info["summary"]
+        summary, best = info["summary"], info["summary"]["best_metrics"]
         if self.mode == "json":
-            if distributed.is_main():
-                print(json.dumps({**summary, "run_dir": info["run_dir"]}))
+            print(json.dumps({**summary, "run_dir": info["run_dir"]}))
             return
-        best = summary["best_metrics"]
-        table = Table(title="summary", show_header=False)
-        table.add_row("status", summary["status"].replace("_", " "))
-        if summary["stop_reason"]:
-            table.add_row("why", summary["stop_reason"])
-        table.add_row("best epoch", f"{summary['best_epoch']} of {summary['epochs_run']}")
-        table.add_row("val accuracy", f"{best['val_acc']:.4f}")
-        table.add_row("val loss", f"{best['val_loss']:.4f}")
-        table.add_row("train accuracy", f"{best['train_acc']:.4f} (running, in train mode)")
+        restored = "best epoch restored" if summary["restored_best"] else "weights as trained"
+        rows = [
+            ("status", summary["status"].replace("_", " ")),
+            ("why", summary["stop_reason"]),
+            ("best epoch", f"{summary['best_epoch']} of {summary['epochs_run']}"),
+            ("val accuracy", f"{best['val_acc']:.4f}"),
+            ("val loss", f"{best['val_loss']:.4f}"),
+            ("train accuracy", f"{best['train_acc']:.4f} (running, in train mode)"),
+        ]
         if best.get("gap") is not None:
-            table.add_row("train accuracy, eval mode", f"{best['train_eval_acc']:.4f}")
-            table.add_row("train-val gap", f"{best['gap']:+.4f}")
-        if summary.get("overfitting"):
-            table.add_row("overfitting", summary["overfitting"])
-        which = "best epoch restored" if summary["restored_best"] else "weights as trained"
-        table.add_row("final val accuracy", f"{summary['final_val']['acc']:.4f} ({which})")
-        table.add_row("seconds per epoch", f"{summary['seconds_per_epoch']:.2f}")
-        table.add_row("run folder", info["run_dir"])
+            rows.append(("train accuracy, eval mode", f"{best['train_eval_acc']:.4f}"))
+            rows.append(("train-val gap", f"{best['gap']:+.4f}"))
+        rows += [
+            ("overfitting", summary.get("overfitting")),
+            ("final val accuracy", f"{summary['final_val']['acc']:.4f} ({restored})"),
+            ("seconds per epoch", f"{summary['seconds_per_epoch']:.2f}"),
+            ("run folder", info["run_dir"]),
+        ]
+        table = Table(title="summary", show_header=False)
+        for name, value in rows:
+            if value:
+                table.add_row(name, value)
         self.console.print(table)
         if summary["stop_reason"]:
-            self.console.print(summary["stop_reason"], markup=False, soft_wrap=True)
+            say(summary["stop_reason"], self.console)
 
 
 def _mode(quiet: bool, as_json: bool) -> str:
@@ -178,7 +170,7 @@ def train(
     """Train a model from a YAML config, or continue a run with --resume."""
     from dltrain.config import load_config
 
-    changes = overrides(set_, device)
+    changes, mode = overrides(set_, device), _mode(quiet, as_json)
     if resume is None and config is None:
         raise DltrainError("give a config file to train, or --resume RUN_DIR to continue a run")
     if nproc > 1:
@@ -188,10 +180,10 @@ def train(
             raise DltrainError(f"--resume {resume}: no such run folder or checkpoint")
         _launch(ctx, nproc)
     elif resume is not None:
-        _resume(resume, config, out_dir, changes, _mode(quiet, as_json))
+        _resume(resume, config, out_dir, changes, mode)
     else:
         cfg = load_config(config, changes)
-        run(cfg, _run_folder(cfg, out_dir, force), _mode(quiet, as_json))
+        run(cfg, _run_folder(cfg, out_dir, force), mode)
 
 
 def _launch(ctx: typer.Context, nproc: int) -> None:

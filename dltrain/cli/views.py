@@ -21,6 +21,7 @@ from dltrain.cli.app import (
     note,
     out,
     overrides,
+    say,
 )
 from dltrain.errors import DltrainError
 
@@ -42,24 +43,16 @@ def eval_(
     metrics = evaluate_checkpoint(ckpt, split, overrides(set_, device))
     uses = metrics.get("test_uses", 0)
     if uses >= 2:
-        err().print(
-            f"warning: this run's test set has now been used {uses} times; "
-            "select models on validation and test once",
-            style="yellow",
-            markup=False,
-            soft_wrap=True,
-        )
+        message = f"this run's test set has now been used {uses} times; select models on "
+        say(f"warning: {message}validation and test once", err(), "yellow")
     if as_json:
         out().print_json(json.dumps(metrics))
         return
-    console = out()
-    console.print(
+    say(
         f"{split}: accuracy {metrics['acc']:.4f}  loss {metrics['loss']:.4f}  "
-        f"({metrics['samples']} samples, {ckpt}, epoch {metrics['epoch']})",
-        markup=False,
-        soft_wrap=True,
+        f"({metrics['samples']} samples, {ckpt}, epoch {metrics['epoch']})"
     )
-    _show_eval_details(console, metrics, ckpt, split)
+    _show_eval_details(out(), metrics, ckpt, split)
 
 
 CONFUSION_MAX_CLASSES = 20  # more columns than this do not fit a terminal: see the CSV
@@ -88,8 +81,8 @@ def _show_eval_details(console: Console, metrics: dict, ckpt: Path, split: str) 
         console.print("confusion matrix (rows: true class, columns: predicted class)")
         console.print(table)
     else:
-        console.print(f"confusion matrix ({len(names)} classes): see {csv_path}", markup=False)
-    console.print(f"wrote {metrics_path(ckpt, split)} and {csv_path}", markup=False, soft_wrap=True)
+        say(f"confusion matrix ({len(names)} classes): see {csv_path}", console)
+    say(f"wrote {metrics_path(ckpt, split)} and {csv_path}", console)
 
 
 def _confusion_table(names: list[str], confusion: list[list[int]]) -> Table:
@@ -135,10 +128,9 @@ def predict_(
     if as_json:
         print(json.dumps(results, indent=2))
         return
-    console = out()
     for result in results:
         top = ", ".join(f"{item['class']} ({item['prob']:.2f})" for item in result["top"])
-        console.print(f"{result['file']}: {top}", markup=False, soft_wrap=True)
+        say(f"{result['file']}: {top}")
 
 
 @config_app.command("show")
@@ -186,7 +178,7 @@ def plot_(
         path = plot_run(run_dirs[0], image)
     else:
         path = plot_runs(run_dirs, image or overlay_path(run_dirs))
-    out().print(f"wrote {path}", markup=False, soft_wrap=True)
+    say(f"wrote {path}")
 
 
 RUN_STATUS_STYLES = {
@@ -213,10 +205,10 @@ def runs_(
     if as_json:
         print(json.dumps(runs, indent=2))
         return
-    console = out()
     if not runs:
-        console.print(f"no runs under {root}", markup=False, soft_wrap=True)
+        say(f"no runs under {root}")
         return
+    console = out()
     # A narrow terminal drops the least needed columns rather than squeezing every one; the
     # run's folder may wrap onto a second line down to RUN_FOLD characters.
     longest = max(len(_run_label(run, root)) for run in runs)

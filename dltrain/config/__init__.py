@@ -1,5 +1,4 @@
-"""The config: its schema (schema.py), reading and checking it (loading.py), and the sweep's
-search-space grammar (space.py). Torch-free, so `dltrain config …` starts fast."""
+"""The config: schema.py (its sections), loading.py (read and check), space.py (sweep grammar)."""
 
 from dltrain.config.loading import (
     apply_overrides,
@@ -27,17 +26,15 @@ from dltrain.config.schema import (
     Section,
     SweepConfig,
     TrainConfig,
-    config_keys,
     image_size,
     reference_markdown,
 )
 from dltrain.config.space import SPACE_FORMS, Space, parse_space
 
 __all__ = [
-    "ALEXNET_MIN_SIZE", "SPACE_FORMS", "AugmentConfig", "CheckpointConfig", "Config",
-    "DataConfig", "EarlyStoppingConfig", "FakeDataConfig", "FinetuneConfig", "LoggingConfig",
-    "ModelConfig", "NormalizeStats", "OptimConfig", "ScheduleConfig", "Section", "Space",
-    "SweepConfig", "TrainConfig", "apply_overrides", "config_keys", "from_dict", "image_size",
-    "load_config", "parse_space", "parse_yaml", "read_config_file", "reference_markdown",
-    "set_key", "validate",
+    "ALEXNET_MIN_SIZE", "SPACE_FORMS", "AugmentConfig", "CheckpointConfig", "Config", "DataConfig",
+    "EarlyStoppingConfig", "FakeDataConfig", "FinetuneConfig", "LoggingConfig", "ModelConfig",
+    "NormalizeStats", "OptimConfig", "ScheduleConfig", "Section", "Space", "SweepConfig",
+    "TrainConfig", "apply_overrides", "from_dict", "image_size", "load_config", "parse_space",
+    "parse_yaml", "read_config_file", "reference_markdown", "set_key", "validate",
 ]  # fmt: skip

@@ -1,39 +1,24 @@
 """From YAML text to a validated `Config`: safe YAML reading, `--set`/`--param` overrides, and
-error messages that name the dotted key, the bad value and the closest valid choice.
-
-A config travels YAML -> `read_config_file` -> overrides -> `validate` -> `Config`; a
-checkpoint's saved config joins at `from_dict`. All problems are reported at once, one line
-each. Torch-free.
-"""
+errors that name the dotted key, the bad value and the closest choice, all at once, one line each.
+YAML -> `read_config_file` -> overrides -> `validate`; checkpoints' configs join at `from_dict`."""
 
 from __future__ import annotations
 
 import copy
 import difflib
 import re
-import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from dltrain.config.schema import (
-    ALEXNET_MIN_SIZE,
-    Config,
-    DataConfig,
-    ModelConfig,
-    Section,
-    SweepConfig,
-    config_keys,
-    image_size,
-)
+from dltrain.config.schema import ALEXNET_MIN_SIZE, FIELDS, KEYS, Config, image_size
 from dltrain.config.space import SPACE_FORMS, parse_space
 from dltrain.errors import ConfigError, DltrainError
 
+
 # --- YAML --------------------------------------------------------------------------------
-
-
 class _Loader(yaml.SafeLoader):
     """SafeLoader that reads `1e-3` as a float and refuses duplicate keys."""
 
@@ -82,40 +67,34 @@ def read_config_file(path: str | Path) -> dict:
     except UnicodeDecodeError:
         raise ConfigError(["not a text file; expected a YAML config"], str(path)) from None
     data = parse_yaml(text, str(path))
-    if data is None:
-        raise ConfigError(["the file is empty; expected a mapping of sections"], str(path))
     if not isinstance(data, dict):
-        kind = type(data).__name__
-        raise ConfigError([f"top level is a {kind}; expected a mapping of sections"], str(path))
+        found = "the file is empty" if data is None else f"top level is a {type(data).__name__}"
+        raise ConfigError([f"{found}; expected a mapping of sections"], str(path))
     return data
 
-# --- overrides ---------------------------------------------------------------------------
 
-FORMS = {
-    "--set": ("KEY=VALUE", "--set optim.lr=0.01"),
-    "--param": ("KEY=SPEC", "--param 'optim.lr=loguniform(1e-4, 1e-1)'"),
+# --- overrides ---------------------------------------------------------------------------
+_FORMS = {
+    "--set": "KEY=VALUE, e.g. --set optim.lr=0.01",
+    "--param": "KEY=SPEC, e.g. --param 'optim.lr=loguniform(1e-4, 1e-1)'",
 }
 
 
 def apply_overrides(data: dict, items: list[str], source: str, flag: str = "--set") -> set[str]:
-    """Apply command-line overrides to a raw config dict in place; returns the dotted paths
-    they set. `--set KEY=VALUE`: the value read as YAML. `--param KEY=SPEC`: a search space,
-    set as `sweep.params[KEY]`."""
+    """Apply `--set KEY=VALUE` (the value read as YAML) or `--param KEY=SPEC` (a search space, set
+    as `sweep.params[KEY]`) to a raw config dict in place; returns the dotted paths they set."""
     problems, paths = [], set()
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip()
-        empty = any(not part for part in key.split(".")) or not (raw.strip() or flag == "--set")
-        if not sep or empty:
-            form, example = FORMS[flag]
-            problems.append(f"{flag} {item!r}: expected {form}, e.g. {example}")
+        if not sep or "" in key.split(".") or not (raw.strip() or flag == "--set"):
+            problems.append(f"{flag} {item!r}: expected {_FORMS[flag]}")
             continue
         if flag == "--param":
             parts, value = ["sweep", "params", key], raw.strip()
         else:
             parts, value = key.split("."), parse_yaml(raw, f"--set {key}") if raw.strip() else None
-        blocked = set_key(data, parts, value)
-        if blocked:
+        if blocked := set_key(data, parts, value):
             problems.append(f"{flag} {key}: {blocked} is a value, not a section")
         else:
             paths.add(".".join(parts))
@@ -138,29 +117,23 @@ def set_key(data: dict, parts: list[str], value: Any) -> str | None:
 
 
 # --- sweep search spaces -----------------------------------------------------------------
-
-
-def _sweep_problems(data: dict, sweep: SweepConfig | None, overridden: set[str]) -> list[str]:
-    """One line per search-space entry with an unknown key, a bad range, or an edge value
-    the key does not take."""
-    if sweep is None:
-        return []
-    keys = [key for key in config_keys() if not key.startswith("sweep.")]
+def _sweep_problems(cfg: Config | None, data: dict, overridden: set[str]) -> list[str]:
+    """One line per search space with an unknown key, a bad range, or ends the key refuses."""
+    sweep = _section(cfg, data, "sweep")
+    keys = [key for key in KEYS if not key.startswith("sweep.")]
     lines = []
-    for key, spec in sweep.params.items():
-        where = f"sweep.params.{key}"
-        problem = _space_problem(data, key, spec, keys)
-        if problem:
+    for key, spec in (sweep.params if sweep is not None else {}).items():
+        if problem := _space_problem(data, key, spec, keys):
+            where = f"sweep.params.{key}"
             lines.append(f"{where}: {problem}" + (" (from --param)" if where in overridden else ""))
     return lines
 
 
 def _space_problem(data: dict, key: str, spec: str, keys: list[str]) -> str | None:
     if key not in keys:
-        inside = [k for k in keys if k.startswith(key + ".")]
         if key.startswith("sweep.") or key == "sweep":
             return "the sweep section itself cannot be swept"
-        if inside:
+        if inside := [k for k in keys if k.startswith(key + ".")]:
             return f"{key} is a section; name a key in it, e.g. {inside[0]}"
         match = _closest(key, keys)
         hint = f"did you mean {match}?" if match else "see dltrain config reference"
@@ -177,41 +150,14 @@ def _space_problem(data: dict, key: str, spec: str, keys: list[str]) -> str | No
             Config.model_validate(trial)
         except ValidationError as err:
             for error in err.errors():
-                if f"{_path(tuple(error['loc']))}.".startswith(f"{key}."):
+                if f"{_path(error['loc'])}.".startswith(f"{key}."):
                     return f"{spec}: {_describe(error).removeprefix(key + ': ')}"
     return None
 
 
 # --- validation --------------------------------------------------------------------------
-
-
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    """The section model that holds the field at `loc` (walks nested sections)."""
-    model: type[BaseModel] = Config
-    for part in loc[:-1]:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or not (
-            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
-        ):
-            return None
-        model = field.annotation
-    return model
-
-
-def _choices_at(loc: tuple) -> tuple | None:
-    model = _model_at(loc)
-    field = model.model_fields.get(loc[-1]) if model else None
-    if field is None:
-        return None
-    annotation = field.annotation
-    if typing.get_origin(annotation) is Literal:
-        return typing.get_args(annotation)
-    return None
-
-
-def _closest(word: str, options) -> str | None:
-    found = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
-    return found[0] if found else None
+def _closest(word, options) -> str | None:
+    return next(iter(difflib.get_close_matches(str(word), [str(o) for o in options], n=1)), None)
 
 
 def _path(loc: tuple) -> str:
@@ -220,22 +166,19 @@ def _path(loc: tuple) -> str:
 
 
 def _describe(error: dict) -> str:
-    loc = tuple(error["loc"])
+    loc, kind, value = error["loc"], error["type"], error.get("input")
     path = _path(loc)
-    kind, value = error["type"], error.get("input")
     if kind == "extra_forbidden":
-        model = _model_at(loc)
-        keys = list(model.model_fields) if model else []
-        prefix = _path(loc[:-1])
-        match = _closest(loc[-1], keys)
-        if match:
-            return f"{path}: unknown key; did you mean {prefix + '.' if prefix else ''}{match}?"
+        keys = [p[-1] for p in FIELDS if p[:-1] == loc[:-1]]  # those of the section at loc[:-1]
+        if match := _closest(loc[-1], keys):
+            return f"{path}: unknown key; did you mean {_path((*loc[:-1], match))}?"
         return f"{path}: unknown key; valid keys here: {', '.join(keys)}"
     if kind == "literal_error":
-        choices = _choices_at(loc) or ()
-        line = f"{path}: {value!r} is not one of {', '.join(map(str, choices))}"
+        annotation = FIELDS[loc].annotation if loc in FIELDS else None
+        choices = get_args(annotation) if get_origin(annotation) is Literal else ()
         match = _closest(value, choices)
-        return line + (f"; did you mean {match}?" if match else "")
+        hint = f"; did you mean {match}?" if match else ""
+        return f"{path}: {value!r} is not one of {', '.join(map(str, choices))}{hint}"
     if kind == "model_type":
         return f"{path}: got {value!r}; expected a section (a mapping of keys)"
     if loc[:2] == ("sweep", "params") and len(loc) == 3:
@@ -249,56 +192,50 @@ def _describe(error: dict) -> str:
     return f"{path}: got {value!r}; expected {expected}"
 
 
-def _cross_problems(model: ModelConfig | None, data: DataConfig | None) -> list[str]:
-    """Mismatches between model and data that are known before any data is read."""
-    problems = []
+def _cross_problems(cfg: Config | None, data: dict) -> list[str]:
+    """Mismatches between the model and data sections that are known before any data is read."""
+    model, data_section = _section(cfg, data, "model"), _section(cfg, data, "data")
     if model is None:
-        return problems
+        return []
+    problems = []
     if model.pretrained == "imagenet" and model.name not in ("alexnet", "resnet18"):
         problems.append(
             f"model.pretrained: imagenet weights exist for alexnet and resnet18, not "
             f"{model.name}; use none or the path of a state-dict file"
         )
-    size = image_size(data) if data is not None else None
+    size = image_size(data_section) if data_section is not None else None
     if model.name == "alexnet" and size is not None:
         small = size < 64 if model.small_input == "auto" else model.small_input
         smallest = ALEXNET_MIN_SIZE[bool(small)]
         if size < smallest:
             problems.append(
-                f"model.name: alexnet (small_input {str(small).lower()}) needs images of at "
-                f"least {smallest} px; {data.dataset} gives {size} px: set data.resize, or use "
+                f"model.name: alexnet (small_input {str(small).lower()}) needs images of at least "
+                f"{smallest} px; {data_section.dataset} gives {size} px: set data.resize, or use "
                 "cnn or resnet18"
             )
     return problems
 
 
-def _section(model: type[Section], data: dict, key: str):
-    """One section, if it is valid on its own (to check across sections despite errors)."""
+def _section(cfg: Config | None, data: dict, name: str):
+    """Section `name` of `cfg`; of an invalid config, the section if it is valid on its own (to
+    check across sections despite errors), else None."""
+    if cfg is not None:
+        return getattr(cfg, name)
     try:
-        return model.model_validate(data.get(key) or {})
+        return FIELDS[(name,)].annotation.model_validate(data.get(name) or {})
     except (ValidationError, AttributeError, TypeError):
         return None
 
 
 def validate(data: dict, source: str = "config", overridden: set[str] = frozenset()) -> Config:
-    lines = []
+    cfg, lines = None, []
     try:
         cfg = Config.model_validate(data)
     except ValidationError as err:
-        cfg = None
         for error in err.errors():
-            path = _path(tuple(error["loc"]))
-            lines.append(_describe(error) + (" (from --set)" if path in overridden else ""))
-    if cfg is not None:
-        lines += _cross_problems(cfg.model, cfg.data)
-        lines += _sweep_problems(data, cfg.sweep, overridden)
-    else:
-        model, data_section = (
-            _section(ModelConfig, data, "model"),
-            _section(DataConfig, data, "data"),
-        )
-        lines += _cross_problems(model, data_section)
-        lines += _sweep_problems(data, _section(SweepConfig, data, "sweep"), overridden)
+            from_set = " (from --set)" if _path(error["loc"]) in overridden else ""
+            lines.append(_describe(error) + from_set)
+    lines += _cross_problems(cfg, data) + _sweep_problems(cfg, data, overridden)
     if lines:
         raise ConfigError(lines, source)
     return cfg

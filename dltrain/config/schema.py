@@ -1,10 +1,6 @@
-"""The config schema: one pydantic section per part of a run, each field with its default and
-a one-line description (`dltrain config reference`, `dltrain config schema`).
-
-Extra keys are forbidden everywhere. Torch-free: `dltrain config show` stays fast.
-"""
-
-from __future__ import annotations
+"""The config schema: one pydantic section per part of a run, each field with its default and a
+one-line description (`dltrain config reference`, `dltrain config schema`). Extra keys are
+forbidden everywhere. Torch-free: `dltrain config show` stays fast."""
 
 from typing import Literal
 
@@ -13,21 +9,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from dltrain.registry import DATASETS, MODELS, OPTIMIZERS
 
+# What each field with a union type takes: its failure is this one line, not one per member.
+_UNIONS = {
+    "normalize": "dataset, none, or {mean: [...], std: [...]} of equal length",
+    "small_input": "true, false or auto",
+    "freeze": "all_but_head, none, or a list of module-name prefixes",
+}
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-
-def _one_error(expected: str):
-    """A wrap validator that reports a union's failure as one line instead of one per member."""
-
-    def check(cls, value, handler):
+    @field_validator(*_UNIONS, mode="wrap", check_fields=False)
+    @classmethod
+    def _union_in_one_line(cls, value, handler, info: ValidationInfo):
         try:
             return handler(value)
         except ValidationError:
-            raise ValueError(expected) from None
-
-    return check
+            raise ValueError(_UNIONS[info.field_name]) from None
 
 
 class NormalizeStats(Section):
@@ -101,10 +100,6 @@ class DataConfig(Section):
         default_factory=FakeDataConfig, description="Shape of the `fake` smoke-test dataset."
     )
 
-    _normalize_one_error = field_validator("normalize", mode="wrap")(
-        classmethod(_one_error("dataset, none, or {mean: [...], std: [...]} of equal length"))
-    )
-
     @field_validator("val_split", "test_split")
     @classmethod
     def _fraction_or_count(cls, value: float) -> float:
@@ -130,10 +125,6 @@ class ModelConfig(Section):
     )
     small_input: bool | Literal["auto"] = Field(
         "auto", description="alexnet/resnet18: stem for 28-32 px images; auto = when under 64 px."
-    )
-
-    _small_input_one_error = field_validator("small_input", mode="wrap")(
-        classmethod(_one_error("true, false or auto"))
     )
 
     @field_validator("hidden", "channels")
@@ -215,8 +206,7 @@ class TrainConfig(Section):
         False, description="Use deterministic algorithms only (exactly repeatable, may be slower)."
     )
     compile: Literal["auto", True, False] = Field(
-        "auto",
-        description="torch.compile the model; auto = off (measured slower on CPU and H200).",
+        "auto", description="torch.compile the model; auto = off (measured slower on CPU and H200)."
     )
     channels_last: Literal["auto", True, False] = Field(
         "auto", description="channels_last memory format for conv nets; auto = on CPU and CUDA."
@@ -252,10 +242,6 @@ class FinetuneConfig(Section):
         None, ge=1, description="Unfreeze everything from this epoch on; null = never."
     )
 
-    _freeze_one_error = field_validator("freeze", mode="wrap")(
-        classmethod(_one_error("all_but_head, none, or a list of module-name prefixes"))
-    )
-
 
 class LoggingConfig(Section):
     tensorboard: bool = Field(
@@ -285,18 +271,15 @@ class SweepConfig(Section):
 
 # Image sizes known without reading data (imagefolder: only through data.resize).
 DATASET_SIZES = {"digits": 8, "mnist": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
-# AlexNet's smallest input with (True) and without (False) the small-input stem, checked here
-# when the size is known from the config and by models.alexnet once the data is read; a test
-# runs the real layers at these sizes and one pixel less.
+# AlexNet's smallest input with (True) and without (False) the small-input stem, checked from the
+# config and by models.alexnet; a test runs the real layers at these sizes and one pixel less.
 ALEXNET_MIN_SIZE = {True: 15, False: 63}
 
 
 def image_size(data: DataConfig) -> int | None:
     if data.resize:
         return data.resize
-    if data.dataset == "fake":
-        return data.fake.image_size
-    return DATASET_SIZES.get(data.dataset)
+    return data.fake.image_size if data.dataset == "fake" else DATASET_SIZES.get(data.dataset)
 
 
 class Config(Section):
@@ -331,41 +314,26 @@ class Config(Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def reference(model: type[BaseModel] = None, prefix: str = "") -> list[str]:
-    """The config reference as Markdown table rows: key, default, description."""
-    model = model or Config
-    rows = []
+def _fields(model: type[BaseModel], parent: tuple = ()):
+    """(path, field, whether it is a section) of every field, e.g. (("optim", "lr"), ..., False);
+    a section comes before the fields in it."""
     for name, field in model.model_fields.items():
-        sub = field.annotation
-        if isinstance(sub, type) and issubclass(sub, BaseModel) and sub is not NormalizeStats:
-            rows += reference(sub, f"{prefix}{name}.")
-            continue
-        default = field.get_default(call_default_factory=True)
-        shown = (
-            yaml.safe_dump(
-                default.model_dump(mode="json") if isinstance(default, BaseModel) else default,
-                default_flow_style=True,
-                width=1000,
-            )
-            .strip()
-            .removesuffix("...")
-            .strip()
-        )
-        rows.append(f"| `{prefix}{name}` | `{shown}` | {field.description} |")
-    return rows
+        section = isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        yield (*parent, name), field, section
+        if section:
+            yield from _fields(field.annotation, (*parent, name))
+
+
+# Every field by its path, sections too; and the fields that hold values, by dotted key.
+FIELDS = {path: field for path, field, _ in _fields(Config)}
+KEYS = {".".join(path): field for path, field, section in _fields(Config) if not section}
 
 
 def reference_markdown() -> str:
-    return "\n".join(["| key | default | what it does |", "|---|---|---|", *reference()]) + "\n"
-
-
-def config_keys(model: type[BaseModel] = None, prefix: str = "") -> list[str]:
-    """Every value's dotted key (data.val_split, optim.lr, ...), sections left out."""
-    keys = []
-    for name, field in (model or Config).model_fields.items():
-        sub = field.annotation
-        if isinstance(sub, type) and issubclass(sub, BaseModel):
-            keys += config_keys(sub, f"{prefix}{name}.")
-        else:
-            keys.append(prefix + name)
-    return keys
+    """The config reference as a Markdown table: key, default, description."""
+    rows = ["| key | default | what it does |", "|---|---|---|"]
+    for key, field in KEYS.items():
+        default = field.get_default(call_default_factory=True)
+        shown = yaml.safe_dump(default, default_flow_style=True, width=1000).removesuffix("...\n")
+        rows.append(f"| `{key}` | `{shown.strip()}` | {field.description} |")
+    return "\n".join(rows) + "\n"

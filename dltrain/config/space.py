@@ -1,7 +1,6 @@
 """The sweep search-space grammar: `loguniform(1e-4, 1e-1)`, `int(16, 256, log)`, `choice([...])`.
 
-Torch-free and Optuna-free: a config's search spaces are checked before anything runs.
-"""
+Torch-free and Optuna-free: a config's search spaces are checked before anything runs."""
 
 from __future__ import annotations
 
@@ -38,9 +37,9 @@ def parse_space(spec: str) -> Space:
         raise ValueError(f"{spec!r} is not a search space; expected {SPACE_FORMS}")
     kind, text = match.groups()
     if kind not in SPACE_KINDS:
-        hint = next(iter(difflib.get_close_matches(kind, SPACE_KINDS, n=1)), None)
-        line = f"{kind!r} is not one of {', '.join(SPACE_KINDS)}"
-        raise ValueError(line + (f"; did you mean {hint}?" if hint else ""))
+        close = difflib.get_close_matches(kind, SPACE_KINDS, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ValueError(f"{kind!r} is not one of {', '.join(SPACE_KINDS)}{hint}")
     from dltrain.config.loading import parse_yaml  # here: loading checks spaces with this module
 
     try:
@@ -56,12 +55,12 @@ def parse_space(spec: str) -> Space:
     log = kind == "loguniform"
     if kind == "int" and len(args) == 3 and args[2] == "log":
         args, log = args[:2], True
-    number = int if kind == "int" else int | float
-    form = "int(lo, hi) or int(lo, hi, log) with whole numbers" if kind == "int" else kind
+    int_form = "int(lo, hi) or int(lo, hi, log) with whole numbers"
+    number, form = (int, int_form) if kind == "int" else (int | float, f"{kind}(lo, hi)")
     if len(args) != 2 or not all(
         isinstance(a, number) and not isinstance(a, bool) and math.isfinite(a) for a in args
     ):
-        raise ValueError(f"{spec}: expected {form}{'' if kind == 'int' else '(lo, hi)'}")
+        raise ValueError(f"{spec}: expected {form}")
     low, high = args
     if low >= high:
         raise ValueError(f"{spec}: lo must be below hi")

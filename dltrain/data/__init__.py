@@ -1,10 +1,9 @@
 """Datasets -> splits -> batches, plus the `DataInfo` a model and a checkpoint need.
 
-Datasets that fit in memory are held as one uint8 tensor (N, C, H, W) on the training
-device; batches are cut from it and converted, resized, augmented and normalized batch-wise,
-never sample by sample. Image folders go through a DataLoader with workers. Validation is
-carved out of the training data (seeded, stratified); the test split is never read by
-training.
+Datasets that fit in memory are held as one uint8 tensor (N, C, H, W) on the training device;
+batches are cut from it and converted, resized, augmented and normalized batch-wise, never
+sample by sample. Image folders go through a DataLoader with workers. Validation is carved out
+of the training data (seeded, stratified); the test split is never read by training.
 """
 
 from __future__ import annotations
@@ -15,8 +14,8 @@ import torch.nn.functional as F
 from dltrain.config import AugmentConfig, DataConfig
 from dltrain.data import datasets as _datasets  # noqa: F401 - registers the datasets
 from dltrain.data import folder as _folder
-from dltrain.data.augment import BatchAugment, pil_transforms
-from dltrain.data.core import DataInfo, Splits, TensorSplit, stratified_split
+from dltrain.data.augment import BatchAugment, folder_transform
+from dltrain.data.core import TEST_SEED, DataInfo, Splits, TensorSplit, stratified_split
 from dltrain.errors import DltrainError
 from dltrain.registry import DATASETS
 
@@ -31,8 +30,6 @@ __all__ = [
     "stratified_split",
 ]
 
-FOLDER_TEST_SEED = 20240613  # an image folder's test split never depends on the run's seed
-
 
 def _model_view(info: DataInfo, cfg: DataConfig, rgb: bool) -> DataInfo:
     """The data as the model sees it: after gray->RGB, resize and the normalization choice."""
@@ -40,14 +37,13 @@ def _model_view(info: DataInfo, cfg: DataConfig, rgb: bool) -> DataInfo:
         info = info.with_(channels=3, mean=info.mean * 3, std=info.std * 3)
     if cfg.resize:
         info = info.with_(image_size=(cfg.resize, cfg.resize))
-    channels = info.channels
     if cfg.normalize == "none":
-        info = info.with_(mean=[0.0] * channels, std=[1.0] * channels)
+        info = info.with_(mean=[0.0] * info.channels, std=[1.0] * info.channels)
     elif not isinstance(cfg.normalize, str):
-        if len(cfg.normalize.mean) != channels:
+        if len(cfg.normalize.mean) != info.channels:
             raise DltrainError(
                 f"data.normalize has {len(cfg.normalize.mean)} mean value(s) but the images "
-                f"reach the model with {channels} channel(s); give {channels}"
+                f"reach the model with {info.channels} channel(s); give {info.channels}"
             )
         info = info.with_(mean=list(cfg.normalize.mean), std=list(cfg.normalize.std))
     return info
@@ -59,7 +55,7 @@ def build_splits(cfg: DataConfig, seed: int, rgb: bool = False) -> Splits:
     raw = DATASETS.get(cfg.dataset)(cfg)
     train, val, test = raw.train, raw.val, raw.test
     if test is None:
-        keep, held = stratified_split(train.labels, cfg.test_split, FOLDER_TEST_SEED, "test_split")
+        keep, held = stratified_split(train.labels, cfg.test_split, TEST_SEED, "test_split")
         train, test = train.subset(keep), train.subset(held)
     if val is None:
         split_seed = seed if cfg.split_seed is None else cfg.split_seed
@@ -69,15 +65,14 @@ def build_splits(cfg: DataConfig, seed: int, rgb: bool = False) -> Splits:
 
 
 class Batches:
-    """Batches cut from an in-memory split on its device and converted batch-wise.
+    """Batches cut from an in-memory split on its device and converted batch-wise. Shuffling
+    and augmentation draw from this loader's own generator (seeded, on the CPU), so the order
+    is reproducible and its state can be saved with a checkpoint.
 
-    Shuffling and augmentation draw from this loader's own generator (seeded, on the CPU), so
-    the order is reproducible and its state can be saved with a checkpoint.
-
-    `shard=(rank, world)` (distributed training): every rank draws the same permutation, pads
-    it to a multiple of `world` (as DistributedSampler does) and takes every world-th index
-    from `rank` on. Each rank then has as many batches as the others, and the union of the
-    ranks' k-th batches is the k-th batch one process would take at `world` times the size.
+    `shard=(rank, world)` (distributed training): every rank draws the same permutation, pads it
+    to a multiple of `world` (as DistributedSampler does) and takes every world-th index from
+    `rank` on. Each rank then has as many batches as the others, and the union of the ranks'
+    k-th batches is the k-th batch one process would take at `world` times the size.
     """
 
     def __init__(
@@ -90,26 +85,18 @@ class Batches:
         augment: AugmentConfig | None = None,
         shard: tuple[int, int] = (0, 1),
     ):
-        self.split = split
+        self.split, self.batch_size, self.shuffle = split, batch_size, shuffle
         self.rank, self.world = shard
-        self.batch_size = batch_size
-        self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed)
         self.memory_format = torch.contiguous_format  # channels_last for conv nets on CUDA
-        self.augment = BatchAugment(augment, self.generator) if augment else None
-        if self.augment is not None and not self.augment.enabled:
-            self.augment = None
+        augmenter = BatchAugment(augment, self.generator) if augment else None
+        self.augment = augmenter if augmenter is not None and augmenter.enabled else None
         device = split.images.device
-        self.channels = info.channels
-        self.size = tuple(info.image_size)
+        self.channels, self.size = info.channels, tuple(info.image_size)
         self.mean = torch.tensor(info.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(info.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         # Common case, no conversion: x / 255 then (x - mean) / std as one multiply and add.
-        self.plain = (
-            self.augment is None
-            and split.images.shape[1] == self.channels
-            and tuple(split.images.shape[2:]) == self.size
-        )
+        self.plain = self.augment is None and split.images.shape[1:] == (self.channels, *self.size)
         self.scale = 1.0 / (255.0 * self.std)
         self.shift = -self.mean / self.std
 
@@ -160,16 +147,6 @@ class Batches:
                 yield self.convert(images[start:end]), labels[start:end]
 
 
-def _folder_transform(info: DataInfo, cfg: DataConfig, train: bool):
-    from torchvision import transforms as T
-
-    steps = [T.Resize(info.image_size)] if cfg.resize else []
-    if train:
-        steps += pil_transforms(cfg.augment, info.image_size)
-    steps += [T.ToTensor(), T.Normalize(info.mean, info.std)]
-    return T.Compose(steps)
-
-
 TRAIN_EVAL_SEED = 1234  # which training samples the overfitting signal measures: fixed
 
 
@@ -184,18 +161,15 @@ def make_loader(
 ):
     """A loader for one split; only `train` is shuffled and augmented. `train_eval` is a fixed
     subset of `size` training samples, read like validation (no shuffle, no augmentation).
-
     `shard=(rank, world)` gives this process its part: for training, a padded share of every
     epoch's permutation; for the others, every world-th sample, no padding, so that sums over
     the ranks cover the split exactly once."""
     rank, world = shard
     train = name == "train"
+    split = splits.train if name == "train_eval" else getattr(splits, name)
     if name == "train_eval":
-        n = len(splits.train)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(TRAIN_EVAL_SEED))
-        split = splits.train.subset(order[: min(size or n, n)].sort().values)
-    else:
-        split = getattr(splits, name)
+        order = torch.randperm(len(split), generator=torch.Generator().manual_seed(TRAIN_EVAL_SEED))
+        split = split.subset(order[: size or len(split)].sort().values)
     if world > 1 and not train:
         split = split.subset(torch.arange(rank, len(split), world))
         shard = (0, 1)  # this rank's part, cut here: its loader reads all of it
@@ -203,5 +177,5 @@ def make_loader(
     if isinstance(split, TensorSplit):
         augment = cfg.augment if train else None
         return Batches(split.to(device), splits.info, batch_size, train, seed, augment, shard)
-    split = split.with_transform(_folder_transform(splits.info, cfg, train))
+    split = _folder.FileSplit(split.samples, folder_transform(splits.info, cfg, train))
     return _folder.FolderLoader(split, batch_size, train, seed, cfg.num_workers, device, shard)

@@ -8,7 +8,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dltrain.config import AugmentConfig
+from dltrain.config import AugmentConfig, DataConfig
+from dltrain.data.core import DataInfo
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
@@ -23,12 +24,10 @@ def _on(params: torch.Tensor, x: torch.Tensor, dtype: torch.dtype | None = None)
 
 
 class BatchAugment:
-    """Augments a float batch (N, C, H, W) of [0, 1] pixels with per-sample random parameters.
-
-    Parameters are drawn on the CPU from the loader's generator (a few numbers per sample), so
-    the augmentation is reproducible and resumable; the pixel work happens on the batch's
-    device. Order: random_resized_crop, random_crop, rotation, hflip, color_jitter.
-    """
+    """Augments a float batch (N, C, H, W) of [0, 1] pixels with per-sample random parameters,
+    drawn on the CPU from the loader's generator (a few numbers per sample), so the augmentation
+    is reproducible and resumable; the pixel work happens on the batch's device. Order:
+    random_resized_crop, random_crop, rotation, hflip, color_jitter."""
 
     def __init__(self, cfg: AugmentConfig, generator: torch.Generator):
         self.cfg = cfg
@@ -36,10 +35,7 @@ class BatchAugment:
 
     @property
     def enabled(self) -> bool:
-        c = self.cfg
-        return bool(
-            c.random_crop or c.hflip or c.rotation or c.color_jitter or c.random_resized_crop
-        )
+        return any(self.cfg.model_dump().values())  # every option is an augmentation, 0 = off
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         c = self.cfg
@@ -60,14 +56,15 @@ class BatchAugment:
         """Zero-pad by `pad` and cut each sample back to its size at a random offset."""
         n, _, h, w = x.shape
         padded = F.pad(x, (pad, pad, pad, pad))
-        dy = _on(torch.randint(0, 2 * pad + 1, (n,), generator=self.generator), x)
-        dx = _on(torch.randint(0, 2 * pad + 1, (n,), generator=self.generator), x)
+        dy, dx = _on(torch.randint(0, 2 * pad + 1, (2, n), generator=self.generator), x)
         rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (N, H, 1)
         cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (N, 1, W)
         batch = torch.arange(n, device=x.device)[:, None, None]
         return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
 
-    def _sample(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    def _sample(self, x: torch.Tensor, *theta: torch.Tensor) -> torch.Tensor:
+        """Resample `x` through per-sample 2x3 affine maps, given as six (N,) entries row by row."""
+        theta = torch.stack(theta, 1).view(-1, 2, 3)
         grid = F.affine_grid(_on(theta, x, x.dtype), list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -77,26 +74,19 @@ class BatchAugment:
         cos, sin = angle.cos(), angle.sin()
         zero = torch.zeros(n)
         # Rotation in pixel space, written in the grid's normalized coordinates.
-        theta = torch.stack(
-            [torch.stack([cos, -sin * h / w, zero], 1), torch.stack([sin * w / h, cos, zero], 1)], 1
-        )
-        return self._sample(x, theta)
+        return self._sample(x, cos, -sin * h / w, zero, sin * w / h, cos, zero)
 
     def _resized_crop(self, x: torch.Tensor, min_scale: float) -> torch.Tensor:
         """Crop a random area (min_scale..1 of the image, aspect 3/4..4/3) and resize it back."""
         n = len(x)
         area = _uniform(n, min_scale, 1.0, self.generator)
-        log_ratio = _uniform(n, math.log(3 / 4), math.log(4 / 3), self.generator)
-        ratio = log_ratio.exp()
+        ratio = _uniform(n, math.log(3 / 4), math.log(4 / 3), self.generator).exp()
         width = (area * ratio).sqrt().clamp(max=1.0)
         height = (area / ratio).sqrt().clamp(max=1.0)
         cx = _uniform(n, -1.0, 1.0, self.generator) * (1 - width)
         cy = _uniform(n, -1.0, 1.0, self.generator) * (1 - height)
         zero = torch.zeros(n)
-        theta = torch.stack(
-            [torch.stack([width, zero, cx], 1), torch.stack([zero, height, cy], 1)], 1
-        )
-        return self._sample(x, theta)
+        return self._sample(x, width, zero, cx, zero, height, cy)
 
     def _jitter(self, x: torch.Tensor, strength: float) -> torch.Tensor:
         """Brightness, contrast, then saturation (colour images), each a factor in 1 ± strength."""
@@ -106,8 +96,8 @@ class BatchAugment:
             return _on(_uniform(n, 1 - strength, 1 + strength, self.generator), x).view(-1, 1, 1, 1)
 
         x = x * factor()
-        gray = _gray(x)
-        x = (x - gray.mean((1, 2, 3), keepdim=True)) * factor() + gray.mean((1, 2, 3), keepdim=True)
+        mean = _gray(x).mean((1, 2, 3), keepdim=True)
+        x = (x - mean) * factor() + mean
         if x.shape[1] == 3:
             gray = _gray(x)
             x = (x - gray) * factor() + gray
@@ -121,20 +111,21 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return (x * weights).sum(1, keepdim=True)
 
 
-def pil_transforms(cfg: AugmentConfig, size: tuple[int, int]) -> list:
-    """The same augmentations as torchvision transforms, for the image-folder path."""
+def folder_transform(info: DataInfo, cfg: DataConfig, train: bool):
+    """The image-folder path, on PIL images: resize (with data.resize); for `train`, the same
+    augmentations as torchvision transforms; then a normalized tensor."""
     from torchvision import transforms as T
 
-    steps = []
-    if cfg.random_resized_crop:
-        steps.append(T.RandomResizedCrop(size, scale=(cfg.random_resized_crop, 1.0)))
-    if cfg.random_crop:
-        steps.append(T.RandomCrop(size, padding=cfg.random_crop))
-    if cfg.rotation:
-        steps.append(T.RandomRotation(cfg.rotation))
-    if cfg.hflip:
-        steps.append(T.RandomHorizontalFlip())
-    if cfg.color_jitter:
-        s = cfg.color_jitter
-        steps.append(T.ColorJitter(brightness=s, contrast=s, saturation=s))
-    return steps
+    aug, size = cfg.augment, info.image_size
+    scale, jitter = aug.random_resized_crop, aug.color_jitter
+    steps = [T.Resize(size)] if cfg.resize else []
+    if train:
+        steps += [
+            scale and T.RandomResizedCrop(size, scale=(scale, 1.0)),
+            aug.random_crop and T.RandomCrop(size, padding=aug.random_crop),
+            aug.rotation and T.RandomRotation(aug.rotation),
+            aug.hflip and T.RandomHorizontalFlip(),
+            jitter and T.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter),
+        ]
+    steps += [T.ToTensor(), T.Normalize(info.mean, info.std)]
+    return T.Compose([step for step in steps if step])  # an option left at 0 or false is off

@@ -8,6 +8,8 @@ import torch
 
 from dltrain.errors import DltrainError
 
+TEST_SEED = 20240613  # a carved-out test split never depends on the run's seed
+
 
 @dataclass
 class DataInfo:
@@ -25,15 +27,12 @@ class DataInfo:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    to_dict = asdict
+    with_ = replace  # a copy with some fields changed
 
     @classmethod
     def from_dict(cls, data: dict) -> DataInfo:
         return cls(**{**data, "image_size": tuple(data["image_size"])})
-
-    def with_(self, **changes) -> DataInfo:
-        return replace(self, **changes)
 
 
 @dataclass
@@ -54,24 +53,15 @@ class TensorSplit:
 
 
 @dataclass
-class RawData:
-    """What a dataset builder returns: the official splits (val and test may be absent: they
-    are then carved out of train). A split is a TensorSplit, or a file-backed dataset with
-    `labels` and `subset` (image folders)."""
-
-    info: DataInfo
-    train: object
-    test: object | None = None
-    val: object | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
 class Splits:
+    """A dataset's `info` and splits: each a TensorSplit, or a file-backed dataset with `labels`
+    and `subset` (image folders). A dataset builder leaves `val` and `test` None where the
+    dataset has none; `build_splits` carves them out of train."""
+
     info: DataInfo
     train: object
-    val: object
-    test: object
+    val: object | None = None
+    test: object | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -89,25 +79,19 @@ def stratified_split(labels: torch.Tensor, size: float | int, seed: int, what: s
             f"data.{what}={size} leaves {count} of {n} samples for that split; "
             "choose a fraction or count that leaves samples on both sides"
         )
-    generator = torch.Generator().manual_seed(seed)
     classes, counts = labels.unique(return_counts=True)
     quota = counts.double() * count / n
     take = quota.floor().long()
     # Hand out what flooring lost to the classes with the largest remainders.
     missing = count - int(take.sum())
-    if missing:
-        order = torch.argsort(quota - take, descending=True, stable=True)
-        take[order[:missing]] += 1
-    emptied = [
-        str(c)
-        for c, k, m in zip(classes.tolist(), take.tolist(), counts.tolist(), strict=True)
-        if k == m
-    ]
+    take[torch.argsort(quota - take, descending=True, stable=True)[:missing]] += 1
+    emptied = [str(c) for c in classes[take == counts].tolist()]
     if emptied:
         raise DltrainError(
             f"data.{what}={size} leaves no training samples of class(es) {', '.join(emptied)}; "
             "choose a smaller split"
         )
+    generator = torch.Generator().manual_seed(seed)
     keep, held = [], []
     for cls, k in zip(classes.tolist(), take.tolist(), strict=True):
         members = (labels == cls).nonzero().flatten()

@@ -1,55 +1,50 @@
-"""The in-memory datasets: digits, fake, MNIST, Fashion-MNIST, CIFAR-10/100.
+"""In-memory datasets held as one uint8 tensor: digits, fake, MNIST, Fashion-MNIST, CIFAR-10/100.
 
-The torchvision datasets are read (and downloaded) by torchvision's own classes, then held
-as one uint8 tensor. A missing dataset that cannot be downloaded is a one-line error naming
-the folder and the files expected there; files a failed download left behind are removed,
-so a later run never takes them for the dataset.
+torchvision's datasets are read (and downloaded) by its own classes. A missing dataset that
+cannot be downloaded is a one-line error naming the folder and the files expected there; files
+a failed download left behind are removed, so a later run never takes them for the dataset.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from dltrain.config import DataConfig
-from dltrain.data.core import DataInfo, RawData, TensorSplit, stratified_split
+from dltrain.data.core import TEST_SEED, DataInfo, Splits, TensorSplit, stratified_split
 from dltrain.errors import DltrainError
 from dltrain.registry import DATASETS
 
-DIGITS_TEST_SEED = 20240613  # fixed: the digits test split never depends on the run's seed
-DIGITS_TEST_FRACTION = 0.2
-
 
 @DATASETS.register("digits")
-def digits(cfg: DataConfig) -> RawData:
+def digits(cfg: DataConfig) -> Splits:
     """scikit-learn's 1,797 real 8x8 handwritten digits (ships with the package, no network).
-
     Pixel values 0..16 are mapped to 0..255 so every dataset shares one uint8 format; a fixed
-    20% stratified test split is held out before anything else.
-    """
+    20% stratified test split is held out before anything else."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     images = torch.from_numpy(bunch.images).mul(255.0 / 16.0).round().to(torch.uint8)
     labels = torch.from_numpy(bunch.target).long()
     full = TensorSplit(images.unsqueeze(1), labels)
-    keep, held = stratified_split(labels, DIGITS_TEST_FRACTION, DIGITS_TEST_SEED, "test_split")
-    info = DataInfo(
-        "digits", [str(int(c)) for c in bunch.target_names], 1, (8, 8), [0.3053], [0.3760]
-    )
-    return RawData(info, train=full.subset(keep), test=full.subset(held))
+    keep, held = stratified_split(labels, 0.2, TEST_SEED, "test_split")
+    names = [str(int(c)) for c in bunch.target_names]
+    info = DataInfo("digits", names, 1, (8, 8), [0.3053], [0.3760])
+    return Splits(info, train=full.subset(keep), test=full.subset(held))
 
 
 @DATASETS.register("fake")
-def fake(cfg: DataConfig) -> RawData:
+def fake(cfg: DataConfig) -> Splits:
     """torchvision's FakeData (random images, random labels): for smoke tests only."""
     from torchvision.datasets import FakeData
     from torchvision.transforms import PILToTensor
 
-    shape = (cfg.fake.channels, cfg.fake.image_size, cfg.fake.image_size)
+    channels = cfg.fake.channels
+    shape = (channels, cfg.fake.image_size, cfg.fake.image_size)
 
     def load(size: int, offset: int) -> TensorSplit:
         data = FakeData(size, shape, cfg.fake.classes, PILToTensor(), random_offset=offset)
@@ -57,11 +52,9 @@ def fake(cfg: DataConfig) -> RawData:
         return TensorSplit(torch.stack(images), torch.tensor(labels, dtype=torch.long))
 
     names = [f"class{i}" for i in range(cfg.fake.classes)]
-    channels = cfg.fake.channels
     info = DataInfo("fake", names, channels, shape[1:], [0.5] * channels, [0.25] * channels)
-    train = load(cfg.fake.train_size, 0)
-    test = load(cfg.fake.test_size, cfg.fake.train_size)
-    return RawData(info, train=train, test=test)
+    train, test = load(cfg.fake.train_size, 0), load(cfg.fake.test_size, cfg.fake.train_size)
+    return Splits(info, train=train, test=test)
 
 
 # name -> (torchvision class, per-channel mean, per-channel std of the training set)
@@ -86,7 +79,8 @@ def _files_under(root: Path) -> set[Path]:
     return {p for p in root.rglob("*") if p.is_file()} if root.exists() else set()
 
 
-def _load_torchvision(name: str, cfg: DataConfig) -> RawData:
+def _load_torchvision(name: str, cfg: DataConfig) -> Splits:
+    """torchvision's MNIST, FashionMNIST, CIFAR10 or CIFAR100: official train and test splits."""
     from torchvision import datasets
 
     class_name, mean, std = TORCHVISION[name]
@@ -111,12 +105,10 @@ def _load_torchvision(name: str, cfg: DataConfig) -> RawData:
                 f"{name}: could not read the files in {folder} ({reason}); they may be damaged: "
                 "delete them and download again"
             ) from None
-        attempt = f" and the download failed ({reason})" if cfg.download else ""
-        fix = (
-            f"download it where there is internet and copy it to {folder}"
-            if cfg.download
-            else "set data.download: true, or copy the files there"
-        )
+        attempt, fix = "", "set data.download: true, or copy the files there"
+        if cfg.download:
+            attempt = f" and the download failed ({reason})"
+            fix = f"download it where there is internet and copy it to {folder}"
         raise DltrainError(
             f"{name}: dataset not found in {folder} (expected {', '.join(expected)}){attempt}; "
             f"{fix}, or point data.root at the folder that holds it"
@@ -124,25 +116,14 @@ def _load_torchvision(name: str, cfg: DataConfig) -> RawData:
     classes = list(train.classes)
     train, test = _as_tensors(train), _as_tensors(test)
     info = DataInfo(name, classes, len(mean), tuple(train.images.shape[2:]), mean, std)
-    return RawData(info, train=train, test=test)
+    return Splits(info, train=train, test=test)
 
 
 def _as_tensors(dataset) -> TensorSplit:
-    data = dataset.data
-    if isinstance(data, torch.Tensor):  # MNIST family: (N, H, W) uint8
-        images = data.unsqueeze(1)
-    else:  # CIFAR: numpy (N, H, W, C) uint8
-        images = torch.from_numpy(data).permute(0, 3, 1, 2).contiguous()
+    images = torch.as_tensor(dataset.data)  # uint8; MNIST family: (N, H, W), CIFAR: (N, H, W, C)
+    images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2).contiguous()
     return TensorSplit(images, torch.as_tensor(dataset.targets, dtype=torch.long))
 
 
-def _register_torchvision(name: str) -> None:
-    def build(cfg: DataConfig) -> RawData:
-        return _load_torchvision(name, cfg)
-
-    build.__doc__ = f"torchvision's {TORCHVISION[name][0]}: official train and test splits."
-    DATASETS.register(name)(build)
-
-
 for _name in TORCHVISION:
-    _register_torchvision(_name)
+    DATASETS.register(_name)(partial(_load_torchvision, _name))

@@ -13,12 +13,9 @@ import torch
 from torch.utils.data import Dataset
 
 from dltrain.config import DataConfig
-from dltrain.data.core import DataInfo, RawData
+from dltrain.data.core import DataInfo, Splits
 from dltrain.errors import DltrainError
 from dltrain.registry import DATASETS
-
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 class FileSplit(Dataset):
@@ -37,9 +34,6 @@ class FileSplit(Dataset):
 
     def subset(self, index: torch.Tensor) -> FileSplit:
         return FileSplit([self.samples[i] for i in index.tolist()], self.transform)
-
-    def with_transform(self, transform) -> FileSplit:
-        return FileSplit(self.samples, transform)
 
     def __getitem__(self, i: int):
         from PIL import Image
@@ -63,36 +57,33 @@ def _scan(folder: Path, classes: list[str], cfg: DataConfig, notes: list[str], s
     """Check every file of every class folder; returns (path, label) pairs of good images."""
     from PIL import Image
 
-    known = {name: index for index, name in enumerate(classes)}
-    extra = [name for name in _classes(folder) if name not in known]
+    extra = [name for name in _classes(folder) if name not in classes]
     if extra:
         raise DltrainError(
             f"imagefolder: {folder} has class folders that train/ lacks: {', '.join(extra)}"
         )
     samples = []
-    for name in classes:
-        files = sorted(p for p in (folder / name).rglob("*") if p.is_file())
-        for path in files:
-            if path.name.startswith("."):
-                continue
+    for label, name in enumerate(classes):
+        files = (folder / name).rglob("*")
+        for path in sorted(p for p in files if p.is_file() and not p.name.startswith(".")):
             try:
                 with Image.open(path) as image:
                     size = image.size
                     image.verify()  # reads the file and checks its structure without decoding
             except Exception as err:  # noqa: BLE001 - PIL raises many kinds for bad files
-                message = f"imagefolder: {path} is not a readable image ({type(err).__name__})"
                 if not cfg.skip_bad_files:
                     raise DltrainError(
-                        f"{message}; remove it, or set data.skip_bad_files: true to skip such files"
+                        f"imagefolder: {path} is not a readable image ({type(err).__name__}); "
+                        "remove it, or set data.skip_bad_files: true to skip such files"
                     ) from None
                 notes.append(f"skipped {path}: not a readable image")
                 continue
             sizes.setdefault(size, path)
-            samples.append((str(path), known[name]))
+            samples.append((str(path), label))
     if not samples:
         raise DltrainError(f"imagefolder: no readable images under {folder}")
-    counts = torch.bincount(torch.tensor([label for _, label in samples]), minlength=len(classes))
-    empty = [name for name, count in zip(classes, counts.tolist(), strict=True) if count == 0]
+    found = {label for _, label in samples}
+    empty = [name for label, name in enumerate(classes) if label not in found]
     if empty and folder.name not in ("val", "test"):
         raise DltrainError(
             f"imagefolder: class folder(s) {', '.join(empty)} in {folder} hold no readable "
@@ -102,35 +93,32 @@ def _scan(folder: Path, classes: list[str], cfg: DataConfig, notes: list[str], s
 
 
 @DATASETS.register("imagefolder")
-def imagefolder(cfg: DataConfig) -> RawData:
+def imagefolder(cfg: DataConfig) -> Splits:
     root = Path(cfg.root)
     if not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "folder not found"
         raise DltrainError(
             f"imagefolder: {root} {what}; set data.root to a folder of class sub-folders"
         )
-    has_train = (root / "train").is_dir()
-    train_dir = root / "train" if has_train else root
+    train_dir = root / "train" if (root / "train").is_dir() else root
     classes = _classes(train_dir)
     notes: list[str] = []
     sizes: dict = {}
     splits = {"train": FileSplit(_scan(train_dir, classes, cfg, notes, sizes))}
     for name in ("val", "test"):
-        if has_train and (root / name).is_dir():
+        if train_dir != root and (root / name).is_dir():
             splits[name] = FileSplit(_scan(root / name, classes, cfg, notes, sizes))
-    if cfg.resize:
-        size = (cfg.resize, cfg.resize)
-    elif len(sizes) == 1:
-        width, height = next(iter(sizes))
-        size = (height, width)
-    else:
+    if len(sizes) > 1 and not cfg.resize:
         examples = ", ".join(f"{p.name} {w}x{h}" for (w, h), p in list(sizes.items())[:2])
         raise DltrainError(
             f"imagefolder: images in {root} differ in size ({examples}); "
             "set data.resize to the size to train at"
         )
-    info = DataInfo("imagefolder", classes, 3, size, IMAGENET_MEAN, IMAGENET_STD)
-    return RawData(info, splits["train"], splits.get("test"), splits.get("val"), notes)
+    width, height = next(iter(sizes))  # PIL's order
+    size = (cfg.resize, cfg.resize) if cfg.resize else (height, width)
+    # normalized with ImageNet's mean and std
+    info = DataInfo("imagefolder", classes, 3, size, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    return Splits(info, splits["train"], splits.get("val"), splits.get("test"), notes)
 
 
 class FolderLoader:
@@ -152,12 +140,9 @@ class FolderLoader:
         self.device = device
         self.memory_format = torch.contiguous_format
         rank, world = shard
-        # Distributed training: each rank reads its padded share, reshuffled by set_epoch.
-        self.sampler = (
-            DistributedSampler(split, world, rank, shuffle=shuffle, seed=seed)
-            if world > 1
-            else None
-        )
+        self.sampler = None
+        if world > 1:  # each rank reads its padded share, reshuffled by set_epoch
+            self.sampler = DistributedSampler(split, world, rank, shuffle=shuffle, seed=seed)
         self.loader = DataLoader(
             split,
             batch_size=batch_size,

@@ -1,0 +1,127 @@
+"""The shape the other features build on: one event channel from the engine to its caller (a
+caller's stop comes back through it), one checkpoint loader, --nproc passing the user's own
+arguments on, and one name (--out, alias --run-dir) for where outputs go."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dltrain import checkpoint
+from dltrain.engine import fit
+from dltrain.errors import DltrainError
+from dltrain.runs import read_metrics
+from tests.test_training import _cfg
+
+
+def _stop_at(kind: str, epoch: int, step: int = 0, reason: str = "enough, says the caller"):
+    seen = {"epoch": 0}
+
+    def on_event(event, info):
+        if event == "epoch_start":
+            seen["epoch"] = info["epoch"]
+        at_step = event == "batch" and info["step"] == step
+        at_epoch = event == "epoch" and info["row"]["epoch"] == epoch
+        if kind == event and seen["epoch"] == epoch and (at_step or at_epoch):
+            return reason
+        return None
+
+    return on_event
+
+
+def test_a_caller_stops_at_the_end_of_an_epoch(tmp_path):
+    summary = fit(_cfg(), tmp_path, _stop_at("epoch", 2))
+    assert summary["status"] == "stopped" and summary["stop_reason"] == "enough, says the caller"
+    assert summary["epochs_run"] == 2 and [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
+    assert checkpoint.load(tmp_path / "last.pt")["partial"] is None
+
+
+def test_a_caller_stops_mid_epoch_and_the_run_resumes_exactly(tmp_path, cli):
+    cfg = _cfg()
+    fit(cfg, tmp_path / "whole")
+    summary = fit(cfg, tmp_path / "parts", _stop_at("batch", 3, step=5))
+    assert summary["status"] == "stopped" and summary["epochs_run"] == 2
+    saved = checkpoint.load(tmp_path / "parts" / "last.pt")
+    assert saved["epoch"] == 2 and saved["partial"]["epoch"] == 3
+    assert saved["partial"]["steps"] == 5
+    result = cli("train", "--resume", tmp_path / "parts")
+    assert result.exit_code == 0, result.output
+    assert "after epoch 3, step 5" in result.stderr
+    whole, parts = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "parts")
+    assert [r["epoch"] for r in parts] == [1, 2, 3, 4, 5]
+    for a, b in zip(whole, parts, strict=True):
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6), (a["epoch"], key)
+    w = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["model"]
+    p = torch.load(tmp_path / "parts" / "last.pt", weights_only=True)["model"]
+    for key in w:
+        torch.testing.assert_close(w[key], p[key], rtol=0, atol=1e-6)
+
+
+def test_nproc_passes_the_users_own_arguments_on(cli, digits_config, tmp_path, monkeypatch):
+    launched = []
+    monkeypatch.setattr("dltrain.distributed.launch", lambda n, args: launched.append((n, args)))
+    out = tmp_path / "run"
+    given = ["--set", "train.epochs=1", "--quiet", "--out", out, "--force", "--device", "cpu"]
+    result = cli("train", digits_config, *given[:2], "--nproc", "2", *given[2:])
+    assert result.exit_code == 0, result.output
+    result = cli("finetune", digits_config, "--from", "imagenet", "--nproc=3", "--json")
+    assert result.exit_code == 0, result.output
+    assert launched == [
+        (2, ["train", str(digits_config), *map(str, given)]),
+        (3, ["finetune", str(digits_config), "--from", "imagenet", "--json"]),
+    ]
+
+
+@pytest.mark.slow
+def test_out_and_run_dir_are_one_option_everywhere(cli, digits_config, write_config, tmp_path):
+    one = write_config(digits_config.read_text().replace("epochs: 2", "epochs: 1"), "one.yaml")
+    two = write_config(one.read_text().replace("hidden: [64]", "hidden: [32]"), "two.yaml")
+    lr = "optim.lr=loguniform(1e-3, 1e-2)"
+    for flag in ("--out", "--run-dir"):
+        runs = [
+            ("train", one, flag, tmp_path / flag / "train"),
+            ("compare", one, two, "--seeds", "1", flag, tmp_path / flag / "compare"),
+            ("sweep", one, "--trials", "1", "--param", lr, flag, tmp_path / flag / "sweep"),
+        ]
+        for args in runs:
+            result = cli(*args)
+            assert result.exit_code == 0, (args, result.output)
+        assert (tmp_path / flag / "train" / "summary.json").is_file()
+        assert (tmp_path / flag / "compare" / "compare.json").is_file()
+        assert (tmp_path / flag / "sweep" / "sweep.csv").is_file()
+        ft = cli("finetune", one, "--from", tmp_path / flag / "train" / "best.pt", flag,
+                 tmp_path / flag / "finetune")  # fmt: skip
+        assert ft.exit_code == 0, ft.output
+        summary = json.loads((tmp_path / flag / "finetune" / "summary.json").read_text())
+        assert summary["parent"]["source"] == "checkpoint"
+
+
+def test_device_is_an_override_of_the_saved_config(tmp_path, cli):
+    fit(_cfg(**{"train.epochs": 1}), tmp_path)
+    ckpt = tmp_path / "best.pt"
+    result = cli("eval", "--ckpt", ckpt, "--device", "gpu")
+    assert result.exit_code == 2
+    assert "device: got 'gpu'; expected auto, cpu, cuda, cuda:N or mps (from --set)" in (
+        result.stderr
+    )
+    saved = checkpoint.open_saved(ckpt, ["device=cpu", "data.batch_size=7"])
+    assert saved.cfg.device == "cpu" and saved.cfg.data.batch_size == 7
+    model, device = saved.model()
+    assert device.type == "cpu" and not model.training
+    if not torch.cuda.is_available():
+        with pytest.raises(DltrainError, match="CUDA is not available"):
+            checkpoint.open_saved(ckpt, ["device=cuda"]).model()
+
+
+def test_the_engine_imports_neither_plots_nor_the_cli():
+    code = (
+        "import sys, dltrain.engine; "
+        "print(sorted(m for m in sys.modules if m.startswith(('dltrain.plots', 'dltrain.cli', "
+        "'matplotlib'))))"
+    )
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == "[]"
