@@ -18,7 +18,7 @@ from torch import nn
 
 from dltrain.config import DataConfig, ModelConfig, TrainConfig
 from dltrain.data import build_splits, make_loader
-from dltrain.engine import train_one_epoch
+from dltrain.epoch import train_one_epoch
 from dltrain.models import build_model
 from dltrain.runtime import set_threads
 

@@ -21,8 +21,7 @@ from torch import nn
 
 from dltrain.config import validate
 from dltrain.data import Batches, DataInfo, TensorSplit
-from dltrain.engine import train_one_epoch
-from dltrain.epoch import Channel
+from dltrain.epoch import Channel, train_one_epoch
 
 N, BATCH = 32_000, 32
 MEAN, STD = 0.1307, 0.3081

@@ -1,17 +1,16 @@
-"""Checkpoints: atomic writes, the one safe load, what a checkpoint holds and how a run comes
-back from one.
+"""Checkpoints: atomic writes, the one safe load (`read`), what a checkpoint holds (`payload`,
+`restore`), and `open_saved`, the one way back from a checkpoint for resume, eval, predict and
+finetune.
 
-Every file is written to a temporary name in the same folder, flushed to disk, then moved
-over the final name with `os.replace`, so a crash never leaves a partial file under a final
-name. Checkpoints hold only tensors and plain types and are read with
-`torch.load(weights_only=True)` in `read`, the one place that loads them: loading never runs
-code. `open_saved` turns a checkpoint back into its config (with overrides), data info and
-model, for resume, eval, predict and finetune alike. torch is imported inside the functions:
-`dltrain runs` and `plot` start without it.
+Every file is written to a temporary name in the same folder, flushed, then moved over the
+final name (`os.replace`): a crash never leaves a partial file under a final name. Checkpoints
+hold only tensors and plain values, read with `torch.load(weights_only=True)`: loading never
+runs code. torch is imported inside the functions: `dltrain runs` and `plot` start without it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import hashlib
@@ -72,9 +71,8 @@ def file_sha256(path: Path) -> str:
 
 def save(payload: dict, path: Path, *copies: Path) -> None:
     """Write the checkpoint to `path`, and the same file under each of `copies` (best.pt when
-    the epoch's last.pt is also the best): a hard link, not a second write. Safe because a
-    checkpoint is never written in place: the next save replaces last.pt by a new file, and
-    the link keeps the old one. Where links are not supported, the file is copied."""
+    last.pt is also the best) as a hard link, or a copy where links are not supported. Safe:
+    the next save replaces last.pt by a new file, and the link keeps the old one."""
     import torch
 
     atomic_write(path, lambda handle: torch.save(payload, handle))
@@ -236,9 +234,8 @@ def save_run(s: Session, loop, row: dict, name: str, *also: str) -> None:
 
 
 def restore(s: Session, saved: dict) -> dict:
-    """Put a checkpoint's states back into session `s` (model, optimizer, schedule, scaler,
-    early stopping, every random generator); returns the loop's fields (engine.LoopState):
-    epoch, global_step, the interrupted epoch's progress and the best epoch's weights."""
+    """Put a checkpoint's states back into session `s`; returns the loop's fields
+    (engine.LoopState): epoch, global_step, the interrupted epoch, the best epoch's weights."""
     s.model.load_state_dict(saved["model"])
     s.optimizer.load_state_dict(saved["optimizer"])
     s.schedule.load_state_dict(saved["schedule"])
@@ -253,12 +250,10 @@ def restore(s: Session, saved: dict) -> dict:
     if best_epoch == saved["epoch"] and partial is None:  # mid-epoch weights are not the best
         best_weights = copy.deepcopy(s.model.state_dict())
     elif best_epoch is not None and (s.run_dir / "best.pt").exists():
-        try:
+        with contextlib.suppress(DltrainError):  # damaged: the end keeps the weights as trained
             best = load(s.run_dir / "best.pt")
             if best["epoch"] == best_epoch and not best.get("partial"):
                 best_weights = best["model"]
-        except DltrainError:
-            pass  # a damaged best.pt: the end keeps the weights as trained
     return {
         "epoch": saved["epoch"],
         "global_step": saved["global_step"],
@@ -269,7 +264,7 @@ def restore(s: Session, saved: dict) -> dict:
 
 @dataclass
 class Saved:
-    """A checkpoint read back: where it is, what it holds, and its config with overrides."""
+    """A checkpoint read back: where it is, what it holds, its config with overrides."""
 
     path: Path
     payload: dict
@@ -284,7 +279,7 @@ class Saved:
         return DataInfo.from_dict(self.payload["data_info"])
 
     def model(self):
-        """(the saved model with its weights, in eval mode on the config's device; the device)."""
+        """The saved model with its weights, in eval mode on the config's device; the device."""
         from dltrain.models import build_model
         from dltrain.runtime import resolve_device
 

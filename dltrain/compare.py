@@ -23,8 +23,20 @@ def labels_for(paths: list[Path]) -> list[str]:
     return labels
 
 
-def check_same_data(configs: dict[str, Config]) -> None:
-    """A comparison is fair only on the same data and the same validation split."""
+def compare(
+    configs: dict[str, Config],
+    seeds: int,
+    root: Path,
+    on_run: Callable[[str, int, dict], None] = lambda label, seed, summary: None,
+) -> dict:
+    """Train every config with `seeds` seeds on one validation split (that of the first
+    config's seed); returns per-config statistics and writes compare.json and compare.png.
+    A comparison is fair only on the same data and split: configs that differ there fail."""
+    from dltrain.engine import fit
+    from dltrain.plots import draw_curves, plot_compare
+
+    if seeds < 1:
+        raise DltrainError(f"--seeds must be at least 1 (got {seeds})")
     first_label, first = next(iter(configs.items()))
     for label, cfg in configs.items():
         for key in ("dataset", "root", "val_split", "resize"):
@@ -34,25 +46,8 @@ def check_same_data(configs: dict[str, Config]) -> None:
                     f"compare needs the same data for every config: {label} has data.{key}="
                     f"{ours!r}, {first_label} has {theirs!r}"
                 )
-
-
-def compare(
-    configs: dict[str, Config],
-    seeds: int,
-    root: Path,
-    on_run: Callable[[str, int, dict], None] = lambda label, seed, summary: None,
-) -> dict:
-    """Train every config with `seeds` seeds on one validation split (that of the first
-    config's seed); returns per-config statistics and writes compare.json and compare.png."""
-    from dltrain.engine import fit
-    from dltrain.plots import draw_curves, plot_compare
-
-    if seeds < 1:
-        raise DltrainError(f"--seeds must be at least 1 (got {seeds})")
-    check_same_data(configs)
     if (root / "compare.json").exists():
         raise DltrainError(f"{root} already holds a comparison; choose another --out")
-    first = next(iter(configs.values()))
     split_seed = first.data.split_seed if first.data.split_seed is not None else first.seed
     folders: dict[str, list[Path]] = {}
     rows = []

@@ -1,17 +1,16 @@
 """Data-parallel training on torch.distributed: the process group, and decisions all ranks share.
 
 torchrun (or `dltrain train --nproc N`, through its launcher) starts one process per device and
-sets RANK, WORLD_SIZE and LOCAL_RANK; each trains on its shard of every batch, and only rank 0
-prints and writes. Every choice that ends or changes the loop (a NaN, Ctrl-C, early stopping) is
-agreed through a collective, so no rank waits at a barrier the others never reach. Without those
-variables all this is a no-op; torch is imported inside the functions, as the CLI asks
-`is_main()` before anything needs torch.
-"""
+sets RANK, WORLD_SIZE and LOCAL_RANK; each trains on its shard of every batch; only rank 0 prints
+and writes. Every choice that ends or changes the loop (a NaN, Ctrl-C, early stopping) is agreed
+through a collective, so no rank waits at a barrier the others never reach. Without those variables
+all this is a no-op. Torch is imported inside the functions: the CLI asks `is_main()` first."""
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -20,10 +19,8 @@ from dltrain.errors import DltrainError
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
 T = TypeVar("T")
-NO_STEP = 2**62  # "no NaN seen" in the MIN-reduction that finds the first bad step
 
 
 def launched() -> bool:
@@ -61,8 +58,7 @@ def usable_cores() -> int:
 
 
 def start(device_name: str) -> torch.device:
-    """Join the process group torchrun set up: NCCL with one CUDA device per process (from
-    LOCAL_RANK), gloo on the CPU. Returns this process's device."""
+    """Join torchrun's process group: NCCL, one GPU per process (LOCAL_RANK); gloo on the CPU."""
     import torch
 
     from dltrain.runtime import resolve_device
@@ -71,17 +67,16 @@ def start(device_name: str) -> torch.device:
     kind = resolve_device(device_name).type  # "auto" takes the GPU when there is one
     if kind == "mps":
         raise DltrainError("distributed training runs on CUDA or the CPU, not mps; use --device")
-    device = torch.device("cpu")
-    if kind == "cuda":
-        if local_rank >= torch.cuda.device_count():
-            raise DltrainError(
-                f"process {local_rank} on this node has no GPU: the node has "
-                f"{torch.cuda.device_count()}; start at most that many processes per node"
-            )
-        device = torch.device("cuda", local_rank)
+    nccl = kind == "cuda"
+    if nccl and local_rank >= torch.cuda.device_count():
+        raise DltrainError(
+            f"process {local_rank} on this node has no GPU: the node has "
+            f"{torch.cuda.device_count()}; start at most that many processes per node"
+        )
+    device = torch.device("cuda", local_rank) if nccl else torch.device("cpu")
+    if nccl:
         torch.cuda.set_device(device)
     if not _dist().is_initialized():
-        nccl = device.type == "cuda"
         _dist().init_process_group("nccl" if nccl else "gloo", device_id=device if nccl else None)
     return device
 
@@ -130,9 +125,9 @@ def agree(bad_step: int | None, stop: int) -> tuple[int | None, int]:
     and the strongest stop request of any rank (0: none; larger codes win)."""
     if not active():
         return bad_step, stop
-    flags = [NO_STEP if bad_step is None else bad_step, -stop]
-    first_bad, stop_flag = _reduce(flags, minimum=True)
-    return (None if first_bad == NO_STEP else first_bad), -stop_flag
+    no_step = 2**62  # "no NaN seen": above every step, in the MIN-reduction
+    first_bad, stop_flag = _reduce([no_step if bad_step is None else bad_step, -stop], minimum=True)
+    return (None if first_bad == no_step else first_bad), -stop_flag
 
 
 def from_main(compute: Callable[[], T]) -> T:
@@ -153,9 +148,8 @@ def from_main(compute: Callable[[], T]) -> T:
     return box[0]
 
 
-def wrap(model: nn.Module, device: torch.device, sync_batchnorm: bool) -> nn.Module:
-    """The module that trains: DistributedDataParallel around `model` when several processes
-    run (SyncBatchNorm first, if asked), else `model` itself."""
+def wrap(model: torch.nn.Module, device: torch.device, sync_batchnorm: bool) -> torch.nn.Module:
+    """The module that trains: DDP (SyncBatchNorm first, if asked) when several processes run."""
     if not active():
         return model
     from torch import nn
@@ -175,8 +169,6 @@ def wrap(model: nn.Module, device: torch.device, sync_batchnorm: bool) -> nn.Mod
 def launch(nproc: int, args: list[str]) -> int:
     """Run `python -m dltrain <args>` in `nproc` local processes through torchrun's launcher
     (standalone rendezvous). Returns 0, or the first failed one's exit code (rank 0 said why)."""
-    import logging
-
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run

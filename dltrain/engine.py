@@ -1,13 +1,11 @@
-"""The training loop: `fit` runs a Session (session.py) epoch by epoch; one epoch's training
-and evaluation are `train_one_epoch` and `evaluate` (epoch.py), plain functions returning dicts.
+"""The training loop: `fit` runs a Session (session.py) epoch by epoch, with one epoch's
+`train_one_epoch` and `evaluate` from epoch.py; checkpoint.py saves and restores it.
 
 The engine never prints or draws. It talks to its caller through one channel: `fit(...,
-on_event=f)` calls `f(kind, info)` with kind "note", "start", "epoch_start", "batch",
-"epoch" or "end"; a non-empty string that `f` returns for any event asks training to stop,
-with that string as the reason. Ctrl-C and SIGTERM come in the same way (the engine words
-their reason). A stop takes effect at the next optimizer step (mid-epoch, a resumable
-last.pt is written) or at the end of the epoch it was asked at. checkpoint.py saves and
-restores a run.
+on_event=f)` calls `f(kind, info)` with kind note, start, epoch_start, batch, epoch or end;
+a non-empty string that `f` returns asks training to stop, with that reason. Ctrl-C and
+SIGTERM come in the same way. A stop takes effect at the next optimizer step (mid-epoch, a
+resumable last.pt is written) or at the end of the epoch it was asked at.
 """
 
 from __future__ import annotations
@@ -24,23 +22,12 @@ from torch import nn
 from dltrain import __version__, checkpoint, distributed
 from dltrain.config import Config
 from dltrain.early_stopping import overfitting_note
-from dltrain.epoch import (
-    Channel,
-    Events,
-    NonFiniteLoss,
-    Stop,
-    evaluate,
-    quiet,
-    set_train_mode,
-    train_one_epoch,
-)
+from dltrain.epoch import Channel, Events, NonFiniteLoss, Stop, evaluate, quiet, train_one_epoch
 from dltrain.errors import DltrainError, Interrupted
 from dltrain.finetune import apply_freeze
 from dltrain.models import count_parameters
 from dltrain.runtime import StopSignal
 from dltrain.session import Session, build
-
-__all__ = ["Events", "LoopState", "evaluate", "fit", "quiet", "set_train_mode", "train_one_epoch"]
 
 
 @dataclass
@@ -64,15 +51,11 @@ def fit(
     parent: dict | None = None,
 ) -> dict:
     """Train per the config, writing config, metrics, summary and checkpoints to `run_dir`;
-    returns the summary.
-
-    `on_event(kind, info)` hears the run and may stop it (see the module's docstring): a
-    caller's stop ends the run as "stopped" with its reason. `resume`: a checkpoint payload
-    to continue from (same run folder, mid-epoch too). `parent`: the source a finetune run
-    starts from; it switches on `cfg.finetune`. Raises Interrupted after SIGINT/SIGTERM (a
-    resumable last.pt is written first) and DltrainError for a NaN/Inf loss or a device
-    running out of memory, after recording the reason in summary.json.
-    """
+    returns the summary. `on_event` hears the run and may stop it (the summary then says
+    "stopped" and why). `resume`: a checkpoint payload to continue from (same folder, mid-epoch
+    too). `parent`: the source of a finetune run (switches on `cfg.finetune`). Raises
+    Interrupted after SIGINT/SIGTERM (a resumable last.pt is written first) and DltrainError
+    for a NaN/Inf loss or running out of memory, each recorded in summary.json first."""
     started = time.perf_counter()
     if resume is not None:
         parent = resume.get("parent")
@@ -107,20 +90,20 @@ def _begin(s: Session, emit: Channel, resume: dict | None) -> LoopState:
     s.files.write_config(s.cfg)
     for note in s.splits.notes:
         emit("note", {"text": note})
-    emit(
-        "start",
-        {
-            "run_dir": str(s.run_dir),
-            "device": str(s.device),
-            "processes": s.world_size,
-            "params": count_parameters(s.model),
-            "epochs": s.cfg.train.epochs,
-            "batches": len(s.train_batches),
-            "sizes": s.splits.sizes,
-            "precision": s.precision.name,
-        },
-    )
+    start = {"run_dir": str(s.run_dir), "epochs": s.cfg.train.epochs}
+    emit("start", {**start, "batches": len(s.train_batches), **_facts(s)})
     return loop
+
+
+def _facts(s: Session) -> dict:
+    """What the start line and the summary say about the run's setup."""
+    return {
+        "params": count_parameters(s.model),
+        "device": str(s.device),
+        "processes": s.world_size,
+        "precision": s.precision.name,
+        "sizes": s.splits.sizes,
+    }
 
 
 def _run(s: Session, loop: LoopState, emit: Channel, started: float) -> None:
@@ -129,9 +112,9 @@ def _run(s: Session, loop: LoopState, emit: Channel, started: float) -> None:
     try:
         _epochs(s, loop, emit)
     except NonFiniteLoss as bad:
-        _fail(s, loop, _nan_message(s, loop, bad.step), started, all_ranks=True)
+        _fail(s, loop, started, bad.step)
     except torch.cuda.OutOfMemoryError:
-        _fail(s, loop, _oom_message(s, loop), started)
+        _fail(s, loop, started)
     if loop.partial is not None:  # stopped mid-epoch: resumable from this step
         checkpoint.save_run(s, loop, loop.rows[-1] if loop.rows else {}, "last.pt")
     if emit.decided is not None and emit.decided.signum is not None:
@@ -244,30 +227,28 @@ def _interrupted(s: Session, loop: LoopState, signum: int, started: float) -> No
     )
 
 
-def _fail(s: Session, loop: LoopState, reason: str, started: float, all_ranks=False) -> None:
+def _fail(s: Session, loop: LoopState, started: float, step: int | None = None) -> None:
+    """Record why training failed and raise it: a NaN/Inf loss at `step` (agreed by all ranks)
+    or, without a step, the device running out of memory (this rank alone)."""
+    epoch, size = loop.epoch, s.cfg.data.batch_size
+    if step is not None:
+        kept = f"checkpoints hold epoch {epoch}" if epoch else "no checkpoint was written"
+        reason = (
+            f"loss became NaN/Inf at epoch {epoch + 1}, step {step}; training stopped and "
+            f"{kept} (no NaN weights saved): lower optim.lr (now {s.cfg.optim.lr:g}) or set "
+            "train.grad_clip, e.g. --set train.grad_clip=1.0"
+        )
+    else:
+        kept = f"checkpoints up to epoch {epoch} are intact" if epoch else "nothing was saved"
+        reason = (
+            f"{s.device} ran out of memory in epoch {epoch + 1} with data.batch_size={size}; "
+            f"try --set data.batch_size={max(1, size // 2)} (train.accumulate keeps the "
+            f"effective batch); {kept}"
+        )
     s.files.write_summary(_status(s, loop, "failed", reason, time.perf_counter() - started))
     err = DltrainError(reason)
-    err.all_ranks = all_ranks  # a NaN is agreed by all ranks; running out of memory is not
+    err.all_ranks = step is not None
     raise err
-
-
-def _nan_message(s: Session, loop: LoopState, step: int) -> str:
-    kept = f"checkpoints hold epoch {loop.epoch}" if loop.epoch else "no checkpoint was written"
-    return (
-        f"loss became NaN/Inf at epoch {loop.epoch + 1}, step {step}; training stopped and "
-        f"{kept} (no NaN weights saved): lower optim.lr (now {s.cfg.optim.lr:g}) or set "
-        "train.grad_clip, e.g. --set train.grad_clip=1.0"
-    )
-
-
-def _oom_message(s: Session, loop: LoopState) -> str:
-    size = s.cfg.data.batch_size
-    kept = f"checkpoints up to epoch {loop.epoch} are intact" if loop.epoch else "nothing was saved"
-    return (
-        f"{s.device} ran out of memory in epoch {loop.epoch + 1} with data.batch_size={size}; "
-        f"try --set data.batch_size={max(1, size // 2)} (train.accumulate keeps the effective "
-        f"batch); {kept}"
-    )
 
 
 def _status(s: Session, loop: LoopState, status: str, reason: str, seconds: float) -> dict:
@@ -282,10 +263,7 @@ def _status(s: Session, loop: LoopState, status: str, reason: str, seconds: floa
         "best_epoch": best,
         "best_value": s.stopper.best,
         "best_metrics": next((row for row in loop.rows if row["epoch"] == best), None),
-        "params": count_parameters(s.model),
-        "device": str(s.device),
-        "precision": s.precision.name,
-        "sizes": s.splits.sizes,
+        **_facts(s),
         "seconds": seconds,
         "parent": s.parent,
         "version": __version__,

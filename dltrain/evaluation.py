@@ -18,8 +18,6 @@ from dltrain.errors import DltrainError
 from dltrain.models import needs_rgb
 from dltrain.runtime import apply_speedups, precision_tools
 
-LEDGER = "test_ledger.jsonl"
-
 
 def metrics_path(ckpt: str | Path, split: str) -> Path:
     return Path(ckpt).parent / f"eval-{split}.json"
@@ -42,7 +40,13 @@ def evaluate_checkpoint(path: str | Path, split: str, overrides: list[str] = ())
     net = apply_speedups(cfg, model, device, [batches], compile_ok=False)
     autocast = precision_tools(device, cfg.train.precision).autocast
     metrics = evaluate(net, batches, details=True, autocast=autocast)
-    names = list(splits.info.class_names)
+    names, confusion = list(splits.info.class_names), metrics["confusion"]
+    # Per class: correct, total (true samples of that class), their ratio (None: no samples).
+    per_class = []
+    for index, (name, counts) in enumerate(zip(names, confusion, strict=True)):
+        correct, total = counts[index], sum(counts)
+        acc = correct / total if total else None
+        per_class.append({"class": name, "correct": correct, "total": total, "acc": acc})
     result = {
         "split": split,
         "samples": splits.sizes[split],
@@ -50,40 +54,25 @@ def evaluate_checkpoint(path: str | Path, split: str, overrides: list[str] = ())
         "checkpoint": str(path),
         "sha256": checkpoint.file_sha256(path),
         **metrics,
-        "per_class": per_class_accuracy(metrics["confusion"], names),
+        "per_class": per_class,
         "class_names": names,
     }
     if split == "test":
         result["test_uses"] = record_test_use(path, result)
     checkpoint.write_json(metrics_path(path, split), result)
-    write_confusion_csv(confusion_path(path, split), metrics["confusion"], names)
-    return result
-
-
-def per_class_accuracy(confusion: list[list[int]], names: list[str]) -> list[dict]:
-    """One row per class: correct, total (true samples of that class) and their ratio; a
-    class with no samples in the split has accuracy None."""
-    rows = []
-    for index, (name, counts) in enumerate(zip(names, confusion, strict=True)):
-        correct, total = counts[index], sum(counts)
-        acc = correct / total if total else None
-        rows.append({"class": name, "correct": correct, "total": total, "acc": acc})
-    return rows
-
-
-def write_confusion_csv(path: Path, confusion: list[list[int]], names: list[str]) -> None:
-    """Rows are true classes, columns predicted classes; the header row names the columns."""
+    # Rows are true classes, columns predicted classes; the header row names the columns.
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["true\\predicted", *names])
     writer.writerows([name, *counts] for name, counts in zip(names, confusion, strict=True))
-    text = buffer.getvalue()
-    checkpoint.atomic_write(path, lambda handle: handle.write(text.encode()))
+    text = buffer.getvalue().encode()
+    checkpoint.atomic_write(confusion_path(path, split), lambda handle: handle.write(text))
+    return result
 
 
 def record_test_use(ckpt: Path, result: dict) -> int:
     """Append one line to the run's test ledger; returns how many uses it now records."""
-    ledger = ckpt.parent / LEDGER
+    ledger = ckpt.parent / "test_ledger.jsonl"
     entry = {
         "time": datetime.now().astimezone().isoformat(timespec="seconds"),
         "checkpoint": str(ckpt),

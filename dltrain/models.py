@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Callable
 from functools import partial
+from itertools import pairwise
 from urllib.parse import urlparse
 
 import torch
@@ -59,43 +60,39 @@ class MLP(nn.Sequential):
     def __init__(self, info: DataInfo, cfg: ModelConfig):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
-        width = info.channels * math.prod(info.image_size)
-        for size in cfg.hidden:
+        widths = [info.channels * math.prod(info.image_size), *cfg.hidden]
+        for width, size in pairwise(widths):
             layers.append(nn.Linear(width, size))
             layers += [nn.BatchNorm1d(size)] if cfg.batch_norm else []
             layers.append(nn.ReLU(inplace=True))
             layers += [nn.Dropout(cfg.dropout)] if cfg.dropout else []
-            width = size
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(width, info.num_classes)
+        self.head = nn.Linear(widths[-1], info.num_classes)
 
 
 class CNN(nn.Sequential):
-    """The course's CIFAR CNN: per entry of `cfg.channels`, Conv 3x3 (padding 1) -> (BatchNorm)
-    -> ReLU -> MaxPool 2; then flatten -> (Dropout) -> Linear `head`.
-
-    The head's input size follows from `info.image_size` (32 px: 32->16->8->4, so 128*4*4; 28 px:
-    28->14->7->3): no adaptive pooling averages features away. A side already down to 1 px (tiny
-    inputs, or more blocks than the image can halve) is pooled with kernel 1, so the map never
-    shrinks to nothing. Large images keep their detail and so get a large head: use resnet18.
-    """
+    """The course's CIFAR CNN: [Conv 3x3 (padding 1) -> (BatchNorm) -> ReLU -> MaxPool 2] per
+    entry of `cfg.channels` -> Flatten -> (Dropout) -> Linear `head`. The head's input size
+    follows from `info.image_size` (32 px: 32->16->8->4, so 128*4*4; 28 px: 28->14->7->3): no
+    adaptive pooling averages features away. A side already down to 1 px (tiny inputs, or more
+    blocks than the image can halve) is pooled with kernel 1, so the map never shrinks to
+    nothing. Large images keep their detail and so get a large head: use resnet18."""
 
     def __init__(self, info: DataInfo, cfg: ModelConfig):
         super().__init__()
         layers: list[nn.Module] = []
-        in_channels = info.channels
+        channels = [info.channels, *cfg.channels]
         height, width = info.image_size
-        for out_channels in cfg.channels:
+        for in_channels, out_channels in pairwise(channels):
             layers.append(nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1))
             layers += [nn.BatchNorm2d(out_channels)] if cfg.batch_norm else []
             kernel = (min(2, height), min(2, width))
             layers += [nn.ReLU(inplace=True), nn.MaxPool2d(kernel)]
             height, width = height // kernel[0], width // kernel[1]
-            in_channels = out_channels
         layers.append(nn.Flatten())
         layers += [nn.Dropout(cfg.dropout)] if cfg.dropout else []
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(in_channels * height * width, info.num_classes)
+        self.head = nn.Linear(channels[-1] * height * width, info.num_classes)
 
 
 MODELS.register("mlp")(lambda info, cfg: _finish(MLP(info, cfg), "head", cfg))
@@ -106,17 +103,14 @@ MODELS.register("cnn")(lambda info, cfg: _finish(CNN(info, cfg), "head", cfg))
 def alexnet(info: DataInfo, cfg: ModelConfig) -> nn.Module:
     """torchvision's AlexNet (same state-dict keys; same parameter count at 3 channels and 1000
     classes), with `cfg.dropout` in the classifier and `info.channels` into the first conv.
-
     Small-input stem (`small_input`, auto under 64 px): the stock model needs 63 px (its 11x11
     stride-4 first conv shrinks 32 px to 7, and three 3x3 stride-2 max-pools would leave nothing).
     The stem makes that conv 3x3 stride 1 padding 1, same 64 outputs (64x3x11x11 -> 64x3x3x3);
     all else stays (32 px: 32->15->7->3, 28 px: 28->13->6->2; AdaptiveAvgPool then gives the 6x6
-    the classifier expects). Smallest input with the stem: 15 px.
-    """
-    # Refuse, at build time, images that the convs and pools would shrink to nothing.
+    the classifier expects). Smallest input with the stem: 15 px."""
     small = _small_input(info, cfg)
     smallest = ALEXNET_MIN_SIZE[small]
-    if min(info.image_size) < smallest:
+    if min(info.image_size) < smallest:  # refused now: the convs and pools would leave nothing
         height, width = info.image_size
         hint = "use cnn or resnet18" if small else "set model.small_input: true"
         raise DltrainError(
@@ -136,17 +130,15 @@ def resnet18(info: DataInfo, cfg: ModelConfig) -> nn.Module:
 
 
 def _alexnet_stem(model: nn.Module, channels: int, small: bool) -> None:
-    if small or channels != 3:
-        kernel, stride, padding = (3, 1, 1) if small else (11, 4, 2)
-        model.features[0] = nn.Conv2d(channels, 64, kernel, stride, padding)
+    kernel, stride, padding = (3, 1, 1) if small else (11, 4, 2)
+    model.features[0] = nn.Conv2d(channels, 64, kernel, stride, padding)
 
 
 def _resnet_stem(model: nn.Module, channels: int, small: bool) -> None:
-    if small or channels != 3:
-        kernel, stride, padding = (3, 1, 1) if small else (7, 2, 3)
-        model.conv1 = nn.Conv2d(channels, 64, kernel, stride, padding, bias=False)
-        # the init torchvision gives every ResNet conv
-        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    kernel, stride, padding = (3, 1, 1) if small else (7, 2, 3)
+    model.conv1 = nn.Conv2d(channels, 64, kernel, stride, padding, bias=False)
+    # the init torchvision gives every ResNet conv
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     if small:
         model.maxpool = nn.Identity()
 
@@ -175,10 +167,11 @@ def _from_torchvision(factory: Callable[..., nn.Module], info: DataInfo, cfg: Mo
     model = factory(num_classes=1000 if imagenet else info.num_classes)  # ImageNet has 1000
     if imagenet:
         model.head_name = head_name
-        path, state = _imagenet_state_dict(cfg.name, weights)
-        _load_state_dict(model, state, path)
+        _load_state_dict(model, *_imagenet_state_dict(cfg.name, weights))
         replace_head(model, info.num_classes)
-    set_stem(model, info.channels, _small_input(info, cfg))
+    small = _small_input(info, cfg)
+    if small or info.channels != 3:
+        set_stem(model, info.channels, small)
     return model if imagenet else _finish(model, head_name, cfg)
 
 
@@ -205,7 +198,7 @@ def _finish(model: nn.Module, head_name: str, cfg: ModelConfig) -> nn.Module:
     return model
 
 
-def _imagenet_state_dict(arch: str, weights: WeightsEnum) -> tuple[str, dict]:
+def _imagenet_state_dict(arch: str, weights: WeightsEnum) -> tuple[dict, str]:
     """Load torchvision's ImageNet weights from torch.hub's cache, downloading them if absent."""
     file_name = os.path.basename(urlparse(weights.url).path)
     folder = os.path.join(torch.hub.get_dir(), "checkpoints")
@@ -214,7 +207,7 @@ def _imagenet_state_dict(arch: str, weights: WeightsEnum) -> tuple[str, dict]:
     try:
         # torch.hub writes "Downloading: …" to stderr; the CLI alone speaks to the user.
         with contextlib.redirect_stderr(io.StringIO()):
-            return path, weights.get_state_dict(progress=False, weights_only=True)
+            return weights.get_state_dict(progress=False, weights_only=True), path
     except Exception as error:
         if cached:  # torch.load raises many types for a damaged file
             reason = (str(error).strip() or type(error).__name__).splitlines()[0]
@@ -235,16 +228,15 @@ def _load_state_dict(model: nn.Module, state: dict, source: str) -> None:
     """Load `state` into `model`. If any head tensor's shape differs (another class count), the
     whole head is skipped and keeps its fresh init; any other mismatch is an error."""
     own = model.state_dict()
-    head_keys = {key for key in own if key.startswith(model.head_name + ".")}
-    expected = own.keys()
-    if any(key in state and state[key].shape != own[key].shape for key in head_keys):
-        state = {key: value for key, value in state.items() if key not in head_keys}
-        expected = own.keys() - head_keys
-    problems = [f"missing {key}" for key in sorted(expected - state.keys())]
+    head = {key for key in own if key.startswith(model.head_name + ".")}
+    if any(key in state and state[key].shape != own[key].shape for key in head):
+        own = {key: value for key, value in own.items() if key not in head}
+        state = {key: value for key, value in state.items() if key not in head}
+    problems = [f"missing {key}" for key in sorted(own.keys() - state.keys())]
     problems += [f"unexpected {key}" for key in sorted(state.keys() - own.keys())]
     problems += [
         f"{key} is {tuple(state[key].shape)}, model has {tuple(own[key].shape)}"
-        for key in sorted(expected & state.keys())
+        for key in sorted(own.keys() & state.keys())
         if state[key].shape != own[key].shape
     ]
     if problems:

@@ -52,9 +52,7 @@ class Schedule:
     """A scheduler stepped per optimizer "step", per "epoch", or per validation ("metric")."""
 
     def __init__(self, scheduler=None, interval: str = "epoch", monitor: str | None = None):
-        self.scheduler = scheduler
-        self.interval = interval
-        self.monitor = monitor
+        self.scheduler, self.interval, self.monitor = scheduler, interval, monitor
 
     def after_step(self) -> None:
         if self.scheduler is not None and self.interval == "step":

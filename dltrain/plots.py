@@ -18,7 +18,6 @@ from dltrain.errors import DltrainError
 from dltrain.runs import describe_run, read_metrics
 
 FIGSIZE, DPI = (12, 5), 100  # every image is 1200×500 pixels
-FORMATS = ("png", "svg", "pdf")
 _THIN = {"linestyle": "--", "linewidth": 0.8, "marker": ""}  # a second curve in the same colour
 
 
@@ -29,23 +28,21 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     still going (no summary.json yet): it draws the epochs metrics.csv holds."""
     run_dir = Path(run_dir)
     run = _load_run(run_dir)
-    rows, best, stopped = run["rows"], run["best_epoch"], run["stopped_at"]
+    rows, best = run["rows"], run["best_epoch"]
+    stopped = run["epochs"] if run["status"] == "stopped_early" else None
     title = f"{run['name']} ({run['status'].replace('_', ' ')}) — {run_dir}"
     fig, (loss_ax, acc_ax) = _figure(title, "loss", "accuracy")
     for ax, metric in ((loss_ax, "loss"), (acc_ax, "acc")):
         train, running = _train_key(rows, metric), f"train_{metric}"
-        if train == running:
-            _line(ax, rows, train, color="C0", label="train")
-        else:
-            _line(ax, rows, train, color="C0", label="train (eval mode)")
+        label = "train" if train == running else "train (eval mode)"
+        _line(ax, rows, train, color="C0", label=label)
+        if train != running:
             _line(ax, rows, running, color="C0", label="train (running, train mode)", **_THIN)
         _line(ax, rows, f"val_{metric}", color="C1", label="val")
         if best is not None:
-            label = f"best epoch {best}"
-            ax.axvline(best, color="green", linestyle=":", linewidth=1.5, label=label)
+            ax.axvline(best, color="green", ls=":", lw=1.5, label=f"best epoch {best}")
         if stopped is not None:
-            label = f"early stop at {stopped}"
-            ax.axvline(stopped, color="red", linestyle="--", linewidth=1, label=label)
+            ax.axvline(stopped, color="red", ls="--", lw=1, label=f"early stop at {stopped}")
     _legend(loss_ax, _lr_axis(loss_ax, rows))
     _legend(acc_ax)
     return _save(fig, out if out is not None else run_dir / "curves.png")
@@ -55,12 +52,11 @@ def draw_curves(run_dir: str | Path) -> str | None:
     """curves.png after a run, for whatever epochs metrics.csv holds; a plotting problem never
     fails a run: it comes back as a note to show (None when all is well)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "metrics.csv").exists():
-        return None
-    try:
-        plot_run(run_dir)
-    except Exception as err:  # noqa: BLE001 - the run itself is saved; say so and go on
-        return f"could not draw {run_dir / 'curves.png'}: {err}"
+    if (run_dir / "metrics.csv").exists():
+        try:
+            plot_run(run_dir)
+        except Exception as err:  # noqa: BLE001 - the run itself is saved; say so and go on
+            return f"could not draw {run_dir / 'curves.png'}: {err}"
     return None
 
 
@@ -149,11 +145,8 @@ def overlay_path(run_dirs: list[str | Path]) -> Path:
     return common / f"overlay-{time.strftime('%Y%m%d-%H%M%S')}.png"
 
 
-# --- reading ---------------------------------------------------------------------------------
-
-
 def _load_run(run_dir: Path) -> dict:
-    """`describe_run` of a run folder, with its folder, epochs and early-stopping epoch."""
+    """`describe_run` of a run folder, with its folder (`dir`) and metrics.csv's `rows`."""
     if not run_dir.is_dir():
         raise DltrainError(f"{run_dir}: no such folder; give a run folder (runs/<name>/<time>)")
     if not (run_dir / "metrics.csv").is_file():
@@ -170,10 +163,8 @@ def _load_run(run_dir: Path) -> dict:
         raise DltrainError(f"{run_dir / 'metrics.csv'}: no epoch recorded yet")
     # Status and best epoch as `dltrain runs` shows them: summary.json when it is current,
     # else what the config's early stopping would pick so far.
-    run = {**describe_run(run_dir), "dir": run_dir, "rows": rows}
-    run["name"] = run["name"] or run_dir.name
-    run["stopped_at"] = run["epochs"] if run["status"] == "stopped_early" else None
-    return run
+    run = describe_run(run_dir)
+    return {**run, "name": run["name"] or run_dir.name, "dir": run_dir, "rows": rows}
 
 
 def _train_key(rows: list[dict], metric: str) -> str:
@@ -196,9 +187,6 @@ def _spread(runs: list[dict], key: str) -> tuple[list[int], list, list, list]:
     epochs = sorted(by_epoch)
     mean = [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs]
     return epochs, mean, [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs]
-
-
-# --- drawing ---------------------------------------------------------------------------------
 
 
 def _figure(title: str, *ylabels: str):
@@ -252,11 +240,10 @@ def _lr_axis(ax, rows: list[dict]) -> list:
 
 
 def _colors(count: int) -> list:
-    if count <= 10:
-        return [f"C{i}" for i in range(count)]
+    """The default cycle's colours, or for more than ten lines as many from viridis."""
     from matplotlib import colormaps
 
-    return [colormaps["viridis"](i / (count - 1)) for i in range(count)]
+    return [f"C{i}" if count <= 10 else colormaps["viridis"](i / (count - 1)) for i in range(count)]
 
 
 def _labels(runs: list[dict]) -> list[str]:
@@ -272,7 +259,7 @@ def _save(fig, out: str | Path) -> Path:
     """Write the figure atomically; the format follows the file's suffix (png by default)."""
     out = Path(out)
     kind = out.suffix.lower().lstrip(".") or "png"
-    if kind not in FORMATS:
+    if kind not in ("png", "svg", "pdf"):
         raise DltrainError(f"{out}: cannot draw a .{kind} file; use .png, .svg or .pdf")
     if out.parent and not out.parent.is_dir():
         raise DltrainError(f"{out}: the folder {out.parent} does not exist")

@@ -69,11 +69,9 @@ class TensorBoard:
 
     def log(self, row: dict) -> None:
         for key, value in row.items():
-            if key in ("epoch", "seconds") or value is None:
-                continue
-            split, _, metric = key.rpartition("_")  # train_eval_acc -> acc/train_eval
-            tag = f"{metric}/{split}" if split else key
-            self.writer.add_scalar(tag, value, row["epoch"])
+            if key not in ("epoch", "seconds") and value is not None:
+                split, _, metric = key.rpartition("_")  # train_eval_acc -> acc/train_eval
+                self.writer.add_scalar(f"{metric}/{split}" if split else key, value, row["epoch"])
         self.writer.flush()
 
     def close(self) -> None:
@@ -95,11 +93,9 @@ class RunFiles:
     def append_metrics(self, row: dict) -> None:
         if not self.write:
             return
-        path = self.dir / "metrics.csv"
-        header = None
-        if path.exists():
-            with open(path, newline="") as handle:
-                header = next(csv.reader(handle), None)
+        path, header = self.dir / "metrics.csv", None
+        with suppress(FileNotFoundError), open(path, newline="") as handle:
+            header = next(csv.reader(handle), None)
         with open(path, "a", newline="") as handle:
             # A resumed run keeps the columns its file started with.
             writer = csv.DictWriter(handle, fieldnames=header or list(row), extrasaction="ignore")
@@ -112,17 +108,15 @@ class RunFiles:
 
     def rewrite_metrics(self, rows: list[dict]) -> None:
         """Replace metrics.csv with `rows` (on resume: drop epochs after the checkpoint)."""
-        if not self.write:
-            return
-        if not rows:
-            (self.dir / "metrics.csv").unlink(missing_ok=True)
-            return
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        text = buffer.getvalue()
-        atomic_write(self.dir / "metrics.csv", lambda handle: handle.write(text.encode()))
+        path = self.dir / "metrics.csv"
+        if self.write and not rows:
+            path.unlink(missing_ok=True)
+        elif self.write:
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+            atomic_write(path, lambda handle: handle.write(buffer.getvalue().encode()))
 
     def write_summary(self, summary: dict) -> None:
         if self.write:
@@ -165,15 +159,6 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return rows
 
 
-def best_epoch_so_far(rows: list[dict], monitor: str = "val_acc", mode: str = "auto") -> int | None:
-    """The epoch the run's early stopping would call best so far (first of equal values)."""
-    scored = [row for row in rows if row.get(monitor) is not None]
-    if not scored:
-        return None
-    lower = mode == "min" or (mode == "auto" and monitor.endswith("loss"))
-    return (min if lower else max)(scored, key=lambda row: row[monitor])["epoch"]
-
-
 def list_runs(root: str | Path) -> list[dict]:
     """Every run folder under `root` (one holding config.yaml or metrics.csv) as `describe_run`
     gives it, newest first. A damaged file marks its run "unreadable"; the listing goes on."""
@@ -200,10 +185,13 @@ def describe_run(run_dir: str | Path) -> dict:
     except (OSError, DltrainError) as err:
         rows, problems = [], [*problems, f"metrics.csv: {getattr(err, 'strerror', None) or err}"]
     stale = summary is not None and _newer(run_dir / "metrics.csv", run_dir / "summary.json")
+    # The epoch the config's early stopping would call best so far (first of equal values).
     stopping = _dig(config, "train", "early_stopping")
-    mode = str(_dig(stopping, "mode") or "auto")
-    best_epoch = best_epoch_so_far(rows, str(_dig(stopping, "monitor") or "val_acc"), mode)
-    best = next((row for row in rows if row["epoch"] == best_epoch), {})
+    monitor, mode = str(_dig(stopping, "monitor") or "val_acc"), _dig(stopping, "mode") or "auto"
+    lower = mode == "min" or (mode == "auto" and monitor.endswith("loss"))
+    scored = [row for row in rows if row.get(monitor) is not None]
+    top = (min if lower else max)(scored, key=lambda row: row[monitor], default={})
+    best = next((row for row in rows if row["epoch"] == top.get("epoch")), {})
     started = _started(run_dir)
     run = {
         "path": str(run_dir),
@@ -213,7 +201,7 @@ def describe_run(run_dir: str | Path) -> dict:
         "status": "incomplete",  # one of RUN_STATUSES
         "epochs": len(rows),
         "max_epochs": _num(_dig(config, "train", "epochs")),
-        "best_epoch": best_epoch,  # as the config's early stopping would pick it so far
+        "best_epoch": best.get("epoch"),  # as the config's early stopping would pick it so far
         "best_val_acc": best.get("val_acc"),
         **_test_uses(run_dir),
         "params": _num(_dig(summary, "params")),
@@ -267,10 +255,9 @@ def _test_uses(run_dir: Path) -> dict:
         with suppress(ValueError, AttributeError):
             value = _num(json.loads(line).get("acc"))
             acc = value if value is not None else acc
-    if acc is None and (run_dir / "eval-test.json").is_file():
-        with suppress(OSError, ValueError, AttributeError):
-            acc = _num(json.loads((run_dir / "eval-test.json").read_text()).get("acc"))
-            uses = max(uses, 1)
+    report = _read_mapping(run_dir / "eval-test.json", "json", []) if acc is None else None
+    if report is not None:
+        acc, uses = _num(report.get("acc")), max(uses, 1)
     return {"test_acc": acc, "test_uses": uses}
 
 

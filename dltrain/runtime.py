@@ -1,7 +1,4 @@
-"""Where and how training runs: device, seeds, threads, precision, memory format, signals.
-
-Kept apart from the loop in engine.py; nothing here prints.
-"""
+"""Where and how training runs: device, seeds, threads, precision, memory format, signals."""
 
 from __future__ import annotations
 
@@ -18,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from dltrain import distributed
 from dltrain.config import Config
-from dltrain.distributed import usable_cores
 from dltrain.errors import DltrainError
 
 
@@ -49,10 +46,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+def start(cfg: Config) -> torch.device:
+    """The device a run trains on (under torchrun, this process's, in the process group), with
+    threads, determinism and seeds set. Every rank takes the same seed: identical initial
+    weights, splits and shuffles."""
+    launched = distributed.launched()
+    device = distributed.start(cfg.device) if launched else resolve_device(cfg.device)
+    set_threads()
+    if cfg.train.deterministic:
+        # cuBLAS needs this workspace setting to be deterministic; set before CUDA starts.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(cfg.train.deterministic)
+    torch.backends.cudnn.benchmark = not cfg.train.deterministic
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    return device
 
 
 @dataclass
@@ -81,19 +90,11 @@ def precision_tools(device: torch.device, precision: str) -> Precision:
     return Precision(autocast, scaler, str(dtype or torch.float32).removeprefix("torch."))
 
 
-def set_determinism(on: bool) -> None:
-    if on:
-        # cuBLAS needs this workspace setting to be deterministic; set before CUDA starts.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(on)
-    torch.backends.cudnn.benchmark = not on
-
-
 def set_threads() -> None:
     """Use the cores this process may run on (containers often allow fewer than the host
     has), unless OMP_NUM_THREADS says otherwise."""
     if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(usable_cores())
+        torch.set_num_threads(distributed.usable_cores())
 
 
 def apply_speedups(

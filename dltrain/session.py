@@ -21,15 +21,7 @@ from dltrain.finetune import check_freeze
 from dltrain.models import build_model, needs_rgb
 from dltrain.optim import Schedule, build_optimizer, build_schedule
 from dltrain.runs import RunFiles, TensorBoard
-from dltrain.runtime import (
-    Precision,
-    apply_speedups,
-    precision_tools,
-    resolve_device,
-    seed_everything,
-    set_determinism,
-    set_threads,
-)
+from dltrain.runtime import Precision, apply_speedups, precision_tools, start
 
 
 @dataclass
@@ -76,13 +68,8 @@ def build(
     files.dir.mkdir(parents=True, exist_ok=True)
     # Asked-for logging that cannot work is an error before any data is read.
     tensorboard = TensorBoard(run_dir, cfg) if cfg.logging.tensorboard and files.write else None
-    launched = distributed.launched()
-    device = distributed.start(cfg.device) if launched else resolve_device(cfg.device)
+    device = start(cfg)
     shard = (distributed.rank(), distributed.world_size())
-    set_threads()
-    set_determinism(cfg.train.deterministic)
-    # The same seed on every rank: identical initial weights, splits and shuffles.
-    seed_everything(cfg.seed)
     splits = build_splits(cfg.data, cfg.seed, rgb=needs_rgb(cfg.model))
     train_batches = make_loader(splits, "train", cfg.data, device, seed=cfg.seed, shard=shard)
     val_batches = make_loader(splits, "val", cfg.data, device, shard=shard)

@@ -35,10 +35,6 @@ PRUNE_WARMUP = 2  # epochs reported before it may (a first epoch says little)
 Report = Callable[[dict], None]
 
 
-def default_folder(cfg: Config, runs: Path = Path("runs")) -> Path:
-    return runs / cfg.name / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
 def create(cfg: Config, folder: Path, options: dict) -> dict:
     """Start a sweep in `folder`: sweep.yaml and the study. `options`: trials, sampler, prune,
     jobs, timeout, storage (None: study.db in the folder). Returns the settings."""
@@ -50,13 +46,9 @@ def create(cfg: Config, folder: Path, options: dict) -> dict:
     if (folder / SETTINGS).exists():
         raise DltrainError(f"{folder} already holds a sweep; continue it: --resume {folder}")
     metric = cfg.sweep.metric or cfg.train.early_stopping.monitor
-    settings = {
-        "config": cfg.model_dump(mode="json"),
-        "metric": metric,
-        "direction": "minimize" if metric.endswith("loss") else "maximize",
-        "study": cfg.name,
-        **options,
-    }
+    direction = "minimize" if metric.endswith("loss") else "maximize"
+    settings = {"config": cfg.model_dump(mode="json"), "metric": metric, "direction": direction}
+    settings.update(study=cfg.name, **options)
     new_run_dir(cfg, folder)  # created, and checked to be writable
     open_study(folder, settings)  # first: a storage that cannot be opened leaves no sweep.yaml
     save_settings(folder, settings)
@@ -101,16 +93,13 @@ def spaces(settings: dict) -> dict[str, Space]:
     return {key: parse_space(spec) for key, spec in settings["config"]["sweep"]["params"].items()}
 
 
-def run(folder: Path, on_trial: Report = lambda row: None, trials: int | None = None) -> dict:
+def run(folder: Path, on_trial: Report = lambda row: None) -> dict:
     """Run the trials the sweep still lacks, in `jobs` processes; then write sweep.csv,
     sweep.png and best.yaml. Returns `summarize`."""
     from optuna.trial import Trial, TrialState
 
     folder = Path(folder)
     settings = load_settings(folder)
-    if trials is not None and trials != settings["trials"]:
-        settings["trials"] = trials
-        save_settings(folder, settings)
     study = open_study(folder, settings)
     # Requeue the trials this sweep left running when it was killed. With the study in the
     # folder no one else works on it; a shared --storage keeps other machines' trials running.
@@ -161,10 +150,10 @@ def _parallel(folder: Path, remaining: int, seeds: list[str], deadline, report: 
     except KeyboardInterrupt:
         for worker in workers:  # Ctrl-C reached them too: each records its trial and exits
             worker.join()
-        raise _resume_hint(folder, KeyboardInterrupt()) from None
+        raise _resume_hint(folder, 130) from None
     codes = [worker.exitcode for worker in workers]
     if any(code in (130, 143) for code in codes):
-        raise _resume_hint(folder, Interrupted("", max(codes)))
+        raise _resume_hint(folder, max(codes))
     if errors or any(codes):
         raise DltrainError(errors[0] if errors else f"a sweep worker failed (exit codes {codes})")
 
@@ -209,11 +198,10 @@ def run_trial(study, folder: Path, settings: dict) -> dict:
     trial.set_user_attr("folder", run_dir.name)
     started = time.perf_counter()
     try:
-        cfg = trial_config(settings["config"], suggest(trial, spaces(settings)), trial.number)
-        summary = _fit(cfg, run_dir, trial, settings["metric"])
+        summary = _fit(trial_config(trial, settings), run_dir, trial, settings["metric"])
     except (Interrupted, KeyboardInterrupt) as err:
         _interrupted(study, trial, trial.params)
-        raise _resume_hint(folder, err) from None
+        raise _resume_hint(folder, err.exit_code if isinstance(err, Interrupted) else 130) from None
     except DltrainError as err:
         state, summary, reason = TrialState.FAIL, None, "; ".join(str(err).splitlines())
     except BaseException as err:  # a bug: recorded, then shown with its traceback
@@ -228,36 +216,30 @@ def run_trial(study, folder: Path, settings: dict) -> dict:
     return trial_rows(study, settings, [trial.number])[0]
 
 
-def suggest(trial, space: dict[str, Space]) -> dict:
-    """Each key's value; lists and mappings are choices by YAML text (Optuna's are plain)."""
-    values = {}
-    for key, item in space.items():
-        if item.kind == "choice":
-            labels = [_label(choice) for choice in item.choices]
-            values[key] = item.choices[labels.index(trial.suggest_categorical(key, labels))]
+def trial_config(trial, settings: dict) -> Config:
+    """The base config with the values the trial suggests and no sweep section: a normal run's
+    config (`dltrain train trial-NNN/config.yaml` repeats the trial). Optuna's choices are
+    plain: lists and mappings are offered by their YAML text."""
+    data = copy.deepcopy(settings["config"])
+    data["sweep"] = {}
+    for key, space in spaces(settings).items():
+        if space.kind == "choice":
+            labels = [_label(choice) for choice in space.choices]
+            value = space.choices[labels.index(trial.suggest_categorical(key, labels))]
         else:
-            number = trial.suggest_int if item.kind == "int" else trial.suggest_float
-            values[key] = number(key, item.low, item.high, log=item.log)
-    return values
+            number = trial.suggest_int if space.kind == "int" else trial.suggest_float
+            value = number(key, space.low, space.high, log=space.log)
+        set_key(data, key.split("."), value)
+    try:
+        return validate(data, f"trial {trial.number}")
+    except ConfigError as err:
+        raise DltrainError("; ".join(err.lines)) from None
 
 
 def _label(value):
     if isinstance(value, list | dict):
         return yaml.safe_dump(value, default_flow_style=True).strip()
     return value
-
-
-def trial_config(base: dict, values: dict, number: int) -> Config:
-    """The base config with the trial's values and no sweep section: a normal run's config
-    (`dltrain train trial-NNN/config.yaml` repeats the trial)."""
-    data = copy.deepcopy(base)
-    data["sweep"] = {}
-    for key, value in values.items():
-        set_key(data, key.split("."), value)
-    try:
-        return validate(data, f"trial {number}")
-    except ConfigError as err:
-        raise DltrainError("; ".join(err.lines)) from None
 
 
 def _fit(cfg: Config, run_dir: Path, trial, metric: str) -> dict:
@@ -316,8 +298,7 @@ def _counts(study) -> tuple[int, int]:
     return finished, sum(t.state.name == "RUNNING" for t in trials)
 
 
-def _resume_hint(folder: Path, err: BaseException) -> Interrupted:
-    code = err.exit_code if isinstance(err, Interrupted) else 130
+def _resume_hint(folder: Path, code: int) -> Interrupted:
     kept = "sweep stopped; finished trials are kept, interrupted ones run again"
     return Interrupted(f"{kept}: dltrain sweep --resume {folder}", code)
 
@@ -356,41 +337,37 @@ def summarize(folder: Path) -> dict:
     from dltrain.plots import plot_sweep
 
     settings = load_settings(folder)
+    metric, space = settings["metric"], spaces(settings)
     rows = trial_rows(open_study(folder, settings), settings)
     best = next((row for row in rows if row["state"] == "complete"), None)
-    _write_csv(folder / "sweep.csv", rows, settings["metric"])
-    written = [folder / "sweep.csv"]
-    if any(row["value"] is not None for row in rows):
-        written.append(plot_sweep(rows, spaces(settings), settings["metric"], folder / "sweep.png"))
-    if best is not None:
-        text = (folder / best["folder"] / "config.yaml").read_text(encoding="utf-8")
-        chosen = f"trial {best['trial']}, {settings['metric']} {best['value']:.4f}"
-        header = f"# best of {len(rows)} trials of {folder}: {chosen} (selected on validation)\n"
-        atomic_write(folder / BEST, lambda handle: handle.write((header + text).encode()))
-        written.append(folder / BEST)
-    return {
-        "folder": str(folder),
-        "metric": settings["metric"],
-        "trials": settings["trials"],
-        "finished": sum(row["state"] not in ("interrupted", "running") for row in rows),
-        "rows": rows,
-        "log_scaled": [key for key, space in spaces(settings).items() if space.log],
-        "best": best,
-        "written": [str(path) for path in written],
-    }
-
-
-def _write_csv(path: Path, rows: list[dict], metric: str) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     keys = list(rows[0]["params"]) if rows else []
     writer.writerow(["trial", "state", *keys, f"best_{metric}", "epochs", "seconds", "reason"])
     for row in rows:
-        params = [row["params"][key] for key in keys]
         seconds = None if row["seconds"] is None else round(row["seconds"], 2)
-        extra = [row["value"], row["epochs"], seconds, row["reason"]]
-        writer.writerow([row["trial"], row["state"], *params, *extra])
-    atomic_write(path, lambda handle: handle.write(buffer.getvalue().encode()))
+        values = [*row["params"].values(), row["value"], row["epochs"], seconds, row["reason"]]
+        writer.writerow([row["trial"], row["state"], *values])
+    atomic_write(folder / "sweep.csv", lambda handle: handle.write(buffer.getvalue().encode()))
+    written = [folder / "sweep.csv"]
+    if any(row["value"] is not None for row in rows):
+        written.append(plot_sweep(rows, space, metric, folder / "sweep.png"))
+    if best is not None:
+        text = (folder / best["folder"] / "config.yaml").read_text(encoding="utf-8")
+        chosen = f"trial {best['trial']}, {metric} {best['value']:.4f}"
+        header = f"# best of {len(rows)} trials of {folder}: {chosen} (selected on validation)\n"
+        atomic_write(folder / BEST, lambda handle: handle.write((header + text).encode()))
+        written.append(folder / BEST)
+    return {
+        "folder": str(folder),
+        "metric": metric,
+        "trials": settings["trials"],
+        "finished": sum(row["state"] not in ("interrupted", "running") for row in rows),
+        "rows": rows,
+        "log_scaled": [key for key, item in space.items() if item.log],
+        "best": best,
+        "written": [str(path) for path in written],
+    }
 
 
 def evaluate_best(folder: Path, overrides: list[str] = ()) -> dict:

@@ -49,6 +49,23 @@ BAD_CONFIGS = [
     ("optim:\n  lr: 0.1\n  lr: 0.2\n", [], ["line 3, column 3: duplicate key 'lr'"]),
     ("optim: [1, 2\n", [], ["line 2, column 1"]),
     ("", [], ["the file is empty"]),
+    ("? [1, 2]\n: x\n", [], ["line 1, column 3: found unhashable key"]),
+    (
+        "sweep:\n  metric: val_ac\n",
+        [],
+        ["sweep.metric: 'val_ac' is not one of val_acc, val_loss; did you mean val_acc?"],
+    ),
+    (
+        "train:\n  precision: bf1\n",
+        [],
+        ["train.precision: 'bf1' is not one of auto, 32, bf16, 16; did you mean bf16?"],
+    ),
+    ("train:\n  compile: maybe\n", [], ["train.compile: 'maybe' is not one of auto, true, false"]),
+    (
+        "sweep:\n  params:\n    data.batch_size: int(1, 1" + "0" * 400 + ")\n",
+        [],
+        ["sweep.params.data.batch_size: int(1, 1000", "expected int(lo, hi) or int(lo, hi, log)"],
+    ),
     ("- 1\n- 2\n", [], ["top level is a list; expected a mapping"]),
 ]
 

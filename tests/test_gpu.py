@@ -19,7 +19,7 @@ import torchvision
 from dltrain.checkpoint import load
 from dltrain.config import validate
 from dltrain.data import build_splits, make_loader
-from dltrain.engine import train_one_epoch
+from dltrain.epoch import train_one_epoch
 from dltrain.models import build_model
 from dltrain.runtime import Precision
 from tests.formats import write_cifar, write_pngs

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from dltrain.config import Config, OptimConfig, ScheduleConfig, TrainConfig, validate
-from dltrain.engine import fit, train_one_epoch
+from dltrain.engine import fit
+from dltrain.epoch import train_one_epoch
 from dltrain.optim import build_optimizer, build_schedule, param_groups
 from dltrain.runs import read_metrics
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -46,9 +46,8 @@ def compare(
     from dltrain.config import load_config
     from dltrain.runs import new_run_dir
 
-    changes = overrides(set_, device)
     loaded = {
-        label: load_config(path, changes)
+        label: load_config(path, overrides(set_, device))
         for label, path in zip(labels_for(configs), configs, strict=True)
     }
     root = new_run_dir(next(iter(loaded.values())), out_dir or default_root())
@@ -73,47 +72,58 @@ def compare(
     say(f"wrote {result['png']} and {root / 'compare.json'}")
 
 
+ConfigArgument = Annotated[Path | None, typer.Argument(help="YAML config with a sweep section.")]
+TrialsOption = Annotated[
+    int | None, typer.Option("--trials", min=1, help="Trials in all (default sweep.trials).")
+]
+SamplerOption = Annotated[str | None, typer.Option("--sampler", help="random (default) or tpe.")]
+PruneOption = Annotated[
+    bool, typer.Option("--prune", help="Stop unpromising trials early (median pruner).")
+]
+JobsOption = Annotated[
+    int | None, typer.Option("--jobs", min=1, help="Trials run in parallel (default 1).")
+]
+TimeoutOption = Annotated[
+    float | None, typer.Option("--timeout", help="Start no trial after this many seconds.")
+]
+StorageOption = Annotated[
+    str | None,
+    typer.Option("--storage", help="Shared study, e.g. postgresql://…; default study.db."),
+]
+ParamOption = Annotated[
+    list[str] | None,
+    typer.Option("--param", help="Search space: KEY=SPEC, e.g. 'optim.lr=uniform(0, 1)'."),
+]
+ResumeOption = Annotated[
+    Path | None, typer.Option("--resume", help="Continue an interrupted sweep: its folder.")
+]
+TestBestOption = Annotated[
+    bool, typer.Option("--test-best", help="At the end, test the best trial (once).")
+]
+
+
 @app.command()
 @friendly
 def sweep(
-    config: Annotated[Path | None, typer.Argument(help="YAML config with a sweep section.")] = None,
-    trials: Annotated[
-        int | None, typer.Option("--trials", min=1, help="Trials in all (default sweep.trials).")
-    ] = None,
-    sampler: Annotated[
-        str | None, typer.Option("--sampler", help="random (default) or tpe.")
-    ] = None,
-    prune: Annotated[
-        bool, typer.Option("--prune", help="Stop unpromising trials early (median pruner).")
-    ] = False,
-    jobs: Annotated[
-        int | None, typer.Option("--jobs", min=1, help="Trials run in parallel (default 1).")
-    ] = None,
-    timeout: Annotated[
-        float | None, typer.Option("--timeout", help="Start no trial after this many seconds.")
-    ] = None,
-    storage: Annotated[
-        str | None,
-        typer.Option("--storage", help="Shared study, e.g. postgresql://…; default study.db."),
-    ] = None,
-    param: Annotated[
-        list[str] | None,
-        typer.Option("--param", help="Search space: KEY=SPEC, e.g. 'optim.lr=uniform(0, 1)'."),
-    ] = None,
+    config: ConfigArgument = None,
+    trials: TrialsOption = None,
+    sampler: SamplerOption = None,
+    prune: PruneOption = False,
+    jobs: JobsOption = None,
+    timeout: TimeoutOption = None,
+    storage: StorageOption = None,
+    param: ParamOption = None,
     set_: SetOption = None,
     device: DeviceOption = None,
     out_dir: OutOption = None,
-    resume: Annotated[
-        Path | None, typer.Option("--resume", help="Continue an interrupted sweep: its folder.")
-    ] = None,
-    test_best: Annotated[
-        bool, typer.Option("--test-best", help="At the end, test the best trial (once).")
-    ] = False,
+    resume: ResumeOption = None,
+    test_best: TestBestOption = False,
 ) -> None:
     """Many trials with sampled hyperparameters, selected on validation; test the best once.
 
     The sweep's folder is --out (default runs/<name>/sweep-<time>)."""
     from dltrain import sweep as sweeps
+    from dltrain.config import load_config
 
     if resume is not None:
         fixed = {"CONFIG": config, "--param": param, "--set": set_, "--device": device}
@@ -125,31 +135,20 @@ def sweep(
                 f"{', '.join(given)} (--trials, --jobs, --timeout and --test-best may be given)"
             )
         folder, settings = resume, sweeps.load_settings(resume)  # only how it runs may change
-        settings.update(jobs=jobs or settings["jobs"], timeout=timeout or settings["timeout"])
+        settings.update(trials=trials or settings["trials"], jobs=jobs or settings["jobs"])
+        settings.update(timeout=timeout or settings["timeout"])
         sweeps.save_settings(folder, settings)
     else:
         if config is None:
             raise DltrainError("give a config to sweep, or --resume SWEEP_DIR to continue one")
         if sampler not in (None, "random", "tpe"):
             raise DltrainError(f"--sampler {sampler!r}: expected random or tpe")
-        from dltrain.config import load_config
-
         cfg = load_config(config, overrides(set_, device), list(param or []))
-        folder = out_dir or sweeps.default_folder(cfg)
+        folder = out_dir or Path("runs", cfg.name, time.strftime("sweep-%Y%m%d-%H%M%S"))
         options = {"trials": trials or cfg.sweep.trials, "sampler": sampler or cfg.sweep.sampler}
         options.update(prune=prune, jobs=jobs or 1, timeout=timeout, storage=storage)
         settings = sweeps.create(cfg, folder, options)
-    keys = ", ".join(settings["config"]["sweep"]["params"])
-    how = f"{settings['sampler']} sampling{', pruned' if settings['prune'] else ''}"
-    how += f", {settings['jobs']} job{'s' if settings['jobs'] > 1 else ''}"
-    say(
-        f"sweep {folder}: {trials or settings['trials']} trials of {keys} ({how}), "
-        f"selected on {settings['metric']}",
-        err(),
-    )
-    log_scaled = [key for key, space in sweeps.spaces(settings).items() if space.log]
-    on_trial = functools.partial(_sweep_trial_line, settings["metric"], log_scaled)
-    result = sweeps.run(folder, on_trial, trials)
+    result = sweeps.run(folder, _sweep_progress(folder, settings))
     _sweep_table(result)
     if result["best"] is None:
         raise DltrainError("no trial completed (the table says why); nothing to select")
@@ -165,18 +164,34 @@ def _sweep_value(value, log: bool = False) -> str:
     return "-" if value is None else str(value)
 
 
-def _sweep_trial_line(metric: str, log_scaled: list[str], row: dict) -> None:
-    params = ", ".join(
-        f"{key}={_sweep_value(value, key in log_scaled)}" for key, value in row["params"].items()
-    )
-    value = "-" if row["value"] is None else f"{row['value']:.4f}"
-    why = f"; {row['reason']}" if row["reason"] and row["state"] != "complete" else ""
-    state = "failed" if row["state"] == "fail" else row["state"]
+def _sweep_progress(folder: Path, settings: dict):
+    """Say what the sweep runs; return the callback that says each trial's outcome."""
+    from dltrain.sweep import spaces
+
+    metric, keys = settings["metric"], ", ".join(settings["config"]["sweep"]["params"])
+    how = f"{settings['sampler']} sampling{', pruned' if settings['prune'] else ''}"
+    how += f", {settings['jobs']} job{'s' if settings['jobs'] > 1 else ''}"
     say(
-        f"trial {row['trial']} {state}: {metric} {value} ({params}), {row['epochs']} epochs, "
-        f"{row['seconds']:.1f}s{why}",
+        f"sweep {folder}: {settings['trials']} trials of {keys} ({how}), selected on {metric}",
         err(),
     )
+    log_scaled = [key for key, space in spaces(settings).items() if space.log]
+
+    def on_trial(row: dict) -> None:
+        params = ", ".join(
+            f"{key}={_sweep_value(value, key in log_scaled)}"
+            for key, value in row["params"].items()
+        )
+        value = "-" if row["value"] is None else f"{row['value']:.4f}"
+        why = f"; {row['reason']}" if row["reason"] and row["state"] != "complete" else ""
+        state = "failed" if row["state"] == "fail" else row["state"]
+        say(
+            f"trial {row['trial']} {state}: {metric} {value} ({params}), {row['epochs']} epochs, "
+            f"{row['seconds']:.1f}s{why}",
+            err(),
+        )
+
+    return on_trial
 
 
 def _sweep_table(result: dict) -> None:

@@ -2,23 +2,22 @@
 errors that name the dotted key, the bad value and the closest choice, all at once, one line each.
 YAML -> `read_config_file` -> overrides -> `validate`; checkpoints' configs join at `from_dict`."""
 
-from __future__ import annotations
-
 import copy
 import difflib
 import re
+from collections.abc import Hashable, Iterator
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import ValidationError
+from yaml.constructor import ConstructorError
 
 from dltrain.config.schema import ALEXNET_MIN_SIZE, FIELDS, KEYS, Config, image_size
 from dltrain.config.space import SPACE_FORMS, parse_space
 from dltrain.errors import ConfigError, DltrainError
 
 
-# --- YAML --------------------------------------------------------------------------------
 class _Loader(yaml.SafeLoader):
     """SafeLoader that reads `1e-3` as a float and refuses duplicate keys."""
 
@@ -26,10 +25,10 @@ class _Loader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):  # a list or mapping: SafeLoader's own error says so
+                continue
             if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
+                raise ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -63,17 +62,15 @@ def read_config_file(path: str | Path) -> dict:
     if not path.is_file():
         raise DltrainError(f"config file not found: {path} (give the path of a YAML file)")
     try:
-        text = path.read_text(encoding="utf-8")
+        data = parse_yaml(path.read_text(encoding="utf-8"), str(path))
     except UnicodeDecodeError:
         raise ConfigError(["not a text file; expected a YAML config"], str(path)) from None
-    data = parse_yaml(text, str(path))
     if not isinstance(data, dict):
         found = "the file is empty" if data is None else f"top level is a {type(data).__name__}"
         raise ConfigError([f"{found}; expected a mapping of sections"], str(path))
     return data
 
 
-# --- overrides ---------------------------------------------------------------------------
 _FORMS = {
     "--set": "KEY=VALUE, e.g. --set optim.lr=0.01",
     "--param": "KEY=SPEC, e.g. --param 'optim.lr=loguniform(1e-4, 1e-1)'",
@@ -96,8 +93,7 @@ def apply_overrides(data: dict, items: list[str], source: str, flag: str = "--se
             parts, value = key.split("."), parse_yaml(raw, f"--set {key}") if raw.strip() else None
         if blocked := set_key(data, parts, value):
             problems.append(f"{flag} {key}: {blocked} is a value, not a section")
-        else:
-            paths.add(".".join(parts))
+        paths.add(".".join(parts))  # returned only when there are no problems
     if problems:
         raise ConfigError(problems, source)
     return paths
@@ -116,33 +112,23 @@ def set_key(data: dict, parts: list[str], value: Any) -> str | None:
     return None
 
 
-# --- sweep search spaces -----------------------------------------------------------------
-def _sweep_problems(cfg: Config | None, data: dict, overridden: set[str]) -> list[str]:
-    """One line per search space with an unknown key, a bad range, or ends the key refuses."""
-    sweep = _section(cfg, data, "sweep")
-    keys = [key for key in KEYS if not key.startswith("sweep.")]
-    lines = []
-    for key, spec in (sweep.params if sweep is not None else {}).items():
-        if problem := _space_problem(data, key, spec, keys):
-            where = f"sweep.params.{key}"
-            lines.append(f"{where}: {problem}" + (" (from --param)" if where in overridden else ""))
-    return lines
-
-
-def _space_problem(data: dict, key: str, spec: str, keys: list[str]) -> str | None:
+def _space_problem(data: dict, key: str, spec: str) -> str | None:
+    """The problem of one search space: an unknown key, a bad range, or ends the key refuses."""
+    keys = [k for k in KEYS if not k.startswith("sweep.")]
     if key not in keys:
         if key.startswith("sweep.") or key == "sweep":
             return "the sweep section itself cannot be swept"
         if inside := [k for k in keys if k.startswith(key + ".")]:
             return f"{key} is a section; name a key in it, e.g. {inside[0]}"
-        match = _closest(key, keys)
-        hint = f"did you mean {match}?" if match else "see dltrain config reference"
-        return f"unknown config key; {hint}"
+        if match := _closest(key, keys):
+            return f"unknown config key; did you mean {match}?"
+        return "unknown config key; see dltrain config reference"
     try:
         space = parse_space(spec)
     except ValueError as err:
         return str(err)
-    for value in space.ends():
+    # Its ends (each choice, or the lowest and highest value) must be values of the key.
+    for value in space.choices if space.kind == "choice" else (space.low, space.high):
         trial = copy.deepcopy(data)
         if set_key(trial, key.split("."), value):
             return None  # the section itself is wrong: reported on its own
@@ -155,7 +141,6 @@ def _space_problem(data: dict, key: str, spec: str, keys: list[str]) -> str | No
     return None
 
 
-# --- validation --------------------------------------------------------------------------
 def _closest(word, options) -> str | None:
     return next(iter(difflib.get_close_matches(str(word), [str(o) for o in options], n=1)), None)
 
@@ -174,11 +159,9 @@ def _describe(error: dict) -> str:
             return f"{path}: unknown key; did you mean {_path((*loc[:-1], match))}?"
         return f"{path}: unknown key; valid keys here: {', '.join(keys)}"
     if kind == "literal_error":
-        annotation = FIELDS[loc].annotation if loc in FIELDS else None
-        choices = get_args(annotation) if get_origin(annotation) is Literal else ()
-        match = _closest(value, choices)
-        hint = f"; did you mean {match}?" if match else ""
-        return f"{path}: {value!r} is not one of {', '.join(map(str, choices))}{hint}"
+        choices = _choices(FIELDS[loc].annotation) if loc in FIELDS else []
+        hint = f"; did you mean {match}?" if (match := _closest(value, choices)) else ""
+        return f"{path}: {value!r} is not one of {', '.join(choices)}{hint}"
     if kind == "model_type":
         return f"{path}: got {value!r}; expected a section (a mapping of keys)"
     if loc[:2] == ("sweep", "params") and len(loc) == 3:
@@ -192,14 +175,22 @@ def _describe(error: dict) -> str:
     return f"{path}: got {value!r}; expected {expected}"
 
 
-def _cross_problems(cfg: Config | None, data: dict) -> list[str]:
+def _choices(annotation) -> list[str]:
+    """A Literal's values as YAML spells them (true, not True), each once, also inside a union
+    (`Literal[...] | None`); `precision` takes both "16" and 16."""
+    if get_origin(annotation) is not Literal:
+        return list(dict.fromkeys(c for member in get_args(annotation) for c in _choices(member)))
+    shown = (str(c).lower() if isinstance(c, bool) else str(c) for c in get_args(annotation))
+    return list(dict.fromkeys(shown))
+
+
+def _cross_problems(cfg: Config | None, data: dict) -> Iterator[str]:
     """Mismatches between the model and data sections that are known before any data is read."""
     model, data_section = _section(cfg, data, "model"), _section(cfg, data, "data")
     if model is None:
-        return []
-    problems = []
+        return
     if model.pretrained == "imagenet" and model.name not in ("alexnet", "resnet18"):
-        problems.append(
+        yield (
             f"model.pretrained: imagenet weights exist for alexnet and resnet18, not "
             f"{model.name}; use none or the path of a state-dict file"
         )
@@ -208,17 +199,16 @@ def _cross_problems(cfg: Config | None, data: dict) -> list[str]:
         small = size < 64 if model.small_input == "auto" else model.small_input
         smallest = ALEXNET_MIN_SIZE[bool(small)]
         if size < smallest:
-            problems.append(
+            yield (
                 f"model.name: alexnet (small_input {str(small).lower()}) needs images of at least "
                 f"{smallest} px; {data_section.dataset} gives {size} px: set data.resize, or use "
                 "cnn or resnet18"
             )
-    return problems
 
 
 def _section(cfg: Config | None, data: dict, name: str):
-    """Section `name` of `cfg`; of an invalid config, the section if it is valid on its own (to
-    check across sections despite errors), else None."""
+    """Section `name` of `cfg`; of an invalid config, the section if it is valid on its own (so
+    checks across sections run despite errors elsewhere), else None."""
     if cfg is not None:
         return getattr(cfg, name)
     try:
@@ -228,6 +218,7 @@ def _section(cfg: Config | None, data: dict, name: str):
 
 
 def validate(data: dict, source: str = "config", overridden: set[str] = frozenset()) -> Config:
+    """A raw config as a Config; ConfigError lists every problem, one line each."""
     cfg, lines = None, []
     try:
         cfg = Config.model_validate(data)
@@ -235,15 +226,19 @@ def validate(data: dict, source: str = "config", overridden: set[str] = frozense
         for error in err.errors():
             from_set = " (from --set)" if _path(error["loc"]) in overridden else ""
             lines.append(_describe(error) + from_set)
-    lines += _cross_problems(cfg, data) + _sweep_problems(cfg, data, overridden)
+    lines += _cross_problems(cfg, data)
+    sweep = _section(cfg, data, "sweep")
+    for key, spec in (sweep.params if sweep is not None else {}).items():
+        if problem := _space_problem(data, key, spec):
+            where = f"sweep.params.{key}"
+            lines.append(f"{where}: {problem}" + (" (from --param)" if where in overridden else ""))
     if lines:
         raise ConfigError(lines, source)
     return cfg
 
 
 def from_dict(data: dict, source: str, overrides: list[str] = (), params: list[str] = ()) -> Config:
-    """Validate a raw config (a file's, or the one a checkpoint saved) after applying `--set`
-    overrides and `--param` search spaces to a copy; ConfigError lists every problem."""
+    """Validate a raw config (a file's, or a checkpoint's) after `--set` and `--param` on a copy."""
     data = copy.deepcopy(data)
     overridden = apply_overrides(data, list(overrides), source)
     overridden |= apply_overrides(data, list(params), source, "--param")

@@ -21,7 +21,6 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     @field_validator(*_UNIONS, mode="wrap", check_fields=False)
-    @classmethod
     def _union_in_one_line(cls, value, handler, info: ValidationInfo):
         try:
             return handler(value)
@@ -29,12 +28,16 @@ class Section(BaseModel):
             raise ValueError(_UNIONS[info.field_name]) from None
 
 
+def _nested(section: type[Section], description: str):
+    """The field of a section within a section: by default, all of that section's defaults."""
+    return Field(default_factory=section, description=description)
+
+
 class NormalizeStats(Section):
     mean: list[float] = Field(min_length=1, description="Per-channel mean (of 0-1 pixels).")
     std: list[float] = Field(min_length=1, description="Per-channel standard deviation.")
 
     @field_validator("std")
-    @classmethod
     def _positive(cls, std: list[float], info: ValidationInfo) -> list[float]:
         if any(s <= 0 for s in std):
             raise ValueError("positive values")
@@ -86,9 +89,7 @@ class DataConfig(Section):
     normalize: Literal["dataset", "none"] | NormalizeStats = Field(
         "dataset", description="dataset (its own mean/std), none, or {mean: [...], std: [...]}."
     )
-    augment: AugmentConfig = Field(
-        default_factory=AugmentConfig, description="Training-split augmentation (never val/test)."
-    )
+    augment: AugmentConfig = _nested(AugmentConfig, "Training-split augmentation (never val/test).")
     resize: int | None = Field(
         None, ge=4, description="Resize images to this square size (e.g. 224); null = keep."
     )
@@ -96,12 +97,9 @@ class DataConfig(Section):
     skip_bad_files: bool = Field(
         False, description="imagefolder: skip unreadable images with a warning instead of failing."
     )
-    fake: FakeDataConfig = Field(
-        default_factory=FakeDataConfig, description="Shape of the `fake` smoke-test dataset."
-    )
+    fake: FakeDataConfig = _nested(FakeDataConfig, "Shape of the `fake` smoke-test dataset.")
 
     @field_validator("val_split", "test_split")
-    @classmethod
     def _fraction_or_count(cls, value: float) -> float:
         if value <= 0 or (value >= 1 and not float(value).is_integer()):
             raise ValueError("a fraction between 0 and 1, or a whole count >= 1")
@@ -128,7 +126,6 @@ class ModelConfig(Section):
     )
 
     @field_validator("hidden", "channels")
-    @classmethod
     def _positive_sizes(cls, sizes: list[int]) -> list[int]:
         if any(size < 1 for size in sizes):
             raise ValueError("a list of sizes, each >= 1")
@@ -146,7 +143,6 @@ class OptimConfig(Section):
     )
 
     @field_validator("nesterov")
-    @classmethod
     def _nesterov_needs_momentum(cls, value: bool, info: ValidationInfo) -> bool:
         if value and info.data.get("momentum") == 0:
             raise ValueError("false when momentum is 0 (Nesterov momentum needs momentum > 0)")
@@ -222,12 +218,11 @@ class TrainConfig(Section):
         description="Training samples re-measured in eval mode each epoch (the honest "
         "train-val gap); 0 = off.",
     )
-    early_stopping: EarlyStoppingConfig = Field(
-        default_factory=EarlyStoppingConfig, description="Best-epoch selection and early stopping."
+    early_stopping: EarlyStoppingConfig = _nested(
+        EarlyStoppingConfig, "Best-epoch selection and early stopping."
     )
 
     @field_validator("precision", mode="before")
-    @classmethod
     def _number_as_text(cls, value):
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
@@ -269,17 +264,15 @@ class SweepConfig(Section):
     )
 
 
-# Image sizes known without reading data (imagefolder: only through data.resize).
-DATASET_SIZES = {"digits": 8, "mnist": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
 # AlexNet's smallest input with (True) and without (False) the small-input stem, checked from the
 # config and by models.alexnet; a test runs the real layers at these sizes and one pixel less.
 ALEXNET_MIN_SIZE = {True: 15, False: 63}
 
 
 def image_size(data: DataConfig) -> int | None:
-    if data.resize:
-        return data.resize
-    return data.fake.image_size if data.dataset == "fake" else DATASET_SIZES.get(data.dataset)
+    """The image size known without reading data (imagefolder: only through data.resize)."""
+    sizes = {"digits": 8, "mnist": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
+    return data.resize or {**sizes, "fake": data.fake.image_size}.get(data.dataset)
 
 
 class Config(Section):
@@ -292,31 +285,22 @@ class Config(Section):
         pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
         description="auto, cpu, cuda, cuda:N or mps.",
     )
-    data: DataConfig = Field(default_factory=DataConfig, description="Dataset and loading.")
-    model: ModelConfig = Field(default_factory=ModelConfig, description="Model architecture.")
-    optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer.")
-    schedule: ScheduleConfig = Field(
-        default_factory=ScheduleConfig, description="Learning-rate schedule."
-    )
-    train: TrainConfig = Field(default_factory=TrainConfig, description="Training loop.")
-    finetune: FinetuneConfig = Field(
-        default_factory=FinetuneConfig, description="Used by `dltrain finetune` only."
-    )
-    checkpoint: CheckpointConfig = Field(
-        default_factory=CheckpointConfig, description="What checkpoints to write."
-    )
-    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Extra logging.")
-    sweep: SweepConfig = Field(
-        default_factory=SweepConfig, description="Used by `dltrain sweep` only."
-    )
+    data: DataConfig = _nested(DataConfig, "Dataset and loading.")
+    model: ModelConfig = _nested(ModelConfig, "Model architecture.")
+    optim: OptimConfig = _nested(OptimConfig, "Optimizer.")
+    schedule: ScheduleConfig = _nested(ScheduleConfig, "Learning-rate schedule.")
+    train: TrainConfig = _nested(TrainConfig, "Training loop.")
+    finetune: FinetuneConfig = _nested(FinetuneConfig, "Used by `dltrain finetune` only.")
+    checkpoint: CheckpointConfig = _nested(CheckpointConfig, "What checkpoints to write.")
+    logging: LoggingConfig = _nested(LoggingConfig, "Extra logging.")
+    sweep: SweepConfig = _nested(SweepConfig, "Used by `dltrain sweep` only.")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
 def _fields(model: type[BaseModel], parent: tuple = ()):
-    """(path, field, whether it is a section) of every field, e.g. (("optim", "lr"), ..., False);
-    a section comes before the fields in it."""
+    """(path, field, whether it is a section) of every field; a section before the fields in it."""
     for name, field in model.model_fields.items():
         section = isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
         yield (*parent, name), field, section

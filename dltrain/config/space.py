@@ -1,12 +1,9 @@
 """The sweep search-space grammar: `loguniform(1e-4, 1e-1)`, `int(16, 256, log)`, `choice([...])`.
-
 Torch-free and Optuna-free: a config's search spaces are checked before anything runs."""
 
-from __future__ import annotations
-
-import difflib
 import math
 import re
+import sys
 from dataclasses import dataclass
 
 from dltrain.errors import DltrainError
@@ -25,23 +22,18 @@ class Space:
     log: bool = False
     choices: tuple = ()
 
-    def ends(self) -> tuple:
-        """The values at its edges: each must be a valid value of the key it sets."""
-        return self.choices if self.kind == "choice" else (self.low, self.high)
-
 
 def parse_space(spec: str) -> Space:
     """`kind(arguments)`, the arguments read as YAML; ValueError says what is wrong."""
+    from dltrain.config.loading import _closest, parse_yaml  # here: loading imports this module
+
     match = re.fullmatch(r"\s*([A-Za-z_]\w*)\s*\((.*)\)\s*", spec, flags=re.DOTALL)
     if not match:
         raise ValueError(f"{spec!r} is not a search space; expected {SPACE_FORMS}")
     kind, text = match.groups()
     if kind not in SPACE_KINDS:
-        close = difflib.get_close_matches(kind, SPACE_KINDS, n=1)
-        hint = f"; did you mean {close[0]}?" if close else ""
+        hint = f"; did you mean {close}?" if (close := _closest(kind, SPACE_KINDS)) else ""
         raise ValueError(f"{kind!r} is not one of {', '.join(SPACE_KINDS)}{hint}")
-    from dltrain.config.loading import parse_yaml  # here: loading checks spaces with this module
-
     try:
         args = parse_yaml(f"[{text}]", spec)
     except DltrainError:
@@ -57,8 +49,13 @@ def parse_space(spec: str) -> Space:
         args, log = args[:2], True
     int_form = "int(lo, hi) or int(lo, hi, log) with whole numbers"
     number, form = (int, int_form) if kind == "int" else (int | float, f"{kind}(lo, hi)")
+    # Bounds beyond a float's range (1e309, 10**400) are not finite either.
     if len(args) != 2 or not all(
-        isinstance(a, number) and not isinstance(a, bool) and math.isfinite(a) for a in args
+        isinstance(a, number)
+        and not isinstance(a, bool)
+        and abs(a) <= sys.float_info.max
+        and math.isfinite(a)
+        for a in args
     ):
         raise ValueError(f"{spec}: expected {form}")
     low, high = args

@@ -33,10 +33,6 @@ class BatchAugment:
         self.cfg = cfg
         self.generator = generator
 
-    @property
-    def enabled(self) -> bool:
-        return any(self.cfg.model_dump().values())  # every option is an augmentation, 0 = off
-
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         c = self.cfg
         if c.random_resized_crop:

@@ -83,8 +83,7 @@ def stratified_split(labels: torch.Tensor, size: float | int, seed: int, what: s
     quota = counts.double() * count / n
     take = quota.floor().long()
     # Hand out what flooring lost to the classes with the largest remainders.
-    missing = count - int(take.sum())
-    take[torch.argsort(quota - take, descending=True, stable=True)[:missing]] += 1
+    take[torch.argsort(quota - take, descending=True, stable=True)[: count - int(take.sum())]] += 1
     emptied = [str(c) for c in classes[take == counts].tolist()]
     if emptied:
         raise DltrainError(
@@ -92,10 +91,8 @@ def stratified_split(labels: torch.Tensor, size: float | int, seed: int, what: s
             "choose a smaller split"
         )
     generator = torch.Generator().manual_seed(seed)
-    keep, held = [], []
+    held = torch.zeros_like(labels, dtype=torch.bool)
     for cls, k in zip(classes.tolist(), take.tolist(), strict=True):
         members = (labels == cls).nonzero().flatten()
-        members = members[torch.randperm(len(members), generator=generator)]
-        held.append(members[:k])
-        keep.append(members[k:])
-    return torch.cat(keep).sort().values, torch.cat(held).sort().values
+        held[members[torch.randperm(len(members), generator=generator)[:k]]] = True
+    return (~held).nonzero().flatten(), held.nonzero().flatten()

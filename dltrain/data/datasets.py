@@ -32,8 +32,7 @@ def digits(cfg: DataConfig) -> Splits:
     labels = torch.from_numpy(bunch.target).long()
     full = TensorSplit(images.unsqueeze(1), labels)
     keep, held = stratified_split(labels, 0.2, TEST_SEED, "test_split")
-    names = [str(int(c)) for c in bunch.target_names]
-    info = DataInfo("digits", names, 1, (8, 8), [0.3053], [0.3760])
+    info = DataInfo("digits", [str(c) for c in range(10)], 1, (8, 8), [0.3053], [0.3760])
     return Splits(info, train=full.subset(keep), test=full.subset(held))
 
 
@@ -66,15 +65,6 @@ TORCHVISION = {
 }
 
 
-def _expected_files(cls, root: Path) -> tuple[Path, list[str]]:
-    """The folder torchvision reads and the file names it expects there."""
-    if hasattr(cls, "resources"):  # the MNIST family: IDX files in <root>/<Class>/raw
-        names = [Path(url).name.removesuffix(".gz") for url, _ in cls.resources]
-        return root / cls.__name__ / "raw", names
-    names = [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-    return root / cls.base_folder, names
-
-
 def _files_under(root: Path) -> set[Path]:
     return {p for p in root.rglob("*") if p.is_file()} if root.exists() else set()
 
@@ -88,7 +78,12 @@ def _load_torchvision(name: str, cfg: DataConfig) -> Splits:
     root = Path(cfg.root)
     if root.exists() and not root.is_dir():
         raise DltrainError(f"data.root {root} is a file; point it at the folder for datasets")
-    folder, expected = _expected_files(cls, root)
+    if hasattr(cls, "resources"):  # the MNIST family: IDX files in <root>/<Class>/raw
+        folder = root / cls.__name__ / "raw"
+        expected = [Path(url).name.removesuffix(".gz") for url, _ in cls.resources]
+    else:
+        folder = root / cls.base_folder
+        expected = [file for file, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     present = all((folder / f).is_file() for f in expected)
     before = _files_under(root)
     try:
@@ -113,10 +108,8 @@ def _load_torchvision(name: str, cfg: DataConfig) -> Splits:
             f"{name}: dataset not found in {folder} (expected {', '.join(expected)}){attempt}; "
             f"{fix}, or point data.root at the folder that holds it"
         ) from None
-    classes = list(train.classes)
-    train, test = _as_tensors(train), _as_tensors(test)
-    info = DataInfo(name, classes, len(mean), tuple(train.images.shape[2:]), mean, std)
-    return Splits(info, train=train, test=test)
+    info = DataInfo(name, list(train.classes), len(mean), tuple(train.data.shape[1:3]), mean, std)
+    return Splits(info, train=_as_tensors(train), test=_as_tensors(test))
 
 
 def _as_tensors(dataset) -> TensorSplit:

@@ -114,8 +114,7 @@ def imagefolder(cfg: DataConfig) -> Splits:
             f"imagefolder: images in {root} differ in size ({examples}); "
             "set data.resize to the size to train at"
         )
-    width, height = next(iter(sizes))  # PIL's order
-    size = (cfg.resize, cfg.resize) if cfg.resize else (height, width)
+    size = (cfg.resize, cfg.resize) if cfg.resize else next(iter(sizes))[::-1]  # PIL's is (w, h)
     # normalized with ImageNet's mean and std
     info = DataInfo("imagefolder", classes, 3, size, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     return Splits(info, splits["train"], splits.get("val"), splits.get("test"), notes)
@@ -137,12 +136,10 @@ class FolderLoader:
         from torch.utils.data import DataLoader, DistributedSampler
 
         self.generator = torch.Generator().manual_seed(seed)
-        self.device = device
-        self.memory_format = torch.contiguous_format
+        self.device, self.memory_format = device, torch.contiguous_format
         rank, world = shard
-        self.sampler = None
-        if world > 1:  # each rank reads its padded share, reshuffled by set_epoch
-            self.sampler = DistributedSampler(split, world, rank, shuffle=shuffle, seed=seed)
+        # Each rank reads its padded share, reshuffled by set_epoch.
+        self.sampler = DistributedSampler(split, world, rank, shuffle, seed) if world > 1 else None
         self.loader = DataLoader(
             split,
             batch_size=batch_size,
