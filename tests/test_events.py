@@ -125,3 +125,15 @@ def test_the_engine_imports_neither_plots_nor_the_cli():
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == "[]"
+
+
+def test_the_overfitting_note_reaches_the_summary(cli, digits_config, tmp_path, monkeypatch):
+    note = "val accuracy flat since epoch 1 while train accuracy rose 9 points: overfitting"
+    monkeypatch.setattr(
+        "dltrain.engine.overfitting_note", lambda rows: note if len(rows) == 2 else None
+    )
+    result = cli("train", digits_config, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert f"note: {note}" in " ".join(result.stderr.split())
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["overfitting"] == note
+    assert "overfitting" in result.stdout.split("summary")[-1]
