@@ -11,7 +11,6 @@ runs code. torch is imported inside the functions: `dltrain runs` and `plot` sta
 from __future__ import annotations
 
 import contextlib
-import copy
 import errno
 import hashlib
 import json
@@ -202,13 +201,16 @@ def find_resume(target: str | Path) -> tuple[dict, Path, list[str]]:
 
 def payload(s: Session, loop, row: dict) -> dict:
     """A checkpoint of session `s` at `loop` (engine.LoopState): enough to evaluate, predict,
-    finetune and resume exactly."""
+    finetune and resume exactly. "model" holds the weights validation measured: with train.ema,
+    the average (what eval, predict and finetune then read); "ema" the rest to resume it."""
+    ema = s.ema
     return {
         "format": FORMAT,
         "version": __version__,
         "epoch": loop.epoch,
         "global_step": loop.global_step,
-        "model": s.model.state_dict(),
+        "model": (s.model if ema is None else ema.module).state_dict(),
+        "ema": None if ema is None else {"trained": s.model.state_dict(), "steps": ema.steps},
         "optimizer": s.optimizer.state_dict(),
         "schedule": s.schedule.state_dict(),
         "scaler": s.precision.scaler.state_dict(),
@@ -235,8 +237,13 @@ def save_run(s: Session, loop, row: dict, name: str, *also: str) -> None:
 
 def restore(s: Session, saved: dict) -> dict:
     """Put a checkpoint's states back into session `s`; returns the loop's fields
-    (engine.LoopState): epoch, global_step, the interrupted epoch, the best epoch's weights."""
-    s.model.load_state_dict(saved["model"])
+    (engine.LoopState): epoch, global_step, the interrupted epoch, the best epoch's weights.
+    A checkpoint without an EMA (train.ema switched on with --set) starts the average there."""
+    ema = saved.get("ema")
+    s.model.load_state_dict(saved["model"] if ema is None else ema["trained"])
+    if s.ema is not None:
+        s.ema.module.load_state_dict(saved["model"])
+        s.ema.steps = ema["steps"] if ema is not None else saved["global_step"]
     s.optimizer.load_state_dict(saved["optimizer"])
     s.schedule.load_state_dict(saved["schedule"])
     s.precision.scaler.load_state_dict(saved["scaler"])
@@ -248,7 +255,7 @@ def restore(s: Session, saved: dict) -> dict:
         partial = {**partial, "world_size": saved.get("world_size", 1)}
     best_epoch, best_weights = s.stopper.best_epoch, None
     if best_epoch == saved["epoch"] and partial is None:  # mid-epoch weights are not the best
-        best_weights = copy.deepcopy(s.model.state_dict())
+        best_weights = saved["model"]  # what was validated (loaded into copies above)
     elif best_epoch is not None and (s.run_dir / "best.pt").exists():
         with contextlib.suppress(DltrainError):  # damaged: the end keeps the weights as trained
             best = load(s.run_dir / "best.pt")

@@ -88,7 +88,7 @@ def _begin(s: Session, emit: Channel, resume: dict | None) -> LoopState:
             where = f"epoch {loop.epoch + 1}, step {loop.partial['steps']}"
         emit("note", {"text": f"resuming {s.run_dir} after {where}"})
     s.files.write_config(s.cfg)
-    for note in s.splits.notes:
+    for note in s.notes:
         emit("note", {"text": note})
     start = {"run_dir": str(s.run_dir), "epochs": s.cfg.train.epochs}
     emit("start", {**start, "batches": len(s.train_batches), **_facts(s)})
@@ -122,15 +122,14 @@ def _run(s: Session, loop: LoopState, emit: Channel, started: float) -> None:
 
 
 def _epochs(s: Session, loop: LoopState, emit: Channel) -> None:
-    cfg = s.cfg
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    cfg, stepped = s.cfg, [s.schedule] + ([s.ema] if s.ema is not None else [])
     while loop.epoch < cfg.train.epochs and not s.stopper.should_stop and not emit.decided:
         epoch_start = time.perf_counter()
         start = _epoch_start(s, loop)
         emit("epoch_start", {"epoch": loop.epoch + 1})
         train = train_one_epoch(
-            s.net, s.train_batches, s.optimizer, loss_fn, cfg.train,
-            precision=s.precision, schedule=s.schedule, emit=emit, start=start,
+            s.net, s.train_batches, s.optimizer, s.loss_fn, cfg.train, precision=s.precision,
+            stepped=stepped, mix=s.mix, emit=emit, start=start,
         )  # fmt: skip
         loop.global_step += train["steps"]
         if "partial" in train:
@@ -145,7 +144,10 @@ def _epochs(s: Session, loop: LoopState, emit: Channel) -> None:
         names += ["best.pt"] if improved and cfg.checkpoint.save_best else []
         if names:  # one write when the epoch is both the last and the best: a link
             checkpoint.save_run(s, loop, row, *names)
-        emit("epoch", {"row": row, "improved": improved, "epochs": cfg.train.epochs})
+        mixed = s.mix is not None  # the training accuracy is then that of mixed batches
+        emit(
+            "epoch", {"row": row, "improved": improved, "epochs": cfg.train.epochs, "mixed": mixed}
+        )
         emit.check()  # rank 0's caller may have asked to stop: every rank hears it
 
 
@@ -167,7 +169,7 @@ def _epoch_start(s: Session, loop: LoopState) -> dict:
         if distributed.active() and loop.trainable != trainable(s.model):
             s.net = distributed.wrap(s.eval_net, s.device, s.cfg.train.sync_batchnorm)
             loop.trainable = trainable(s.model)
-    return {**(partial or {}), "loader_rng": generator.get_state()}
+    return {**(partial or {}), "epoch": loop.epoch + 1, "loader_rng": generator.get_state()}
 
 
 def trainable(model: nn.Module) -> tuple[bool, ...]:
@@ -175,14 +177,19 @@ def trainable(model: nn.Module) -> tuple[bool, ...]:
 
 
 def _measure(s: Session, epoch: int, train: dict, epoch_start: float) -> dict:
-    """One epoch's row of metrics.csv: training, validation and the train-val gap."""
-    val = evaluate(s.eval_net, s.val_batches, autocast=s.precision.autocast)
+    """One epoch's row of metrics.csv: training, validation (of the EMA's average when there is
+    one, the trained weights' then in val_*_raw) and the train-val gap."""
+    net = s.eval_net if s.ema is None else s.ema.module
+    val = evaluate(net, s.val_batches, autocast=s.precision.autocast)
     row = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"]}
     if s.train_eval_batches is not None:
         # Eval mode on a fixed training subset: dropout and batch norm off, so the gap is honest.
-        seen = evaluate(s.eval_net, s.train_eval_batches, autocast=s.precision.autocast)
+        seen = evaluate(net, s.train_eval_batches, autocast=s.precision.autocast)
         row.update(train_eval_loss=seen["loss"], train_eval_acc=seen["acc"])
     row.update(val_loss=val["loss"], val_acc=val["acc"])
+    if s.ema is not None:
+        raw = evaluate(s.eval_net, s.val_batches, autocast=s.precision.autocast)
+        row.update(val_loss_raw=raw["loss"], val_acc_raw=raw["acc"])
     if s.train_eval_batches is not None:
         row["gap"] = row["train_eval_acc"] - val["acc"]
     row["lr"] = s.optimizer.param_groups[0]["lr"]
@@ -207,7 +214,8 @@ def _record(s: Session, loop: LoopState, row: dict, emit: Channel) -> bool:
     s.stopper.load_state_dict(state)
     s.files.append_metrics(row)
     if improved:
-        loop.best_weights = copy.deepcopy(s.model.state_dict())
+        weights = s.model if s.ema is None else s.ema.module  # what was validated
+        loop.best_weights = copy.deepcopy(weights.state_dict())
     return improved
 
 
@@ -276,6 +284,8 @@ def _finish(s: Session, loop: LoopState, stop: Stop | None, seconds: float) -> d
     if s.cfg.train.early_stopping.restore_best and loop.best_weights is not None:
         s.model.load_state_dict(loop.best_weights)
         restored = s.stopper.best_epoch != loop.rows[-1]["epoch"]
+    elif s.ema is not None:  # what validation measured: the average, not the last weights
+        s.model.load_state_dict(s.ema.module.state_dict())
     # The model training hands over (restored or last), measured once more on validation.
     final = evaluate(s.eval_net, s.val_batches, autocast=s.precision.autocast)
     reason = s.stopper.reason + (" (restored)" if s.stopper.reason and restored else "")
@@ -285,6 +295,8 @@ def _finish(s: Session, loop: LoopState, stop: Stop | None, seconds: float) -> d
     return {
         **_status(s, loop, status, reason, seconds),
         "restored_best": restored,
+        # What best.pt, last.pt and the handed-over model hold: the EMA's average, or not.
+        "ema_decay": s.ema.decay if s.ema is not None else None,
         "overfitting": loop.overfitting or None,  # the note, if training gave it
         "final_val": {"loss": final["loss"], "acc": final["acc"]},
         "trainable_params": sum(p.numel() for p in s.model.parameters() if p.requires_grad),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -15,7 +15,7 @@ from torch import nn
 
 from dltrain import distributed
 from dltrain.config import TrainConfig
-from dltrain.optim import Schedule
+from dltrain.data import Mixup, tta_views
 from dltrain.runtime import Precision, StopSignal
 
 Events = Callable[[str, dict], "str | None"]
@@ -152,14 +152,17 @@ def train_one_epoch(
     cfg: TrainConfig,
     *,
     precision: Precision | None = None,
-    schedule: Schedule | None = None,
+    stepped: Sequence = (),
+    mix: Mixup | None = None,
     emit: Channel | None = None,
     start: dict | None = None,
 ) -> dict:
     """One pass over the training batches; returns mean loss, accuracy and optimizer steps.
 
     Steps the optimizer every `cfg.accumulate` batches (and after the last one), clipping the
-    gradients' norm to `cfg.grad_clip`, then a per-step `schedule`. `emit` hears each batch;
+    gradients' norm to `cfg.grad_clip`, then whatever is `stepped` (`.after_step()`: the
+    schedule, the EMA). `mix` mixes each batch (the loss is then the mix of the two labels'
+    losses, and accuracy counts the label with the larger share). `emit` hears each batch;
     once a stop is decided the epoch ends at the next optimizer step and returns {"partial":
     …}: the steps done and the running sums, which `start` takes to continue the same epoch
     (its first `steps` batches are drawn and skipped, so the loader's random state replays
@@ -171,7 +174,7 @@ def train_one_epoch(
     ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     set_train_mode(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    total, skip, steps = len(batches), start.get("steps", 0), 0
+    total, skip, steps, epoch = len(batches), start.get("steps", 0), 0, start.get("epoch", 1)
     # A resumed epoch's running sums are the totals over all ranks: only rank 0 starts with them.
     tally = _Tally(next(model.parameters()).device, start if distributed.rank() == 0 else {})
     optimizer.zero_grad(set_to_none=True)
@@ -179,18 +182,24 @@ def train_one_epoch(
         if step <= skip:
             continue
         boundary = step % cfg.accumulate == 0 or step == total
+        partners, lam = labels, 1.0
+        if mix is not None:
+            images, partners, lam = mix(images, labels, epoch, step)
         # DDP averages gradients in backward; between optimizer steps that would be wasted.
         with model.no_sync() if ddp and not boundary else contextlib.nullcontext():
             with precision.autocast():
                 logits = model(images)
                 loss = loss_fn(logits, labels)
-            full = tally.add(step, loss.detach(), logits.detach(), labels)
+                if lam < 1.0:
+                    loss = lam * loss + (1.0 - lam) * loss_fn(logits, partners)
+            counted = labels if lam >= 0.5 else partners
+            full = tally.add(step, loss.detach(), logits.detach(), counted)
             precision.scaler.scale(loss / cfg.accumulate if cfg.accumulate > 1 else loss).backward()
         if boundary:
             _optimizer_step(optimizer, precision.scaler, params, cfg.grad_clip)
             steps += 1
-            if schedule is not None:
-                schedule.after_step()
+            for each in stepped:
+                each.after_step()
         emit("batch", {"step": step, "seen": tally.seen})
         if full or step == total:
             tally.fold(emit)
@@ -215,13 +224,18 @@ def _optimizer_step(optimizer, scaler: torch.amp.GradScaler, params: list, grad_
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, batches: Iterable, details: bool = False, autocast=contextlib.nullcontext
+    model: nn.Module,
+    batches: Iterable,
+    details: bool = False,
+    autocast=contextlib.nullcontext,
+    tta: str = "none",
 ) -> dict:
     """Mean loss (plain cross-entropy) and accuracy over a whole split, in eval mode.
 
     With `details`, also top-5 accuracy (when there are more than 5 classes) and the confusion
-    matrix (`confusion[true][predicted]` counts) as nested lists. Distributed, each rank reads
-    its shard and the sums are added over the ranks: every sample counts exactly once.
+    matrix (`confusion[true][predicted]` counts) as nested lists. `tta` (flip, flip+shift):
+    the logits are the mean over the views of data.tta_views. Distributed, each rank reads its
+    shard and the sums are added over the ranks: every sample counts exactly once.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -231,8 +245,8 @@ def evaluate(
     confusion, seen = None, 0
     for images, labels in batches:
         with autocast():
-            logits = model(images)
-        logits = logits.float()
+            outputs = [model(view) for view in tta_views(images, tta)]
+        logits = outputs[0].float() if len(outputs) == 1 else torch.stack(outputs).float().mean(0)
         loss += F.cross_entropy(logits, labels, reduction="sum").double()
         predicted = logits.argmax(1)
         correct += (predicted == labels).sum()

@@ -27,12 +27,16 @@ def confusion_path(ckpt: str | Path, split: str) -> Path:
     return Path(ckpt).parent / f"confusion-{split}.csv"
 
 
-def evaluate_checkpoint(path: str | Path, split: str, overrides: list[str] = ()) -> dict:
+def evaluate_checkpoint(
+    path: str | Path, split: str, overrides: list[str] = (), tta: str | None = None
+) -> dict:
     """Measure one split (`overrides`: `--set` strings, `--device` among them) and write the
-    result beside the checkpoint. `evaluate` adds loss, acc, top5 (over 5 classes) and
-    `confusion[true][pred]`; `test_uses`: how many times this run's test set has been measured."""
+    result beside the checkpoint: loss, acc, top5 (over 5 classes), `confusion[true][pred]`,
+    per-class precision, recall and F1, macro-F1 and balanced accuracy; with test-time
+    augmentation (`tta`, else the config's eval.tta) the same under "tta"; `test_uses`: how
+    many times this run's test set has been measured."""
     saved = checkpoint.open_saved(path, overrides)
-    cfg, path = saved.cfg, saved.path
+    cfg, path, tta = saved.cfg, saved.path, tta or saved.cfg.eval.tta
     model, device = saved.model()
     splits = build_splits(cfg.data, cfg.seed, rgb=needs_rgb(cfg.model))
     batches = make_loader(splits, split, cfg.data, device)
@@ -41,22 +45,23 @@ def evaluate_checkpoint(path: str | Path, split: str, overrides: list[str] = ())
     autocast = precision_tools(device, cfg.train.precision).autocast
     metrics = evaluate(net, batches, details=True, autocast=autocast)
     names, confusion = list(splits.info.class_names), metrics["confusion"]
-    # Per class: correct, total (true samples of that class), their ratio (None: no samples).
-    per_class = []
-    for index, (name, counts) in enumerate(zip(names, confusion, strict=True)):
-        correct, total = counts[index], sum(counts)
-        acc = correct / total if total else None
-        per_class.append({"class": name, "correct": correct, "total": total, "acc": acc})
+    per_class = class_metrics(confusion, names)
     result = {
         "split": split,
+        "dataset": cfg.data.dataset,
         "samples": splits.sizes[split],
         "epoch": saved.payload["epoch"],
         "checkpoint": str(path),
         "sha256": checkpoint.file_sha256(path),
         **metrics,
+        **_means(per_class),
         "per_class": per_class,
         "class_names": names,
     }
+    if tta != "none":
+        seen = evaluate(net, batches, details=True, autocast=autocast, tta=tta)
+        seen = {**seen, **_means(class_metrics(seen.pop("confusion"), names))}
+        result["tta"] = {"mode": tta, **seen}
     if split == "test":
         result["test_uses"] = record_test_use(path, result)
     checkpoint.write_json(metrics_path(path, split), result)
@@ -68,6 +73,33 @@ def evaluate_checkpoint(path: str | Path, split: str, overrides: list[str] = ())
     text = buffer.getvalue().encode()
     checkpoint.atomic_write(confusion_path(path, split), lambda handle: handle.write(text))
     return result
+
+
+def class_metrics(confusion: list[list[int]], names: list[str]) -> list[dict]:
+    """Per class: correct, total (its true samples), acc (= recall), precision (of the samples
+    predicted as it; 0 when none are) and F1. A class without samples in the split has None
+    for acc, recall and F1."""
+    rows = []
+    for index, (name, counts) in enumerate(zip(names, confusion, strict=True)):
+        correct, total = counts[index], sum(counts)
+        predicted = sum(row[index] for row in confusion)
+        recall = correct / total if total else None
+        precision = correct / predicted if predicted else (0.0 if total else None)
+        f1 = None
+        if recall is not None:
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        row = {"class": name, "correct": correct, "total": total, "acc": recall}
+        rows.append({**row, "precision": precision, "recall": recall, "f1": f1})
+    return rows
+
+
+def _means(per_class: list[dict]) -> dict:
+    """Macro-F1 and balanced accuracy (mean recall), over the classes the split has."""
+    present = [row for row in per_class if row["total"]]
+    return {
+        "macro_f1": sum(row["f1"] for row in present) / len(present),
+        "balanced_acc": sum(row["recall"] for row in present) / len(present),
+    }
 
 
 def record_test_use(ckpt: Path, result: dict) -> int:

@@ -1,13 +1,15 @@
-"""Optimizers, their parameter groups, and learning-rate schedules."""
+"""Optimizers, their parameter groups, learning-rate schedules, and the EMA of the weights:
+everything that runs after each optimizer step (`after_step`)."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 from torch import nn
 
-from dltrain.config import OptimConfig, ScheduleConfig
+from dltrain.config import EmaConfig, OptimConfig, ScheduleConfig
 from dltrain.registry import OPTIMIZERS
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
@@ -106,3 +108,36 @@ def _cosine(warmup: int, total: int, floor: float):
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+class EMA:
+    """An exponential moving average of a model's weights (train.ema), in a copy of the model:
+    every `every` optimizer steps, average = decay * average + (1 - decay) * weights for the
+    parameters, and the buffers (BatchNorm's running statistics) copied from the model as they
+    are. Until `start_epoch` the average follows the weights. foreach ops on the weights'
+    device, with a Python-number weight: no host sync."""
+
+    def __init__(self, model: nn.Module, cfg: EmaConfig, steps_per_epoch: int):
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.every = cfg.decay, cfg.every
+        self.start = cfg.start_epoch * steps_per_epoch  # optimizer steps before averaging
+        self.steps = 0  # optimizer steps seen: saved in checkpoints, so resume continues it
+        self.params = list(self.module.parameters()), list(model.parameters())
+        self.buffers = list(self.module.buffers()), list(model.buffers())
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        self.steps += 1
+        if self.steps % self.every:
+            return
+        if self.steps <= self.start:
+            torch._foreach_copy_(*self.params)
+        else:
+            torch._foreach_lerp_(*self.params, 1.0 - self.decay)
+        if self.buffers[0]:
+            torch._foreach_copy_(*self.buffers)
+
+    def leftover(self, total_steps: int) -> float:
+        """The share of the weights the average started from that it still holds after a run
+        of `total_steps` optimizer steps: decay ** (number of averaging updates)."""
+        return self.decay ** max(0, (total_steps - self.start) // self.every)

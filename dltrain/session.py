@@ -1,13 +1,13 @@
 """What one training run is made of: `build` turns a config into a Session of built things.
 
 A Session holds the device, the data and its loaders, the model (and the wrapper that trains
-it), optimizer, schedule, precision tools, early stopping and the run's files. Nothing here
-runs: the loop in engine.py does, and checkpoint.py saves a Session and restores one.
+it), the loss, optimizer, schedule, EMA, mixup, precision tools, early stopping and the run's
+files. Nothing here runs: the loop in engine.py does; checkpoint.py saves and restores one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -15,11 +15,12 @@ from torch import nn
 
 from dltrain import distributed
 from dltrain.config import Config
-from dltrain.data import DataInfo, Splits, build_splits, make_loader
+from dltrain.data import DataInfo, Mixup, Splits, build_splits, make_loader
 from dltrain.early_stopping import EarlyStopping
+from dltrain.errors import ConfigError
 from dltrain.finetune import check_freeze
 from dltrain.models import build_model, needs_rgb
-from dltrain.optim import Schedule, build_optimizer, build_schedule
+from dltrain.optim import EMA, Schedule, build_optimizer, build_schedule
 from dltrain.runs import RunFiles, TensorBoard
 from dltrain.runtime import Precision, apply_speedups, precision_tools, start
 
@@ -38,12 +39,16 @@ class Session:
     model: nn.Module
     net: nn.Module  # what trains: the model, or its DDP/torch.compile wrapper
     eval_net: nn.Module  # what evaluates: never DDP (the ranks' shards differ in length)
+    loss_fn: nn.Module  # the training loss: label smoothing, class weights
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     precision: Precision
     stopper: EarlyStopping
     parent: dict | None = None  # the source of a finetune run
     tensorboard: TensorBoard | None = None
+    ema: EMA | None = None  # train.ema: validation, early stopping and best.pt use its average
+    mix: Mixup | None = None  # data.mixup
+    notes: list[str] = field(default_factory=list)  # for the caller, before training starts
 
     @property
     def run_dir(self) -> Path:
@@ -88,7 +93,7 @@ def build(
     schedule = build_schedule(optimizer, cfg.schedule, cfg.train.epochs, steps)
     loaders = [train_batches, val_batches] + ([train_eval] if train_eval else [])
     eval_net = apply_speedups(cfg, model, device, loaders)
-    return Session(
+    s = Session(
         cfg,
         files,
         device,
@@ -99,10 +104,58 @@ def build(
         model,
         distributed.wrap(eval_net, device, cfg.train.sync_batchnorm),
         eval_net,
+        _loss(cfg, splits, device),
         optimizer,
         schedule,
         precision_tools(device, cfg.train.precision),
         EarlyStopping(cfg.train.early_stopping),
         parent,
         tensorboard,
+        EMA(model, cfg.train.ema, steps) if cfg.train.ema.decay else None,
+        Mixup(cfg.data.mixup, cfg.seed) if _mixes(cfg) else None,
+        list(splits.notes),
     )
+    s.notes += _notes(s, cfg.train.epochs * steps)
+    return s
+
+
+def _mixes(cfg: Config) -> bool:
+    mixup = cfg.data.mixup
+    return bool(mixup.prob and (mixup.alpha or mixup.cutmix_alpha))
+
+
+def _loss(cfg: Config, splits: Splits, device: torch.device) -> nn.Module:
+    """Cross-entropy with train.label_smoothing and train.class_weights (balanced: inverse class
+    frequency of the training split, scaled to mean 1); validation and test loss stay plain."""
+    weights, classes = cfg.train.class_weights, splits.info.num_classes
+    if weights == "balanced":
+        counts = torch.bincount(splits.train.labels, minlength=classes).clamp(min=1)
+        weights = 1.0 / counts.double()
+        weights = weights / weights.mean()
+    elif isinstance(weights, list) and len(weights) != classes:
+        problem = f"{len(weights)} weights for {classes} classes; give one weight per class"
+        raise ConfigError([f"train.class_weights: {problem}"])
+    weight = None if weights == "none" else torch.as_tensor(weights, dtype=torch.float32)
+    return nn.CrossEntropyLoss(
+        weight=None if weight is None else weight.to(device),
+        label_smoothing=cfg.train.label_smoothing,
+    )
+
+
+def _notes(s: Session, total_steps: int) -> list[str]:
+    """Choices that are likely to hurt, said once at the start."""
+    notes, cfg = [], s.cfg
+    if cfg.train.class_weights != "none" and cfg.data.sampler == "balanced":
+        notes.append(
+            "train.class_weights and data.sampler: balanced both correct for class imbalance; "
+            "together they over-correct (rare classes then weigh far more than common ones): "
+            "use one of them"
+        )
+    if s.ema is not None and (left := s.ema.leftover(total_steps)) > 0.1:
+        updates = max(1, (total_steps - s.ema.start) // s.ema.every)
+        notes.append(
+            f"train.ema.decay {s.ema.decay:g} is slow for this run's {updates:,} averaging "
+            f"updates: at the end the average still holds {left:.0%} of the weights it started "
+            f"from; try decay <= {1 - 3 / updates:.4g}"
+        )
+    return notes

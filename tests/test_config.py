@@ -49,6 +49,38 @@ BAD_CONFIGS = [
     ("optim:\n  lr: 0.1\n  lr: 0.2\n", [], ["line 3, column 3: duplicate key 'lr'"]),
     ("optim: [1, 2\n", [], ["line 2, column 1"]),
     ("", [], ["the file is empty"]),
+    ("train:\n  ema:\n    decay: 1\n", [], ["train.ema.decay: got 1; expected less than 1"]),
+    (
+        "train:\n  ema:\n    decay: -0.1\n",
+        [],
+        ["train.ema.decay: got -0.1; expected greater than or equal to 0"],
+    ),
+    (
+        "data:\n  mixup:\n    alpha: -1\n",
+        [],
+        ["data.mixup.alpha: got -1; expected greater than or equal to 0"],
+    ),
+    (
+        "data:\n  sampler: balancd\n",
+        [],
+        ["data.sampler: 'balancd' is not one of random, balanced; did you mean balanced?"],
+    ),
+    (
+        "train:\n  class_weights: [1, -1]\n",
+        [],
+        ["train.class_weights: got [1, -1]; expected weights >= 0, at least one of them > 0"],
+    ),
+    (
+        "train:\n  class_weights: heavy\n",
+        [],
+        ["train.class_weights: got 'heavy'; expected none, balanced, or a list of weights"],
+    ),
+    (
+        "data:\n  batch_size: 1\n  mixup:\n    alpha: 0.2\n",
+        [],
+        ["data.mixup: a batch of one image has nothing to mix with"],
+    ),
+    ("eval:\n  tta: mirror\n", [], ["eval.tta: 'mirror' is not one of none, flip, flip+shift"]),
     ("? [1, 2]\n: x\n", [], ["line 1, column 3: found unhashable key"]),
     (
         "sweep:\n  metric: val_ac\n",

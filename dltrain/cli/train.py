@@ -101,10 +101,12 @@ class TrainReport:
             self.bar.remove_task(self.task)
         mark = "  *best" if info["improved"] else ""
         gap = f"  gap {row['gap']:+.4f}" if row.get("gap") is not None else ""
+        mixed = " (mixed)" if info.get("mixed") else ""
+        raw = f" (raw {row['val_acc_raw']:.4f})" if "val_acc_raw" in row else ""
         say(
             f"epoch {row['epoch']}/{info['epochs']}  train_loss {row['train_loss']:.4f}  "
-            f"train_acc {row['train_acc']:.4f}  val_loss {row['val_loss']:.4f}  "
-            f"val_acc {row['val_acc']:.4f}{gap}  {row['seconds']:.2f}s{mark}",
+            f"train_acc {row['train_acc']:.4f}{mixed}  val_loss {row['val_loss']:.4f}  "
+            f"val_acc {row['val_acc']:.4f}{raw}{gap}  {row['seconds']:.2f}s{mark}",
             self.console,
         )
 
@@ -119,7 +121,10 @@ class TrainReport:
         if self.mode == "json":
             print(json.dumps({**summary, "run_dir": info["run_dir"]}))
             return
+        ema = summary.get("ema_decay")
         restored = "best epoch restored" if summary["restored_best"] else "weights as trained"
+        restored = "the average, last epoch" if ema and not summary["restored_best"] else restored
+        weights = f"the EMA average (decay {ema:g}), validated each epoch" if ema else None
         rows = [
             ("status", summary["status"].replace("_", " ")),
             ("why", summary["stop_reason"]),
@@ -133,6 +138,7 @@ class TrainReport:
             rows.append(("train-val gap", f"{best['gap']:+.4f}"))
         rows += [
             ("overfitting", summary.get("overfitting")),
+            ("best.pt holds", weights),
             ("final val accuracy", f"{summary['final_val']['acc']:.4f} ({restored})"),
             ("seconds per epoch", f"{summary['seconds_per_epoch']:.2f}"),
             ("run folder", info["run_dir"]),

@@ -33,14 +33,27 @@ def eval_(
     split: Annotated[str, typer.Option("--split", help="val or test.")] = "val",
     set_: SetOption = None,
     device: DeviceOption = None,
+    tta: Annotated[
+        str | None,
+        typer.Option("--tta", help="Test-time augmentation: none, flip or flip+shift."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
     """Measure a checkpoint on the validation or test split."""
     if split not in ("val", "test"):
         raise DltrainError(f"--split {split!r}: expected val or test")
+    if tta not in (None, *TTA_MODES):
+        raise DltrainError(f"--tta {tta!r}: expected {', '.join(TTA_MODES)}")
     from dltrain.evaluation import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(ckpt, split, overrides(set_, device))
+    metrics = evaluate_checkpoint(ckpt, split, overrides(set_, device), tta)
+    if "tta" in metrics and metrics["dataset"] in FLIP_CHANGES_MEANING:
+        say(
+            f"warning: {metrics['dataset']} holds handwritten characters, which a mirror turns "
+            "into other shapes: flip test-time augmentation may hurt here",
+            err(),
+            "yellow",
+        )
     uses = metrics.get("test_uses", 0)
     if uses >= 2:
         message = f"this run's test set has now been used {uses} times; select models on "
@@ -52,9 +65,18 @@ def eval_(
         f"{split}: accuracy {metrics['acc']:.4f}  loss {metrics['loss']:.4f}  "
         f"({metrics['samples']} samples, {ckpt}, epoch {metrics['epoch']})"
     )
+    say(f"macro-F1 {metrics['macro_f1']:.4f}  balanced accuracy {metrics['balanced_acc']:.4f}")
+    if "tta" in metrics:
+        t = metrics["tta"]
+        say(
+            f"with tta {t['mode']}: accuracy {t['acc']:.4f}  loss {t['loss']:.4f}  macro-F1 "
+            f"{t['macro_f1']:.4f}  balanced accuracy {t['balanced_acc']:.4f}"
+        )
     _show_eval_details(out(), metrics, ckpt, split)
 
 
+TTA_MODES = ("none", "flip", "flip+shift")
+FLIP_CHANGES_MEANING = ("digits", "mnist")  # a mirrored 2, 3, 7 or 9 is not that digit
 CONFUSION_MAX_CLASSES = 20  # more columns than this do not fit a terminal: see the CSV
 
 
@@ -66,12 +88,12 @@ def _show_eval_details(console: Console, metrics: dict, ckpt: Path, split: str) 
 
     if "top5" in metrics:
         console.print(f"top-5 accuracy {metrics['top5']:.4f}")
-    table = Table(title="per-class accuracy", box=box.SIMPLE_HEAD)
-    for name in ("class", "correct", "total", "accuracy"):
+    table = Table(title="per-class accuracy (recall), precision and F1", box=box.SIMPLE_HEAD)
+    for name in ("class", "correct", "total", "recall", "precision", "f1"):
         table.add_column(name, justify="left" if name == "class" else "right")
     for row in metrics["per_class"]:
-        acc = "-" if row["acc"] is None else f"{row['acc']:.4f}"
-        table.add_row(escape(row["class"]), str(row["correct"]), str(row["total"]), acc)
+        rates = ["-" if row[k] is None else f"{row[k]:.4f}" for k in ("recall", "precision", "f1")]
+        table.add_row(escape(row["class"]), str(row["correct"]), str(row["total"]), *rates)
     console.print(table)
     names, confusion = metrics["class_names"], metrics["confusion"]
     csv_path = confusion_path(ckpt, split)

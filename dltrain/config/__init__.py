@@ -16,9 +16,12 @@ from dltrain.config.schema import (
     Config,
     DataConfig,
     EarlyStoppingConfig,
+    EmaConfig,
+    EvalConfig,
     FakeDataConfig,
     FinetuneConfig,
     LoggingConfig,
+    MixupConfig,
     ModelConfig,
     NormalizeStats,
     OptimConfig,
@@ -33,7 +36,8 @@ from dltrain.config.space import SPACE_FORMS, Space, parse_space
 
 __all__ = [
     "ALEXNET_MIN_SIZE", "SPACE_FORMS", "AugmentConfig", "CheckpointConfig", "Config", "DataConfig",
-    "EarlyStoppingConfig", "FakeDataConfig", "FinetuneConfig", "LoggingConfig", "ModelConfig",
+    "EarlyStoppingConfig", "EmaConfig", "EvalConfig", "FakeDataConfig", "FinetuneConfig",
+    "LoggingConfig", "MixupConfig", "ModelConfig",
     "NormalizeStats", "OptimConfig", "ScheduleConfig", "Section", "Space", "SweepConfig",
     "TrainConfig", "apply_overrides", "from_dict", "image_size", "load_config", "parse_space",
     "parse_yaml", "read_config_file", "reference_markdown", "set_key", "validate",

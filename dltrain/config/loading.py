@@ -185,8 +185,14 @@ def _choices(annotation) -> list[str]:
 
 
 def _cross_problems(cfg: Config | None, data: dict) -> Iterator[str]:
-    """Mismatches between the model and data sections that are known before any data is read."""
+    """Mismatches between sections that are known before any data is read."""
     model, data_section = _section(cfg, data, "model"), _section(cfg, data, "data")
+    mixup = data_section.mixup if data_section is not None else None
+    if mixup and (mixup.alpha or mixup.cutmix_alpha) and mixup.prob and data_section.batch_size < 2:
+        yield (
+            "data.mixup: a batch of one image has nothing to mix with; set data.batch_size >= 2, "
+            "or data.mixup.alpha and cutmix_alpha to 0"
+        )
     if model is None:
         return
     if model.pretrained == "imagenet" and model.name not in ("alexnet", "resnet18"):

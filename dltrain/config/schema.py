@@ -14,6 +14,7 @@ _UNIONS = {
     "normalize": "dataset, none, or {mean: [...], std: [...]} of equal length",
     "small_input": "true, false or auto",
     "freeze": "all_but_head, none, or a list of module-name prefixes",
+    "class_weights": "none, balanced, or a list of weights (one per class, each >= 0)",
 }
 
 
@@ -66,6 +67,25 @@ class FakeDataConfig(Section):
     image_size: int = Field(32, ge=4, description="fake: image height and width.")
 
 
+class MixupConfig(Section):
+    alpha: float = Field(
+        0.0,
+        ge=0,
+        description="Mixup: blend with another image, weight ~ Beta(alpha, alpha) "
+        "(0.2 is usual); 0 = off.",
+    )
+    cutmix_alpha: float = Field(
+        0.0,
+        ge=0,
+        description="CutMix: paste a box of another image, area share ~ Beta(a, a) "
+        "(1.0 is usual); 0 = off.",
+    )
+    prob: float = Field(1.0, ge=0, le=1, description="Share of training batches that are mixed.")
+    switch_prob: float = Field(
+        0.5, ge=0, le=1, description="With both on: share of mixed batches that use CutMix."
+    )
+
+
 class DataConfig(Section):
     dataset: Literal[DATASETS.choices] = Field("digits", description="Dataset to train on.")
     root: str = Field(
@@ -98,6 +118,14 @@ class DataConfig(Section):
         False, description="imagefolder: skip unreadable images with a warning instead of failing."
     )
     fake: FakeDataConfig = _nested(FakeDataConfig, "Shape of the `fake` smoke-test dataset.")
+    mixup: MixupConfig = _nested(
+        MixupConfig, "Mixup/CutMix of training batches, on the device after augmentation."
+    )
+    sampler: Literal["random", "balanced"] = Field(
+        "random",
+        description="random: each training sample once per epoch; balanced: drawn with "
+        "replacement so each class comes equally often (seeded).",
+    )
 
     @field_validator("val_split", "test_split")
     def _fraction_or_count(cls, value: float) -> float:
@@ -185,6 +213,20 @@ class EarlyStoppingConfig(Section):
     restore_best: bool = Field(True, description="Restore the best epoch's weights at the end.")
 
 
+class EmaConfig(Section):
+    decay: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="EMA of the weights: the average's share kept at each update "
+        "(0.999 is usual); 0 = off. Parameters are averaged, BatchNorm statistics copied.",
+    )
+    start_epoch: int = Field(
+        0, ge=0, description="Epochs trained before averaging starts (until then: the weights)."
+    )
+    every: int = Field(1, ge=1, description="Optimizer steps between updates of the average.")
+
+
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1, description="Number of training epochs.")
     label_smoothing: float = Field(
@@ -221,6 +263,20 @@ class TrainConfig(Section):
     early_stopping: EarlyStoppingConfig = _nested(
         EarlyStoppingConfig, "Best-epoch selection and early stopping."
     )
+    ema: EmaConfig = _nested(
+        EmaConfig, "With decay > 0, validation, early stopping and best.pt use the average."
+    )
+    class_weights: Literal["none", "balanced"] | list[float] = Field(
+        "none",
+        description="Training loss weight per class: none, balanced (inverse class frequency "
+        "of the training split, mean 1) or a list with one weight per class.",
+    )
+
+    @field_validator("class_weights")
+    def _usable_weights(cls, value):
+        if isinstance(value, list) and (min(value, default=-1) < 0 or not any(value)):
+            raise ValueError("weights >= 0, at least one of them > 0")
+        return value
 
     @field_validator("precision", mode="before")
     def _number_as_text(cls, value):
@@ -235,6 +291,14 @@ class FinetuneConfig(Section):
     head_lr_mult: float = Field(1.0, gt=0, description="Learning rate multiplier of the head.")
     unfreeze_at_epoch: int | None = Field(
         None, ge=1, description="Unfreeze everything from this epoch on; null = never."
+    )
+
+
+class EvalConfig(Section):
+    tta: Literal["none", "flip", "flip+shift"] = Field(
+        "none",
+        description="dltrain eval's test-time augmentation: logits averaged over the image and "
+        "its mirror (flip), and ±1 px shifts of both (flip+shift); --tta overrides.",
     )
 
 
@@ -292,6 +356,7 @@ class Config(Section):
     train: TrainConfig = _nested(TrainConfig, "Training loop.")
     finetune: FinetuneConfig = _nested(FinetuneConfig, "Used by `dltrain finetune` only.")
     checkpoint: CheckpointConfig = _nested(CheckpointConfig, "What checkpoints to write.")
+    eval: EvalConfig = _nested(EvalConfig, "Used by `dltrain eval` only.")
     logging: LoggingConfig = _nested(LoggingConfig, "Extra logging.")
     sweep: SweepConfig = _nested(SweepConfig, "Used by `dltrain sweep` only.")
 

@@ -14,8 +14,15 @@ import torch.nn.functional as F
 from dltrain.config import AugmentConfig, DataConfig
 from dltrain.data import datasets as _datasets  # noqa: F401 - registers the datasets
 from dltrain.data import folder as _folder
-from dltrain.data.augment import BatchAugment, folder_transform
-from dltrain.data.core import TEST_SEED, DataInfo, Splits, TensorSplit, stratified_split
+from dltrain.data.augment import BatchAugment, Mixup, folder_transform, tta_views
+from dltrain.data.core import (
+    TEST_SEED,
+    DataInfo,
+    Splits,
+    TensorSplit,
+    balanced_weights,
+    stratified_split,
+)
 from dltrain.errors import DltrainError
 from dltrain.registry import DATASETS
 
@@ -23,11 +30,13 @@ __all__ = [
     "DATASETS",
     "Batches",
     "DataInfo",
+    "Mixup",
     "Splits",
     "TensorSplit",
     "build_splits",
     "make_loader",
     "stratified_split",
+    "tta_views",
 ]
 
 
@@ -72,7 +81,8 @@ class Batches:
     `shard=(rank, world)` (distributed training): every rank draws the same permutation, pads it
     to a multiple of `world` (as DistributedSampler does) and takes every world-th index from
     `rank` on. Each rank then has as many batches as the others, and the union of the ranks'
-    k-th batches is the k-th batch one process would take at `world` times the size.
+    k-th batches is the k-th batch one process would take at `world` times the size. With
+    `weights` (data.sampler: balanced) an epoch's order is drawn with replacement instead.
     """
 
     def __init__(
@@ -84,8 +94,14 @@ class Batches:
         seed: int = 0,
         augment: AugmentConfig | None = None,
         shard: tuple[int, int] = (0, 1),
+        weights: torch.Tensor | None = None,
     ):
-        self.split, self.batch_size, self.shuffle = split, batch_size, shuffle
+        self.split, self.batch_size, self.shuffle, self.weights = (
+            split,
+            batch_size,
+            shuffle,
+            weights,
+        )
         self.rank, self.world = shard
         self.generator = torch.Generator().manual_seed(seed)
         self.memory_format = torch.contiguous_format  # channels_last for conv nets on CUDA
@@ -131,8 +147,11 @@ class Batches:
                 end = start + self.batch_size
                 yield self.convert(images[start:end]), labels[start:end]
             return
-        n = len(labels)
-        order = torch.randperm(n, generator=self.generator)
+        n, weights = len(labels), self.weights
+        if weights is None:
+            order = torch.randperm(n, generator=self.generator)
+        else:
+            order = torch.multinomial(weights, n, replacement=True, generator=self.generator)
         if self.world > 1:
             order = torch.cat([order, order[: (-n) % self.world]])[self.rank :: self.world]
         order = order.to(images.device, non_blocking=True)  # no stream sync on CUDA
@@ -170,8 +189,16 @@ def make_loader(
         split = split.subset(torch.arange(rank, len(split), world))
         shard = (0, 1)  # this rank's part, cut here: its loader reads all of it
     batch_size = cfg.batch_size if train else (cfg.eval_batch_size or 2 * cfg.batch_size)
+    weights = balanced_weights(split.labels) if train and cfg.sampler == "balanced" else None
     if isinstance(split, TensorSplit):
         augment = cfg.augment if train else None
-        return Batches(split.to(device), splits.info, batch_size, train, seed, augment, shard)
+        split = split.to(device)
+        return Batches(split, splits.info, batch_size, train, seed, augment, shard, weights)
+    if weights is not None and world > 1:
+        raise DltrainError(
+            "data.sampler: balanced is not supported for an image folder in several processes; "
+            "use train.class_weights: balanced, or one process"
+        )
     split = _folder.FileSplit(split.samples, folder_transform(splits.info, cfg, train))
-    return _folder.FolderLoader(split, batch_size, train, seed, cfg.num_workers, device, shard)
+    loader = _folder.FolderLoader
+    return loader(split, batch_size, train, seed, cfg.num_workers, device, shard, weights)

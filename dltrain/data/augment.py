@@ -1,14 +1,17 @@
 """Training augmentation: batch-wise on tensors for the in-memory path, torchvision transforms
-for image folders. Both take the same `data.augment` config; neither ever sees val or test."""
+for image folders. Both take the same `data.augment` config; neither ever sees val or test.
+Mixup/CutMix of training batches (`Mixup`) and the views of test-time augmentation
+(`tta_views`) work on the device, on batches of either path."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dltrain.config import AugmentConfig, DataConfig
+from dltrain.config import AugmentConfig, DataConfig, MixupConfig
 from dltrain.data.core import DataInfo
 
 
@@ -125,3 +128,51 @@ def folder_transform(info: DataInfo, cfg: DataConfig, train: bool):
         ]
     steps += [T.ToTensor(), T.Normalize(info.mean, info.std)]
     return T.Compose([step for step in steps if step])  # an option left at 0 or false is off
+
+
+class Mixup:
+    """Mixup (blend) or CutMix (paste a box) of a training batch with itself rolled by one, so
+    every image, odd batch sizes included, gets another image of the batch as its partner.
+    Draws come from a generator seeded by (run seed, epoch, step): a resumed epoch mixes its
+    batches exactly as the first run did. No label smoothing is added (train.label_smoothing
+    is the only smoothing)."""
+
+    def __init__(self, cfg: MixupConfig, seed: int):
+        self.cfg, self.seed = cfg, seed
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, epoch: int, step: int):
+        """(mixed images, the partners' labels, lam: the share of each image's own label)."""
+        c = self.cfg
+        rng = np.random.default_rng([self.seed, epoch, step])
+        if rng.random() >= c.prob:
+            return images, labels, 1.0
+        cutmix = c.cutmix_alpha > 0 and (c.alpha == 0 or rng.random() < c.switch_prob)
+        alpha = c.cutmix_alpha if cutmix else c.alpha
+        lam, partners = float(rng.beta(alpha, alpha)), images.roll(1, 0)
+        if not cutmix:
+            return images.lerp(partners, 1.0 - lam), labels.roll(1, 0), lam
+        # A box of about (1 - lam) of the image, centred anywhere, clipped at the edges; lam
+        # then becomes the share of the image that is still its own.
+        h, w = images.shape[-2:]
+        cut_h, cut_w = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+        cy, cx = int(rng.integers(h)), int(rng.integers(w))
+        top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h - cut_h // 2, h)
+        left, right = max(cx - cut_w // 2, 0), min(cx + cut_w - cut_w // 2, w)
+        mixed = images.clone()
+        mixed[..., top:bottom, left:right] = partners[..., top:bottom, left:right]
+        return mixed, labels.roll(1, 0), 1.0 - (bottom - top) * (right - left) / (h * w)
+
+
+def tta_views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
+    """The views test-time augmentation averages the logits over: the batch itself; with "flip"
+    also its mirror image; with "flip+shift" also both moved one pixel down-right and one
+    up-left (edge pixels repeated), six views in all."""
+    if mode == "none":
+        return [x]
+    views = [x, x.flip(3)]
+    if mode == "flip+shift":
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        shifted = [padded[..., :h, :w], padded[..., 2:, 2:]]
+        views += shifted + [view.flip(3) for view in shifted]
+    return views

@@ -96,3 +96,9 @@ def stratified_split(labels: torch.Tensor, size: float | int, seed: int, what: s
         members = (labels == cls).nonzero().flatten()
         held[members[torch.randperm(len(members), generator=generator)[:k]]] = True
     return (~held).nonzero().flatten(), held.nonzero().flatten()
+
+
+def balanced_weights(labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample weights that draw every class equally often: 1 / (samples of its class)."""
+    counts = torch.bincount(labels)
+    return 1.0 / counts[labels].double()

@@ -132,14 +132,17 @@ class FolderLoader:
         num_workers: int,
         device: torch.device,
         shard: tuple[int, int] = (0, 1),
+        weights: torch.Tensor | None = None,
     ):
-        from torch.utils.data import DataLoader, DistributedSampler
+        from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
         self.generator = torch.Generator().manual_seed(seed)
         self.device, self.memory_format = device, torch.contiguous_format
         rank, world = shard
         # Each rank reads its padded share, reshuffled by set_epoch.
         self.sampler = DistributedSampler(split, world, rank, shuffle, seed) if world > 1 else None
+        if weights is not None:  # data.sampler: balanced, drawn from this loader's generator
+            self.sampler = WeightedRandomSampler(weights, len(split), generator=self.generator)
         self.loader = DataLoader(
             split,
             batch_size=batch_size,
@@ -155,7 +158,7 @@ class FolderLoader:
         return len(self.loader)
 
     def set_epoch(self, epoch: int) -> None:
-        if self.sampler is not None:
+        if hasattr(self.sampler, "set_epoch"):  # a DistributedSampler reshuffles per epoch
             self.sampler.set_epoch(epoch)
 
     def __iter__(self):
