@@ -193,14 +193,16 @@ def train_one_epoch(
                 if lam < 1.0:
                     loss = lam * loss + (1.0 - lam) * loss_fn(logits, partners)
             counted = labels if lam >= 0.5 else partners
-            full = tally.add(step, loss.detach(), logits.detach(), counted)
+            detached = loss.detach()
+            full = tally.add(step, detached, logits.detach(), counted)
             precision.scaler.scale(loss / cfg.accumulate if cfg.accumulate > 1 else loss).backward()
         if boundary:
             _optimizer_step(optimizer, precision.scaler, params, cfg.grad_clip)
             steps += 1
             for each in stepped:
                 each.after_step()
-        emit("batch", {"step": step, "seen": tally.seen})
+        # The step's loss as a tensor (reading it would sync the device): for lr-find.
+        emit("batch", {"step": step, "seen": tally.seen, "loss": detached})
         if full or step == total:
             tally.fold(emit)
         if boundary and step < total and emit.decided:

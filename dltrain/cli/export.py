@@ -1,0 +1,3 @@
+"""`dltrain export`: (being written)."""
+
+from dltrain.cli.app import app  # noqa: F401

@@ -1,0 +1,3 @@
+"""`dltrain lr-find`: (being written)."""
+
+from dltrain.cli.app import app  # noqa: F401

@@ -1,0 +1,3 @@
+"""`dltrain summary`: (being written)."""
+
+from dltrain.cli.app import app  # noqa: F401
