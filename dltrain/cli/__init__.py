@@ -10,7 +10,7 @@ from dltrain.cli import train  # noqa: F401
 from dltrain.cli import sweep, views  # noqa: F401
 
 # isort: split
-from dltrain.cli import lr_find, summary, export  # noqa: F401
+from dltrain.cli import export, lr_find, summary  # noqa: F401
 from dltrain.cli.app import app
 
 __all__ = ["app", "main"]
