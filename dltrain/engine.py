@@ -99,6 +99,7 @@ def _facts(s: Session) -> dict:
     """What the start line and the summary say about the run's setup."""
     return {
         "params": count_parameters(s.model),
+        "macs": s.macs,
         "device": str(s.device),
         "processes": s.world_size,
         "precision": s.precision.name,

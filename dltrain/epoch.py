@@ -132,6 +132,17 @@ class _Tally:
             (self.seen,) = distributed.sum_ints(self.seen)
         return self
 
+    def partial(self, step: int) -> dict:
+        """An interrupted epoch's progress, for `start` to continue it."""
+        sums = {"loss_sum": self.loss_sum.cpu(), "correct": self.correct_sum.cpu()}
+        return {"steps": step, "seen": self.seen, **sums}
+
+    def means(self) -> dict:
+        return {
+            "loss": self.loss_sum.item() / self.seen,
+            "acc": self.correct_sum.item() / self.seen,
+        }
+
 
 def set_train_mode(model: nn.Module) -> None:
     """Train mode, except that BatchNorm layers whose parameters are all frozen stay in eval
@@ -190,38 +201,35 @@ def train_one_epoch(
             with precision.autocast():
                 logits = model(images)
                 loss = loss_fn(logits, labels)
-                if lam < 1.0:
+                if lam < 1.0:  # mixed: the two labels' losses, weighted by their shares
                     loss = lam * loss + (1.0 - lam) * loss_fn(logits, partners)
-            counted = labels if lam >= 0.5 else partners
             detached = loss.detach()
-            full = tally.add(step, detached, logits.detach(), counted)
+            full = tally.add(step, detached, logits.detach(), labels if lam >= 0.5 else partners)
             precision.scaler.scale(loss / cfg.accumulate if cfg.accumulate > 1 else loss).backward()
         if boundary:
-            _optimizer_step(optimizer, precision.scaler, params, cfg.grad_clip)
+            _optimizer_step(optimizer, precision.scaler, params, cfg.grad_clip, stepped)
             steps += 1
-            for each in stepped:
-                each.after_step()
         # The step's loss as a tensor (reading it would sync the device): for lr-find.
         emit("batch", {"step": step, "seen": tally.seen, "loss": detached})
         if full or step == total:
             tally.fold(emit)
         if boundary and step < total and emit.decided:
             tally.fold(emit)  # the window since the last fold (every rank is at this step)
-            sums = tally.sum_ranks()
-            partial = {"steps": step, "seen": sums.seen, "loss_sum": sums.loss_sum.cpu()}
-            return {"partial": {**partial, "correct": sums.correct_sum.cpu()}, "steps": steps}
-    sums = tally.sum_ranks()
-    loss, acc = sums.loss_sum.item() / sums.seen, sums.correct_sum.item() / sums.seen
-    return {"loss": loss, "acc": acc, "steps": steps}
+            return {"partial": tally.sum_ranks().partial(step), "steps": steps}
+    return {**tally.sum_ranks().means(), "steps": steps}
 
 
-def _optimizer_step(optimizer, scaler: torch.amp.GradScaler, params: list, grad_clip) -> None:
+def _optimizer_step(optimizer, scaler, params: list, grad_clip, stepped: Sequence) -> None:
+    """Clip, step (through the fp16 scaler), zero the gradients, then `.after_step()` of each of
+    `stepped` (the schedule, the EMA)."""
     if grad_clip is not None:
         scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(params, grad_clip)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
+    for each in stepped:
+        each.after_step()
 
 
 @torch.inference_mode()

@@ -265,3 +265,46 @@ def _save(fig, out: str | Path) -> Path:
         raise DltrainError(f"{out}: the folder {out.parent} does not exist")
     atomic_write(out, lambda handle: fig.savefig(handle, format=kind, dpi=DPI))
     return out
+
+
+def plot_lr_find(result: dict, out: str | Path) -> Path:
+    """lr-find's curves: the smoothed loss against the learning rate (log x), one colour per
+    seed with its raw losses faint behind it, the valley (o) and steepest (v) points marked.
+    The blow-up at the end runs off the top rather than flattening the rest."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    curves = [curve for curve in result["seeds"] if curve["lrs"]]
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    for curve, color in zip(curves, _colors(len(curves)), strict=True):
+        lrs, smoothed = curve["lrs"], curve["smoothed"]
+        ax.plot(lrs, curve["losses"], color=color, alpha=0.25, linewidth=0.8)
+        ax.plot(lrs, smoothed, color=color, label=f"seed {curve['seed']} ({curve['stopped']})")
+        for rule, marker in (("valley", "o"), ("steepest", "v")):
+            if curve[rule] is not None:
+                y = smoothed[lrs.index(curve[rule])]
+                ax.plot([curve[rule]], [y], marker=marker, color=color, markersize=9, ls="")
+    # From the lowest loss of the points the rules read (raw ones included) to a little above
+    # the untrained loss.
+    lows = [min(curve[key][slice(*curve["window"])]) for curve in curves for key in _LR_CURVES]
+    if lows:
+        high = max(curve["smoothed"][0] for curve in curves)
+        span = max(high - min(lows), 0.1)
+        ax.set_ylim(min(lows) - 0.05 * span, high + 0.3 * span)
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss (smoothed; raw faint)")
+    ax.grid(alpha=0.3)
+    summary, marks = result["summary"], []
+    for rule, marker in (("valley", "o"), ("steepest", "v")):
+        value = summary[rule]
+        text = f"{rule} {value:.3g}" if value is not None else f"{rule}: none"
+        marks.append(Line2D([], [], color="black", marker=marker, ls="", label=text))
+    _legend(ax, marks)
+    fig.suptitle(
+        f"lr-find {result['name']}: {len(result['seeds'])} seed(s), up to {result['steps']} "
+        f"steps from {result['start']:g} to {result['end']:g}"
+    )
+    return _save(fig, out)
+
+
+_LR_CURVES = ("smoothed", "losses")  # a seed's curves in lr_find.json: smoothed and raw

@@ -19,7 +19,7 @@ from dltrain.data import DataInfo, Mixup, Splits, build_splits, make_loader
 from dltrain.early_stopping import EarlyStopping
 from dltrain.errors import ConfigError
 from dltrain.finetune import check_freeze
-from dltrain.models import build_model, needs_rgb
+from dltrain.models import build_model, count_macs, needs_rgb
 from dltrain.optim import EMA, Schedule, build_optimizer, build_schedule
 from dltrain.runs import RunFiles, TensorBoard
 from dltrain.runtime import Precision, apply_speedups, precision_tools, start
@@ -49,6 +49,7 @@ class Session:
     ema: EMA | None = None  # train.ema: validation, early stopping and best.pt use its average
     mix: Mixup | None = None  # data.mixup
     notes: list[str] = field(default_factory=list)  # for the caller, before training starts
+    macs: int = 0  # multiply-accumulates of one image's forward pass
 
     @property
     def run_dir(self) -> Path:
@@ -114,6 +115,7 @@ def build(
         EMA(model, cfg.train.ema, steps) if cfg.train.ema.decay else None,
         Mixup(cfg.data.mixup, cfg.seed) if _mixes(cfg) else None,
         list(splits.notes),
+        count_macs(model, splits.info),  # one image in eval mode, no_grad: training untouched
     )
     s.notes += _notes(s, cfg.train.epochs * steps)
     return s

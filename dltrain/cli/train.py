@@ -52,11 +52,13 @@ class TrainReport:
             self.handlers[kind](info)
 
     def start(self, info: dict) -> None:
+        from dltrain.cli.summary import short_count
+
         sizes, processes = info["sizes"], info["processes"]
         say(
             f"run {info['run_dir']}  device {info['device']} ({info['precision']})"
             + (f" × {processes} processes" if processes > 1 else "")
-            + f"  params {info['params']:,}  "
+            + f"  params {info['params']:,}  MACs {short_count(info['macs'])}/image  "
             f"train/val/test {sizes['train']}/{sizes['val']}/{sizes['test']}",
             self.console,
         )
