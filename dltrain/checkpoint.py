@@ -18,6 +18,7 @@ import os
 import pickle
 import re
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,11 +229,41 @@ def payload(s: Session, loop, row: dict) -> dict:
     }
 
 
-def save_run(s: Session, loop, row: dict, name: str, *also: str) -> None:
-    """Write the run's checkpoint once, as `name`; the names in `also` link to it. Distributed,
+def keep(s: Session, loop, row: dict, names: list[str], now: bool = False) -> None:
+    """Checkpoint the run as each of `names` (last.pt, best.pt): written once checkpoint.interval
+    seconds of training have passed since the last write (0: every epoch), or `now`; until then
+    a copy on the CPU waits in `loop.pending`, and the next write takes it along. Distributed,
     rank 0 alone writes."""
-    if s.files.write:
-        save(payload(s, loop, row), s.run_dir / name, *(s.run_dir / n for n in also))
+    if not s.files.write or not names:
+        return
+    due = now or time.perf_counter() - loop.written >= s.cfg.checkpoint.interval
+    saved = payload(s, loop, row)
+    loop.pending.update(dict.fromkeys(names, saved if due else _copy(saved)))
+    if due:
+        flush(s, loop)
+
+
+def flush(s: Session, loop) -> None:
+    """Write the checkpoints waiting in memory: one file per epoch, its other name a link."""
+    files: dict[int, list] = {}
+    for name, saved in loop.pending.items():
+        files.setdefault(id(saved), [saved]).append(name)
+    for saved, name, *also in files.values():
+        save(saved, s.run_dir / name, *(s.run_dir / other for other in also))
+    loop.pending.clear()
+    loop.written = time.perf_counter()
+
+
+def _copy(value):
+    """The payload with every tensor copied to the CPU: training goes on changing the live ones,
+    and a copy on the accelerator would take its memory."""
+    if isinstance(value, dict):
+        return {key: _copy(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_copy(item) for item in value)
+    if hasattr(value, "detach"):  # a tensor
+        return value.detach().to("cpu", copy=True)
+    return value
 
 
 def restore(s: Session, saved: dict) -> dict:

@@ -41,6 +41,8 @@ class LoopState:
     rows: list[dict] = field(default_factory=list)  # metrics.csv
     overfitting: str = ""  # the note, once given
     trainable: tuple = ()  # which parameters required gradients when DDP last wrapped the model
+    pending: dict = field(default_factory=dict)  # checkpoints kept in memory, by file name
+    written: float = field(default_factory=time.perf_counter)  # when checkpoints were written
 
 
 def fit(
@@ -113,11 +115,17 @@ def _run(s: Session, loop: LoopState, emit: Channel, started: float) -> None:
     try:
         _epochs(s, loop, emit)
     except NonFiniteLoss as bad:
+        checkpoint.flush(s, loop)  # the epochs before it are good
         _fail(s, loop, started, bad.step)
     except torch.cuda.OutOfMemoryError:
+        checkpoint.flush(s, loop)
         _fail(s, loop, started)
+    except BaseException:  # anything else: the epochs that finished are still written
+        checkpoint.flush(s, loop)
+        raise
     if loop.partial is not None:  # stopped mid-epoch: resumable from this step
-        checkpoint.save_run(s, loop, loop.rows[-1] if loop.rows else {}, "last.pt")
+        checkpoint.keep(s, loop, loop.rows[-1] if loop.rows else {}, ["last.pt"], now=True)
+    checkpoint.flush(s, loop)  # the run ends or stops: nothing waits in memory any longer
     if emit.decided is not None and emit.decided.signum is not None:
         _interrupted(s, loop, emit.decided.signum, started)
 
@@ -143,8 +151,7 @@ def _epochs(s: Session, loop: LoopState, emit: Channel) -> None:
         emit.check()  # a signal during validation: this epoch's last.pt is the one to resume
         names = ["last.pt"] if cfg.checkpoint.save_last or emit.decided else []
         names += ["best.pt"] if improved and cfg.checkpoint.save_best else []
-        if names:  # one write when the epoch is both the last and the best: a link
-            checkpoint.save_run(s, loop, row, *names)
+        checkpoint.keep(s, loop, row, names, now=emit.decided is not None)
         mixed = s.mix is not None  # the training accuracy is then that of mixed batches
         emit(
             "epoch", {"row": row, "improved": improved, "epochs": cfg.train.epochs, "mixed": mixed}

@@ -24,6 +24,8 @@ from dltrain.optim import EMA, Schedule, build_optimizer, build_schedule
 from dltrain.runs import RunFiles, TensorBoard
 from dltrain.runtime import Precision, apply_speedups, precision_tools, start
 
+TRAIN_EVAL_SHARE = 10  # the gap pass reads at most 1/10 of the training split
+
 
 @dataclass
 class Session:
@@ -79,7 +81,8 @@ def build(
     splits = build_splits(cfg.data, cfg.seed, rgb=needs_rgb(cfg.model))
     train_batches = make_loader(splits, "train", cfg.data, device, seed=cfg.seed, shard=shard)
     val_batches = make_loader(splits, "val", cfg.data, device, shard=shard)
-    size = cfg.train.train_eval_size
+    # At most a tenth of the training split: forward only, a few % of an epoch's work.
+    size = min(cfg.train.train_eval_size, -(-len(splits.train) // TRAIN_EVAL_SHARE))
     train_eval = (
         make_loader(splits, "train_eval", cfg.data, device, size=size, shard=shard)
         if size

@@ -169,6 +169,7 @@ def test_resume_after_sigkill_with_ema_mixup_and_balanced_sampler(tmp_path, writ
         "model: {name: cnn, channels: [8, 16], batch_norm: true}\n"
         "optim: {name: adam, lr: 0.003}\n"
         "train: {epochs: 6, deterministic: true, ema: {decay: 0.95, every: 2}}\n"
+        "checkpoint: {interval: 0}\n"
     )
     run = [sys.executable, "-m", "dltrain", "train", str(config), "--out"]
     whole = subprocess.run([*run, str(tmp_path / "whole")], capture_output=True, text=True)

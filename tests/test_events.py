@@ -137,3 +137,57 @@ def test_the_overfitting_note_reaches_the_summary(cli, digits_config, tmp_path, 
     assert f"note: {note}" in " ".join(result.stderr.split())
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["overfitting"] == note
     assert "overfitting" in result.stdout.split("summary")[-1]
+
+
+def _writes(monkeypatch) -> list:
+    written = []
+    real = checkpoint.save
+
+    def save(payload, path, *copies):
+        written.append((path.name, payload["epoch"], *(c.name for c in copies)))
+        return real(payload, path, *copies)
+
+    monkeypatch.setattr(checkpoint, "save", save)
+    return written
+
+
+def test_checkpoints_wait_in_memory_and_are_written_at_the_end(tmp_path, monkeypatch):
+    """Within checkpoint.interval the epochs' checkpoints are copies in memory: a 6-epoch run
+    writes each file once, at the end, and the files are those an every-epoch run writes."""
+    writes = _writes(monkeypatch)
+    wander = {"optim.lr": 0.05, "schedule.name": "none", "train.epochs": 6}
+    summary = fit(_cfg(**wander, **{"checkpoint.interval": 1000}), tmp_path / "kept")
+    best = summary["best_epoch"]
+    assert best != 6, "pick a config whose last epoch is not the best"
+    assert sorted(writes) == sorted([("best.pt", best), ("last.pt", 6)])
+    writes.clear()
+    fit(_cfg(**wander), tmp_path / "every")  # interval 0: every epoch
+    assert len([w for w in writes if w[0] == "last.pt"]) == 6
+    for name in ("last.pt", "best.pt"):
+        kept = checkpoint.load(tmp_path / "kept" / name)
+        every = checkpoint.load(tmp_path / "every" / name)
+        assert kept["epoch"] == every["epoch"]
+        timeless = [
+            {k: v for k, v in row.items() if k != "seconds"}
+            for row in (kept["metrics"], every["metrics"])
+        ]
+        assert timeless[0] == timeless[1]
+        for key, value in every["model"].items():
+            assert torch.equal(kept["model"][key], value), (name, key)
+        assert kept["optimizer"]["state"].keys() == every["optimizer"]["state"].keys()
+
+
+def test_a_stop_or_a_failure_writes_what_waits(tmp_path, monkeypatch):
+    writes = _writes(monkeypatch)
+    cfg = _cfg(**{"checkpoint.interval": 1000})
+    assert fit(cfg, tmp_path / "stopped", _stop_at("epoch", 2))["status"] == "stopped"
+    assert checkpoint.load(tmp_path / "stopped" / "last.pt")["epoch"] == 2
+    assert ("last.pt", 2) in writes or ("last.pt", 2, "best.pt") in writes
+
+    def nan_in_epoch_3(kind, info):
+        if kind == "batch" and info["step"] == 1 and len(read_metrics(tmp_path / "nan")) == 2:
+            info["loss"].fill_(float("nan"))  # the tally's copy: the fold finds it
+
+    with pytest.raises(DltrainError, match="checkpoints hold epoch 2"):
+        fit(cfg, tmp_path / "nan", nan_in_epoch_3)
+    assert checkpoint.load(tmp_path / "nan" / "last.pt")["epoch"] == 2

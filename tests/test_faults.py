@@ -35,6 +35,7 @@ model: {name: mlp, hidden: [64], dropout: 0.2}
 optim: {name: adam, lr: 2e-3}
 schedule: {name: cosine}
 train: {epochs: 3, deterministic: true}
+checkpoint: {interval: 0}  # every epoch written: what these crashes test
 """
 
 
@@ -200,6 +201,7 @@ def _small(**train):
             "data": {"dataset": "digits", "batch_size": 64, "val_split": 158},  # 1280 = 20 x 64
             "model": {"name": "mlp", "hidden": [32]},
             "train": {"epochs": 3, **train},
+            "checkpoint": {"interval": 0},
         }
     )
 

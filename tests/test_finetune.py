@@ -32,6 +32,7 @@ def _config(model: dict, classes: int, **train) -> dict:
         "model": model,
         "optim": {"name": "adam", "lr": 1e-3},
         "train": {"epochs": 1, **train},
+        "checkpoint": {"interval": 0},  # tests read last.pt after each epoch
     }
 
 

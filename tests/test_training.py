@@ -133,6 +133,7 @@ SMALL = {
         "deterministic": True,
         "early_stopping": {"monitor": "val_loss", "patience": 10},
     },
+    "checkpoint": {"interval": 0},  # every epoch written: the kills and reads here need it
 }
 
 

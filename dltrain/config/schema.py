@@ -258,7 +258,8 @@ class TrainConfig(Section):
         1024,
         ge=0,
         description="Training samples re-measured in eval mode each epoch (the honest "
-        "train-val gap); 0 = off.",
+        "train-val gap), at most a tenth of the training split so that the pass costs a few "
+        "% of the epoch; 0 = off.",
     )
     early_stopping: EarlyStoppingConfig = _nested(
         EarlyStoppingConfig, "Best-epoch selection and early stopping."
@@ -309,8 +310,18 @@ class LoggingConfig(Section):
 
 
 class CheckpointConfig(Section):
-    save_last: bool = Field(True, description="Write last.pt at the end of every epoch.")
-    save_best: bool = Field(True, description="Write best.pt when the monitored metric improves.")
+    save_last: bool = Field(True, description="Checkpoint every epoch as last.pt.")
+    save_best: bool = Field(
+        True, description="Checkpoint as best.pt when the monitored metric improves."
+    )
+    interval: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds of training between checkpoint writes: in between, the epochs' "
+        "checkpoints are kept as copies in memory and written at the end, on a stop or a "
+        "failure, or once this long has passed; a SIGKILL loses at most this much training. "
+        "0 = write every epoch.",
+    )
 
 
 class SweepConfig(Section):
