@@ -319,8 +319,8 @@ class CheckpointConfig(Section):
         ge=0,
         description="Seconds of training between checkpoint writes: in between, the epochs' "
         "checkpoints are kept as copies in memory and written at the end, on a stop or a "
-        "failure, or once this long has passed; a SIGKILL loses at most this much training. "
-        "0 = write every epoch.",
+        "failure, or once this long has passed; a SIGKILL loses the epoch in progress and at "
+        "most this many seconds of finished epochs before it. 0 = write every epoch.",
     )
 
 
