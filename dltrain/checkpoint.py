@@ -234,12 +234,13 @@ def keep(s: Session, loop, row: dict, names: list[str], now: bool = False) -> No
     seconds of training have passed since the last write (0: every epoch), or `now`; until then
     a copy on the CPU waits in `loop.pending`, and the next write takes it along. Distributed,
     rank 0 alone writes."""
-    if not s.files.write or not names:
+    if not s.files.write:
         return
     due = now or time.perf_counter() - loop.written >= s.cfg.checkpoint.interval
-    saved = payload(s, loop, row)
-    loop.pending.update(dict.fromkeys(names, saved if due else _copy(saved)))
-    if due:
+    if names:
+        saved = payload(s, loop, row)
+        loop.pending.update(dict.fromkeys(names, saved if due else _copy(saved)))
+    if due:  # also when this epoch adds nothing: what waits (an earlier best.pt) is written
         flush(s, loop)
 
 

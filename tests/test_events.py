@@ -5,6 +5,8 @@ arguments on, and one name (--out, alias --run-dir) for where outputs go."""
 import json
 import subprocess
 import sys
+import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -191,3 +193,28 @@ def test_a_stop_or_a_failure_writes_what_waits(tmp_path, monkeypatch):
     with pytest.raises(DltrainError, match="checkpoints hold epoch 2"):
         fit(cfg, tmp_path / "nan", nan_in_epoch_3)
     assert checkpoint.load(tmp_path / "nan" / "last.pt")["epoch"] == 2
+
+    def bug_in_epoch_3(kind, info):
+        if kind == "epoch_start" and info["epoch"] == 3:
+            raise RuntimeError("a caller's bug")
+
+    with pytest.raises(RuntimeError, match="a caller's bug"):
+        fit(cfg, tmp_path / "bug", bug_in_epoch_3)
+    assert checkpoint.load(tmp_path / "bug" / "last.pt")["epoch"] == 2
+
+
+def test_a_waiting_best_is_written_once_the_interval_passes_without_last(tmp_path, monkeypatch):
+    """save_last off: an epoch that checkpoints nothing still writes the best.pt that waits
+    once checkpoint.interval has passed, so a kill loses no more than it says."""
+    writes = _writes(monkeypatch)
+    s = SimpleNamespace(
+        files=SimpleNamespace(write=True), run_dir=tmp_path, cfg=_cfg(**{"checkpoint.interval": 30})
+    )
+    waiting = {"epoch": 3, "model": {"w": torch.ones(2)}}
+    loop = SimpleNamespace(pending={"best.pt": waiting}, written=time.perf_counter())
+    checkpoint.keep(s, loop, {}, [])  # within the interval: it waits
+    assert writes == [] and loop.pending == {"best.pt": waiting}
+    loop.written -= 31
+    checkpoint.keep(s, loop, {}, [])
+    assert writes == [("best.pt", 3)] and loop.pending == {}
+    assert checkpoint.read(tmp_path / "best.pt")["epoch"] == 3

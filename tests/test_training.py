@@ -303,3 +303,21 @@ def test_resume_needs_no_config_and_refuses_one(cli, tmp_path, digits_config):
     assert result.exit_code == 1 and "drop CONFIG" in result.stderr
     result = cli("train", "--resume", tmp_path / "missing")
     assert result.exit_code == 1 and "no such run folder" in result.stderr
+
+
+def test_optimizer_steps_are_fused_where_torch_has_them():
+    fused = {
+        name: build_optimizer(_model(), OptimConfig(name=name)).defaults.get("fused")
+        for name in ("sgd", "adam", "adamw", "rmsprop")
+    }
+    cpu = True if torch.__version__ >= "2.4" else None  # torch's fused CPU kernels: 2.4 on
+    assert fused == {"sgd": cpu, "adam": cpu, "adamw": cpu, "rmsprop": None}
+
+
+def test_the_gap_pass_reads_at_most_a_tenth_of_the_training_split(tmp_path):
+    from dltrain.session import build
+
+    for asked, expected in ((1024, 115), (50, 50)):  # digits: 1,150 training images here
+        s = build(_cfg(**{"train.train_eval_size": asked}), tmp_path / str(asked))
+        assert len(s.splits.train) == 1150
+        assert len(s.train_eval_batches.split) == expected
