@@ -202,16 +202,21 @@ def find_resume(target: str | Path) -> tuple[dict, Path, list[str]]:
 
 def payload(s: Session, loop, row: dict) -> dict:
     """A checkpoint of session `s` at `loop` (engine.LoopState): enough to evaluate, predict,
-    finetune and resume exactly. "model" holds the weights validation measured: with train.ema,
-    the average (what eval, predict and finetune then read); "ema" the rest to resume it."""
-    ema = s.ema
+    finetune and resume exactly. "model" holds the weights the epoch validated better: with
+    train.ema, the average or the trained weights (`loop.weights`), what eval, predict, export
+    and finetune read; "ema" holds both and the choice, to resume. A tensor held twice is
+    stored once (torch.save keeps one copy of each storage)."""
+    ema, trained = s.ema, s.model.state_dict()
+    average = None if ema is None else ema.module.state_dict()
     return {
         "format": FORMAT,
         "version": __version__,
         "epoch": loop.epoch,
         "global_step": loop.global_step,
-        "model": (s.model if ema is None else ema.module).state_dict(),
-        "ema": None if ema is None else {"trained": s.model.state_dict(), "steps": ema.steps},
+        "model": average if loop.weights == "ema" else trained,
+        "ema": None
+        if ema is None
+        else {"average": average, "trained": trained, "steps": ema.steps, "weights": loop.weights},
         "optimizer": s.optimizer.state_dict(),
         "schedule": s.schedule.state_dict(),
         "scaler": s.precision.scaler.state_dict(),
@@ -255,27 +260,34 @@ def flush(s: Session, loop) -> None:
     loop.written = time.perf_counter()
 
 
-def _copy(value):
+def _copy(value, memo: dict | None = None):
     """The payload with every tensor copied to the CPU: training goes on changing the live ones,
-    and a copy on the accelerator would take its memory."""
+    and a copy on the accelerator would take its memory. What the payload holds twice (the
+    EMA's chosen weights) is copied once."""
+    memo = {} if memo is None else memo
+    if id(value) in memo:
+        return memo[id(value)]
     if isinstance(value, dict):
-        return {key: _copy(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_copy(item) for item in value)
-    if hasattr(value, "detach"):  # a tensor
-        return value.detach().to("cpu", copy=True)
-    return value
+        copied = {key: _copy(item, memo) for key, item in value.items()}
+    elif isinstance(value, list | tuple):
+        copied = type(value)(_copy(item, memo) for item in value)
+    elif hasattr(value, "detach"):  # a tensor
+        copied = value.detach().to("cpu", copy=True)
+    else:
+        return value
+    memo[id(value)] = copied
+    return copied
 
 
 def restore(s: Session, saved: dict) -> dict:
     """Put a checkpoint's states back into session `s`; returns the loop's fields
     (engine.LoopState): epoch, global_step, the interrupted epoch, the best epoch's weights.
     A checkpoint without an EMA (train.ema switched on with --set) starts the average there."""
-    ema = saved.get("ema")
-    s.model.load_state_dict(saved["model"] if ema is None else ema["trained"])
-    if s.ema is not None:
-        s.ema.module.load_state_dict(saved["model"])
-        s.ema.steps = ema["steps"] if ema is not None else saved["global_step"]
+    ema = saved.get("ema") or {}
+    s.model.load_state_dict(ema.get("trained", saved["model"]))
+    if s.ema is not None:  # before "average" was kept, "model" was always the average
+        s.ema.module.load_state_dict(ema.get("average", saved["model"]))
+        s.ema.steps = ema.get("steps", saved["global_step"])
     s.optimizer.load_state_dict(saved["optimizer"])
     s.schedule.load_state_dict(saved["schedule"])
     s.precision.scaler.load_state_dict(saved["scaler"])
@@ -298,6 +310,7 @@ def restore(s: Session, saved: dict) -> dict:
         "global_step": saved["global_step"],
         "partial": partial,
         "best_weights": best_weights,
+        "weights": ema.get("weights", "ema") if s.ema is not None else None,
     }
 
 

@@ -27,6 +27,13 @@ class EarlyStopping:
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
 
+    def as_good(self, value: float, other: float) -> bool:
+        """Whether `value` is at least as good as `other` in the monitor's direction (no
+        min_delta); a NaN is never as good as a number."""
+        if math.isnan(value) or math.isnan(other):
+            return not math.isnan(value)
+        return value <= other if self.mode == "min" else value >= other
+
     def step(self, value: float, epoch: int) -> bool:
         """Record one epoch's value; returns True when it is the new best."""
         if self.improves(value):

@@ -10,6 +10,7 @@ resumable last.pt is written) or at the end of the epoch it was asked at.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import signal
 import time
@@ -26,6 +27,7 @@ from dltrain.epoch import Channel, Events, NonFiniteLoss, Stop, evaluate, quiet,
 from dltrain.errors import DltrainError, Interrupted
 from dltrain.finetune import apply_freeze
 from dltrain.models import count_parameters
+from dltrain.runs import RunLock
 from dltrain.runtime import StopSignal
 from dltrain.session import Session, build
 
@@ -38,6 +40,7 @@ class LoopState:
     global_step: int = 0  # optimizer steps taken
     partial: dict | None = None  # an interrupted epoch: steps done, running sums, loader state
     best_weights: dict | None = None
+    weights: str | None = None  # with an EMA: which weights the last epoch validated better
     rows: list[dict] = field(default_factory=list)  # metrics.csv
     overfitting: str = ""  # the note, once given
     trainable: tuple = ()  # which parameters required gradients when DDP last wrapped the model
@@ -58,10 +61,16 @@ def fit(
     too). `parent`: the source of a finetune run (switches on `cfg.finetune`). Raises
     Interrupted after SIGINT/SIGTERM (a resumable last.pt is written first) and DltrainError
     for a NaN/Inf loss or running out of memory, each recorded in summary.json first."""
+    # Rank 0 holds the folder's lock from before its first write to the end (runs.RunLock).
+    with RunLock(run_dir) if distributed.is_main() else contextlib.nullcontext():
+        return _fit(cfg, Path(run_dir), on_event, resume, parent)
+
+
+def _fit(cfg: Config, run_dir: Path, on_event: Events, resume: dict | None, parent: dict | None):
     started = time.perf_counter()
     if resume is not None:
         parent = resume.get("parent")
-    s = build(cfg, Path(run_dir), parent, resuming=resume is not None)
+    s = build(cfg, run_dir, parent, resuming=resume is not None)
     emit = Channel(on_event if s.files.write else quiet)  # distributed: rank 0 alone reports
     try:
         loop = _begin(s, emit, resume)
@@ -89,7 +98,10 @@ def _begin(s: Session, emit: Channel, resume: dict | None) -> LoopState:
         if loop.partial:
             where = f"epoch {loop.epoch + 1}, step {loop.partial['steps']}"
         emit("note", {"text": f"resuming {s.run_dir} after {where}"})
+    else:
+        s.files.start_over()
     s.files.write_config(s.cfg)
+    s.files.write_parent(s.parent)
     for note in s.notes:
         emit("note", {"text": note})
     start = {"run_dir": str(s.run_dir), "epochs": s.cfg.train.epochs}
@@ -146,7 +158,7 @@ def _epochs(s: Session, loop: LoopState, emit: Channel) -> None:
             loop.partial["loader_rng"] = start["loader_rng"]
             return
         loop.epoch += 1
-        row = _measure(s, loop.epoch, train, epoch_start)
+        row = _measure(s, loop, train, epoch_start)
         improved = _record(s, loop, row, emit)
         emit.check()  # a signal during validation: this epoch's last.pt is the one to resume
         names = ["last.pt"] if cfg.checkpoint.save_last or emit.decided else []
@@ -184,25 +196,42 @@ def trainable(model: nn.Module) -> tuple[bool, ...]:
     return tuple(p.requires_grad for p in model.parameters())
 
 
-def _measure(s: Session, epoch: int, train: dict, epoch_start: float) -> dict:
-    """One epoch's row of metrics.csv: training, validation (of the EMA's average when there is
-    one, the trained weights' then in val_*_raw) and the train-val gap."""
-    net = s.eval_net if s.ema is None else s.ema.module
-    val = evaluate(net, s.val_batches, autocast=s.precision.autocast)
-    row = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"]}
+def _measure(s: Session, loop: LoopState, train: dict, epoch_start: float) -> dict:
+    """One epoch's row of metrics.csv: training, validation and the train-val gap. With an EMA,
+    the average and the trained weights are both validated (val_*_ema, val_*_raw): val_loss
+    and val_acc are those of the better of the two by the monitored metric (`loop.weights`),
+    the weights this epoch hands on to early stopping, best.pt and the end of the run."""
+    autocast = s.precision.autocast
+    val = evaluate(s.eval_net, s.val_batches, autocast=autocast)
+    row = {"epoch": loop.epoch, "train_loss": train["loss"], "train_acc": train["acc"]}
+    both = {}
+    if s.ema is not None:
+        raw, average = val, evaluate(s.ema.module, s.val_batches, autocast=autocast)
+        metric = s.stopper.monitor.removeprefix("val_")
+        loop.weights = "ema" if s.stopper.as_good(average[metric], raw[metric]) else "trained"
+        val = average if loop.weights == "ema" else raw
+        both = {f"val_{key}_{name}": figures[key] for name, figures in (("ema", average),
+                ("raw", raw)) for key in ("loss", "acc")}  # fmt: skip
     if s.train_eval_batches is not None:
         # Eval mode on a fixed training subset: dropout and batch norm off, so the gap is honest.
-        seen = evaluate(net, s.train_eval_batches, autocast=s.precision.autocast)
+        seen = evaluate(s.validated(loop.weights), s.train_eval_batches, autocast=autocast)
         row.update(train_eval_loss=seen["loss"], train_eval_acc=seen["acc"])
-    row.update(val_loss=val["loss"], val_acc=val["acc"])
-    if s.ema is not None:
-        raw = evaluate(s.eval_net, s.val_batches, autocast=s.precision.autocast)
-        row.update(val_loss_raw=raw["loss"], val_acc_raw=raw["acc"])
+    row.update(val_loss=val["loss"], val_acc=val["acc"], **both)
     if s.train_eval_batches is not None:
         row["gap"] = row["train_eval_acc"] - val["acc"]
     row["lr"] = s.optimizer.param_groups[0]["lr"]
     row["seconds"] = time.perf_counter() - epoch_start
     return row
+
+
+def picked(row: dict) -> str | None:
+    """Which weights an epoch's val_loss and val_acc are of: "ema", "trained", or None (a run
+    without an EMA). Read off the row itself (the figures are copies), so metrics.csv holds
+    the fact once; when both validated the same, the EMA is the one taken."""
+    if "val_acc_ema" not in row:
+        return None
+    same = row["val_loss"] == row["val_loss_ema"] and row["val_acc"] == row["val_acc_ema"]
+    return "ema" if same else "trained"
 
 
 def _record(s: Session, loop: LoopState, row: dict, emit: Channel) -> bool:
@@ -222,8 +251,7 @@ def _record(s: Session, loop: LoopState, row: dict, emit: Channel) -> bool:
     s.stopper.load_state_dict(state)
     s.files.append_metrics(row)
     if improved:
-        weights = s.model if s.ema is None else s.ema.module  # what was validated
-        loop.best_weights = copy.deepcopy(weights.state_dict())
+        loop.best_weights = copy.deepcopy(s.state(loop.weights))
     return improved
 
 
@@ -288,11 +316,13 @@ def _status(s: Session, loop: LoopState, status: str, reason: str, seconds: floa
 
 def _finish(s: Session, loop: LoopState, stop: Stop | None, seconds: float) -> dict:
     """The summary of a run that ended: all its epochs, early stopping, or a caller's stop."""
-    restored = False
+    summary = _status(s, loop, "finished", "", seconds)
+    best_row, restored, handed = summary["best_metrics"], False, loop.weights
     if s.cfg.train.early_stopping.restore_best and loop.best_weights is not None:
         s.model.load_state_dict(loop.best_weights)
         restored = s.stopper.best_epoch != loop.rows[-1]["epoch"]
-    elif s.ema is not None:  # what validation measured: the average, not the last weights
+        handed = picked(best_row)
+    elif loop.weights == "ema":  # the last epoch's better weights: the average
         s.model.load_state_dict(s.ema.module.state_dict())
     # The model training hands over (restored or last), measured once more on validation.
     final = evaluate(s.eval_net, s.val_batches, autocast=s.precision.autocast)
@@ -301,10 +331,15 @@ def _finish(s: Session, loop: LoopState, stop: Stop | None, seconds: float) -> d
     if stop is not None:
         status, reason = "stopped", stop.reason
     return {
-        **_status(s, loop, status, reason, seconds),
+        **summary,
+        "status": status,
+        "stop_reason": reason,
         "restored_best": restored,
-        # What best.pt, last.pt and the handed-over model hold: the EMA's average, or not.
         "ema_decay": s.ema.decay if s.ema is not None else None,
+        # With an EMA, "ema" or "trained": the weights best.pt holds (the better of the two at
+        # the best epoch), and those handed over (final_val): the best epoch's or the last's.
+        "best_weights": picked(best_row) if best_row else None,
+        "final_weights": handed,
         "overfitting": loop.overfitting or None,  # the note, if training gave it
         "final_val": {"loss": final["loss"], "acc": final["acc"]},
         "trainable_params": sum(p.numel() for p in s.model.parameters() if p.requires_grad),

@@ -13,11 +13,19 @@ from pathlib import Path
 
 import yaml
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 from dltrain.checkpoint import atomic_write, write_json
 from dltrain.config import Config
 from dltrain.errors import DltrainError
 
-RUN_FILES = tuple("config.yaml metrics.csv summary.json last.pt best.pt test_ledger.jsonl".split())
+RUN_FILES = tuple(
+    "config.yaml parent.json metrics.csv summary.json last.pt best.pt test_ledger.jsonl".split()
+)
+LOCK = ".dltrain.lock"  # held by the process training in the folder (RunLock)
 
 
 def new_run_dir(
@@ -35,6 +43,7 @@ def new_run_dir(
         if path.exists() and not path.is_dir():
             raise DltrainError(f"--run-dir {path} is a file; give a folder for the run's outputs")
         if (path / "config.yaml").exists():
+            refuse_if_in_use(path)
             if not force:
                 raise DltrainError(
                     f"{path} already holds a run; continue it with --resume {path}, replace it "
@@ -51,6 +60,94 @@ def new_run_dir(
     except OSError as err:
         raise DltrainError(f"cannot write the run folder {path}: {err.strerror or err}") from None
     return path
+
+
+class RunLock:
+    """A run folder's lock: an exclusive `flock` on <run>/.dltrain.lock, taken by the process
+    that trains in the folder before its first write and held until it ends. The kernel lets
+    go when the process dies, SIGKILL included, so a killed run never leaves a stale lock.
+    A second process training into the folder is refused, and `dltrain runs` tells a running
+    run from a killed one. (No locking where fcntl is missing: Windows.)"""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.handle = None
+
+    def __enter__(self) -> RunLock:
+        if fcntl is None:
+            return self
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handle = open(self.folder / LOCK, "a+")
+        # A few tries: `dltrain runs` holds a shared lock for an instant when it looks.
+        for _ in range(40):
+            with suppress(BlockingIOError):
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            time.sleep(0.05)
+        else:
+            handle.close()
+            refuse_if_in_use(self.folder)
+            raise DltrainError(f"{self.folder} is in use by another dltrain process")
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            self.handle.close()  # closing lets go of the lock
+            self.handle = None
+
+
+def lock_holder(folder: str | Path) -> int | None:
+    """The pid of the process training in `folder` now (0 if it is not known), else None."""
+    if fcntl is None:
+        return None
+    try:
+        handle = open(Path(folder) / LOCK)
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = handle.read().strip()
+            return int(text) if text.isdigit() else 0
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
+def refuse_if_in_use(folder: Path) -> None:
+    pid = lock_holder(folder)
+    if pid is not None:
+        raise DltrainError(
+            f"{folder} is in use: dltrain process {pid or '(pid unknown)'} is training in it; "
+            "wait for it to end (or stop it), or choose another --out"
+        )
+
+
+def never_saved(folder: str | Path) -> bool:
+    """A run folder with a config but no checkpoint: a run killed before its first write."""
+    folder = Path(folder)
+    checkpoints = [folder / name for name in ("last.pt", "best.pt")]
+    return (
+        folder.is_dir()
+        and (folder / "config.yaml").is_file()
+        and not any(path.exists() for path in checkpoints)
+    )
+
+
+def read_parent(folder: str | Path) -> dict | None:
+    """parent.json (RunFiles.write_parent), or None for a run that is not a finetune."""
+    path = Path(folder) / "parent.json"
+    if not path.exists():
+        return None
+    parent = _read_mapping(path, "json", problems := [])
+    if parent is None:
+        raise DltrainError(f"{path} is damaged ({problems[0]}); start the finetune again")
+    return parent
 
 
 class TensorBoard:
@@ -90,6 +187,12 @@ class RunFiles:
             text = cfg.to_yaml()
             atomic_write(self.dir / "config.yaml", lambda handle: handle.write(text.encode()))
 
+    def write_parent(self, parent: dict | None) -> None:
+        """A finetune run's source, beside its config: what a start from epoch 0 needs besides
+        the config (checkpoints hold it too, once there are any)."""
+        if self.write and parent is not None:
+            write_json(self.dir / "parent.json", parent)
+
     def append_metrics(self, row: dict) -> None:
         if not self.write:
             return
@@ -118,6 +221,13 @@ class RunFiles:
             writer.writerows(rows)
             atomic_write(path, lambda handle: handle.write(buffer.getvalue().encode()))
 
+    def start_over(self) -> None:
+        """A run that starts from epoch 0 has no rows and no summary yet (a run killed
+        before its first checkpoint, started again in its folder, leaves none behind)."""
+        if self.write:
+            for name in ("metrics.csv", "summary.json"):
+                (self.dir / name).unlink(missing_ok=True)
+
     def write_summary(self, summary: dict) -> None:
         if self.write:
             write_json(self.dir / "summary.json", summary)
@@ -133,7 +243,9 @@ class RunFiles:
 
 # summary.json's statuses; "stopped": a caller's rule (a sweep's pruner) ended the run
 SUMMARY_STATUSES = ("finished", "stopped_early", "stopped", "interrupted", "failed")
-RUN_STATUSES = (*SUMMARY_STATUSES, "incomplete", "unreadable")  # incomplete: no summary yet
+# running: a process holds the folder's lock; killed: none does, and the run has no current
+# summary (the process died without one: SIGKILL, power loss)
+RUN_STATUSES = (*SUMMARY_STATUSES, "running", "killed", "unreadable")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -198,7 +310,8 @@ def describe_run(run_dir: str | Path) -> dict:
         "name": _text(_dig(summary, "name") or _dig(config, "name")),
         "model": _text(_dig(config, "model", "name")),
         "dataset": _text(_dig(config, "data", "dataset")),
-        "status": "incomplete",  # one of RUN_STATUSES
+        "status": "killed",  # one of RUN_STATUSES
+        "resumable": False,  # `dltrain train --resume` can continue it
         "epochs": len(rows),
         "max_epochs": _num(_dig(config, "train", "epochs")),
         "best_epoch": best.get("epoch"),  # as the config's early stopping would pick it so far
@@ -220,8 +333,11 @@ def describe_run(run_dir: str | Path) -> dict:
         run["best_epoch"] = _num(summary.get("best_epoch"))
         run["best_val_acc"] = _num(_dig(summary, "best_metrics", "val_acc"))
         run["seconds"] = _num(summary.get("seconds"))
+    if lock_holder(run_dir) is not None:
+        run["status"] = "running"
     if problems:
         run["status"], run["problem"] = "unreadable", "; ".join(problems)
+    run["resumable"] = run["status"] in ("killed", "interrupted") and config is not None
     return run
 
 

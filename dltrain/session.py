@@ -48,7 +48,7 @@ class Session:
     stopper: EarlyStopping
     parent: dict | None = None  # the source of a finetune run
     tensorboard: TensorBoard | None = None
-    ema: EMA | None = None  # train.ema: validation, early stopping and best.pt use its average
+    ema: EMA | None = None  # train.ema: validated beside the trained weights each epoch
     mix: Mixup | None = None  # data.mixup
     notes: list[str] = field(default_factory=list)  # for the caller, before training starts
     macs: int = 0  # multiply-accumulates of one image's forward pass
@@ -64,6 +64,14 @@ class Session:
     @property
     def world_size(self) -> int:
         return distributed.world_size()
+
+    def validated(self, weights: str | None) -> nn.Module:
+        """What evaluates the weights named ("ema": the average; else the trained model)."""
+        return self.ema.module if weights == "ema" else self.eval_net
+
+    def state(self, weights: str | None) -> dict:
+        """The state dict of the weights named ("ema": the average; else the trained model)."""
+        return (self.ema.module if weights == "ema" else self.model).state_dict()
 
 
 def build(
@@ -161,6 +169,6 @@ def _notes(s: Session, total_steps: int) -> list[str]:
         notes.append(
             f"train.ema.decay {s.ema.decay:g} is slow for this run's {updates:,} averaging "
             f"updates: at the end the average still holds {left:.0%} of the weights it started "
-            f"from; try decay <= {1 - 3 / updates:.4g}"
+            f"from; try decay <= {1 - 3 / updates:.4g}, or train.ema.warmup: true"
         )
     return notes

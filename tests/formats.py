@@ -89,3 +89,70 @@ def write_pngs(folder: Path, per_class: dict[str, int], size=(12, 12), seed: int
         for i in range(count):
             pixels = np.clip(colour + rng.integers(-20, 20, (*size, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(folder / name / f"{i}.png")
+
+
+def jittered_digits(
+    n: int, part: str, seed: int, size: int = 28, colour: bool = False, mirror: bool = False
+):
+    """`n` images of scikit-learn's real handwritten digits at `size` px, as a dataset of any
+    size: each a digit of one fixed part of the 1,797 ("train": 1,497 of them, "test": the
+    other 300, so test digits are never seen in training), scaled to 13-19 px, rotated by up
+    to ±12°, shifted by up to ±3 px and given pixel noise. `colour`: (n, size, size, 3) with
+    a random colour for the digit and another for the background, else (n, size, size);
+    `mirror`: half of them mirrored, so the class does not change under a mirror (as for
+    clothes). Returns (uint8 images, uint8 labels)."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    order = np.random.default_rng(20240613).permutation(len(bunch.target))
+    pool = order[:1497] if part == "train" else order[1497:]
+    rng = torch.Generator().manual_seed(seed)
+    picks = torch.from_numpy(pool)[torch.randint(len(pool), (n,), generator=rng)]
+    digits = torch.from_numpy(bunch.images).float()[picks].unsqueeze(1) / 16.0
+    scale = (13 + 6 * torch.rand(n, generator=rng)) / size  # digit height / image height
+    angle = (torch.rand(n, generator=rng) * 2 - 1) * math.radians(12)
+    shift = (torch.rand(n, 2, generator=rng) * 2 - 1) * 3 * 2 / size
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
+                         torch.stack([sin, cos, shift[:, 1]], 1)], 1)  # fmt: skip
+    if mirror:
+        flip = torch.rand(n, generator=rng) < 0.5
+        theta[flip, 0, :2] *= -1
+    images = []
+    for start in range(0, n, 4096):  # a batch at a time: 60,000 images fit in little memory
+        part_theta = theta[start : start + 4096]
+        grid = F.affine_grid(part_theta, (len(part_theta), 1, size, size), align_corners=False)
+        images.append(F.grid_sample(digits[start : start + 4096], grid, align_corners=False))
+    ink = torch.cat(images).clamp(0, 1)
+    ink = (ink + 0.08 * torch.randn(ink.shape, generator=rng)).clamp(0, 1)
+    if colour:
+        fore, back = torch.rand(n, 3, 1, 1, generator=rng), torch.rand(n, 3, 1, 1, generator=rng)
+        pixels = (back + (fore - back) * ink).permute(0, 2, 3, 1)
+    else:
+        pixels = ink.squeeze(1)
+    labels = torch.from_numpy(bunch.target)[picks].to(torch.uint8)
+    return (pixels * 255).round().to(torch.uint8).numpy(), labels.numpy()
+
+
+def write_cifar_images(root: Path, train, test) -> Path:
+    """CIFAR-10 batches (cifar-10-batches-py) holding the given (N, 32, 32, 3) uint8 images
+    and labels: `train` and `test` are (images, labels) pairs."""
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def batch(images, labels):
+        data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)  # CIFAR: planes, row-major
+        return {"data": np.ascontiguousarray(data), "labels": [int(x) for x in labels]}
+
+    images, labels = train
+    per = -(-len(labels) // 5)
+    for i in range(5):
+        part = slice(i * per, (i + 1) * per)
+        dump(folder / f"data_batch_{i + 1}", batch(images[part], labels[part]))
+    dump(folder / "test_batch", batch(*test))
+    dump(folder / "batches.meta", {"label_names": [str(i) for i in range(10)]})
+    return folder

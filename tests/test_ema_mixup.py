@@ -2,13 +2,14 @@
 hand formula, what is validated and saved, and exact resume with both on."""
 
 import json
+import math
 
 import pytest
 import torch
 from torch import nn
 
 from dltrain import checkpoint
-from dltrain.config import EmaConfig, MixupConfig, TrainConfig
+from dltrain.config import EmaConfig, MixupConfig, TrainConfig, load_config
 from dltrain.data import Mixup
 from dltrain.engine import fit
 from dltrain.epoch import train_one_epoch
@@ -19,10 +20,15 @@ from tests.test_training import _cfg
 ON = {"train.ema": {"decay": 0.9}, "data.mixup": {"alpha": 0.4, "cutmix_alpha": 1.0}}
 
 
-def test_ema_update_matches_the_hand_formula():
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_update_matches_the_hand_formula(warmup):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
-    ema = EMA(model, EmaConfig(decay=0.8, start_epoch=1, every=2), steps_per_epoch=2)
+    cfg = EmaConfig(decay=0.8, start_epoch=1, every=2, warmup=warmup)
+    ema = EMA(model, cfg, steps_per_epoch=2)
+    # By hand: TensorFlow's num_updates warm-up, min(decay, (1 + t) / (10 + t)) at update t.
+    decays = [min(0.8, (1 + t) / (10 + t)) if warmup else 0.8 for t in range(3)]
+    assert decays == ([0.1, 2 / 11, 0.25] if warmup else [0.8] * 3)
     average = [p.detach().clone() for p in model.parameters()]
     for step in range(1, 9):
         with torch.no_grad():
@@ -32,41 +38,105 @@ def test_ema_update_matches_the_hand_formula():
         ema.after_step()
         live = [p.detach() for p in model.parameters()]
         if step % 2 == 0:  # every 2 steps; the first 2 steps (start_epoch 1) follow the weights
-            average = (
-                live
-                if step <= 2
-                else [0.8 * a + 0.2 * w for a, w in zip(average, live, strict=True)]
-            )
-            average = [a.clone() for a in average]
+            d = decays[step // 2 - 2] if step > 2 else 0.0
+            average = [(d * a + (1 - d) * w).clone() for a, w in zip(average, live, strict=True)]
         for mine, expected in zip(ema.module.parameters(), average, strict=True):
             torch.testing.assert_close(mine, expected)
     for mine, live in zip(ema.module.buffers(), model.buffers(), strict=True):
         assert torch.equal(mine, live)  # buffers copied as they are
-    assert ema.leftover(2 + 2 * 10) == pytest.approx(0.8**10)
+    leftover = 0.8**10 if not warmup else math.prod(min(0.8, (1 + t) / (10 + t)) for t in range(10))
+    assert ema.leftover(2 + 2 * 10) == pytest.approx(leftover)
 
 
-def test_ema_is_validated_and_is_what_best_pt_holds(tmp_path, cli):
+def test_a_slow_ema_on_a_short_run_ends_as_good_as_the_trained_weights(tmp_path):
+    """The reproduction of issue 21 on the embedded digits: decay 0.999 on a run of 234 steps,
+    batch norm. Without the warm-up the average stayed near its random start (val 0.35 while
+    the weights reached 1.0) and best.pt kept it; now the better of the two is kept."""
+    sets = ["train.ema.decay=0.999", "train.epochs=6", "model.batch_norm=true", "device=cpu"]
+    cfg = load_config("configs/digits_cnn.yaml", sets)
+    summary = fit(cfg, tmp_path)
+    rows = read_metrics(tmp_path)
+    raw_best = max(row["val_acc_raw"] for row in rows)
+    assert summary["final_val"]["acc"] >= raw_best - 0.01
+    assert summary["best_metrics"]["val_acc"] >= raw_best
+    assert rows[-1]["val_acc_ema"] >= raw_best - 0.02  # the average itself warmed up
+    # Without the warm-up the average is the trap it was; the better weights are still kept.
+    cfg = load_config("configs/digits_cnn.yaml", [*sets, "train.ema.warmup=false"])
+    cold = fit(cfg, tmp_path / "cold")
+    rows = read_metrics(tmp_path / "cold")
+    assert max(row["val_acc_ema"] for row in rows) < 0.8
+    assert cold["best_weights"] == "trained" and cold["final_weights"] == "trained"
+    best = checkpoint.load(tmp_path / "cold" / "best.pt")
+    assert best["ema"]["weights"] == "trained"
+    for key, value in best["ema"]["trained"].items():
+        assert torch.equal(best["model"][key], value)
+    assert cold["final_val"]["acc"] >= max(row["val_acc_raw"] for row in rows) - 0.01
+
+
+@pytest.mark.parametrize("monitor", ["val_acc", "val_loss"])
+def test_each_epoch_takes_the_better_weights_by_the_monitored_metric(tmp_path, monitor):
+    cfg = _cfg(
+        **{"train.ema": {"decay": 0.9}, "train.epochs": 3, "train.early_stopping.monitor": monitor}
+    )
+    fit(cfg, tmp_path)
+    metric = monitor.removeprefix("val_")
+    better = max if metric == "acc" else min
+    for row in read_metrics(tmp_path):
+        ema, raw = row[f"val_{metric}_ema"], row[f"val_{metric}_raw"]
+        assert row[monitor] == better(ema, raw)
+        taken = "ema" if row[monitor] == ema else "raw"
+        assert (row["val_loss"], row["val_acc"]) == (
+            row[f"val_loss_{taken}"],
+            row[f"val_acc_{taken}"],
+        )
+
+
+def test_ema_is_validated_and_best_pt_holds_what_validated_best(tmp_path, cli):
     summary = fit(_cfg(**{"train.ema": {"decay": 0.9}, "train.epochs": 3}), tmp_path)
     rows = read_metrics(tmp_path)
-    assert all("val_acc_raw" in row and "val_loss_raw" in row for row in rows)
-    assert any(row["val_acc"] != row["val_acc_raw"] for row in rows)
-    assert summary["ema_decay"] == 0.9
+    assert all(
+        {"val_acc_raw", "val_loss_raw", "val_acc_ema", "val_loss_ema"} <= set(row) for row in rows
+    )
+    assert any(row["val_acc_ema"] != row["val_acc_raw"] for row in rows)
+    assert summary["ema_decay"] == 0.9 and summary["best_weights"] in ("ema", "trained")
     best = checkpoint.load(tmp_path / "best.pt")
     assert best["epoch"] == summary["best_epoch"]
-    assert any(not torch.equal(best["model"][k], v) for k, v in best["ema"]["trained"].items())
-    # eval reads the average without a flag, and finds the figure training validated
+    assert best["ema"]["weights"] == summary["best_weights"]
+    held = best["ema"]["average" if summary["best_weights"] == "ema" else "trained"]
+    assert all(torch.equal(best["model"][k], v) for k, v in held.items())
+    assert any(
+        not torch.equal(best["ema"]["average"][k], v) for k, v in best["ema"]["trained"].items()
+    )
+    # eval reads the chosen weights without a flag, and finds the figure training validated
     result = cli("eval", "--ckpt", tmp_path / "best.pt", "--json")
     assert result.exit_code == 0, result.output
     measured = json.loads(result.stdout)
     assert measured["acc"] == pytest.approx(summary["best_metrics"]["val_acc"], abs=1e-9)
 
 
-def test_a_too_slow_ema_is_noted_once(cli, digits_config):
+def test_the_summary_says_which_weights_best_pt_holds(cli, digits_config, tmp_path):
+    off = ["--set", "train.ema.decay=0.999", "--set", "train.ema.warmup=false"]
+    result = cli("train", digits_config, *off, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "[trained; ema 0." in result.stdout  # the epoch lines
+    table = " ".join(result.stdout.replace("│", " ").split())  # its cells wrap
+    assert "best.pt holds the trained weights (decay 0.999; the EMA validated 0." in table
+    assert (
+        "(best epoch restored, the trained weights)" in table
+        or "(last epoch, the trained weights)" in table
+    )
+
+
+def test_a_too_slow_ema_is_noted_once_without_the_warm_up(cli, digits_config):
     result = cli("train", digits_config, "--set", "train.ema.decay=0.9999")
+    assert result.exit_code == 0, result.output
+    assert "train.ema.decay" not in result.stderr  # the warm-up makes any decay safe
+    off = ["--set", "train.ema.warmup=false"]
+    result = cli("train", digits_config, "--set", "train.ema.decay=0.9999", *off)
     assert result.exit_code == 0, result.output
     notes = [line for line in result.stderr.splitlines() if "train.ema.decay 0.9999" in line]
     assert len(notes) == 1 and "still holds 99% of the weights" in notes[0]
-    result = cli("train", digits_config, "--set", "train.ema.decay=0.9")
+    result = cli("train", digits_config, "--set", "train.ema.decay=0.9", *off)
     assert "train.ema.decay" not in result.stderr
 
 

@@ -104,7 +104,7 @@ class TrainReport:
         mark = "  *best" if info["improved"] else ""
         gap = f"  gap {row['gap']:+.4f}" if row.get("gap") is not None else ""
         mixed = " (mixed)" if info.get("mixed") else ""
-        raw = f" (raw {row['val_acc_raw']:.4f})" if "val_acc_raw" in row else ""
+        raw = _other(row)
         say(
             f"epoch {row['epoch']}/{info['epochs']}  train_loss {row['train_loss']:.4f}  "
             f"train_acc {row['train_acc']:.4f}{mixed}  val_loss {row['val_loss']:.4f}  "
@@ -123,10 +123,9 @@ class TrainReport:
         if self.mode == "json":
             print(json.dumps({**summary, "run_dir": info["run_dir"]}))
             return
-        ema = summary.get("ema_decay")
-        restored = "best epoch restored" if summary["restored_best"] else "weights as trained"
-        restored = "the average, last epoch" if ema and not summary["restored_best"] else restored
-        weights = f"the EMA average (decay {ema:g}), validated each epoch" if ema else None
+        restored = "best epoch restored" if summary["restored_best"] else "last epoch"
+        if summary.get("final_weights"):
+            restored += ", " + WEIGHTS[summary["final_weights"]]
         rows = [
             ("status", summary["status"].replace("_", " ")),
             ("why", summary["stop_reason"]),
@@ -140,7 +139,7 @@ class TrainReport:
             rows.append(("train-val gap", f"{best['gap']:+.4f}"))
         rows += [
             ("overfitting", summary.get("overfitting")),
-            ("best.pt holds", weights),
+            ("best.pt holds", _best_holds(summary)),
             ("final val accuracy", f"{summary['final_val']['acc']:.4f} ({restored})"),
             ("seconds per epoch", f"{summary['seconds_per_epoch']:.2f}"),
             ("run folder", info["run_dir"]),
@@ -152,6 +151,32 @@ class TrainReport:
         self.console.print(table)
         if summary["stop_reason"]:
             say(summary["stop_reason"], self.console)
+
+
+WEIGHTS = {"ema": "the EMA average", "trained": "the trained weights"}
+
+
+def _other(row: dict) -> str:
+    """With an EMA: which weights val_acc is of, and what the other validated."""
+    from dltrain.engine import picked
+
+    taken = picked(row)
+    if taken is None:
+        return ""
+    other = "raw" if taken == "ema" else "ema"
+    return f" [{taken}; {other.replace('raw', 'trained')} {row[f'val_acc_{other}']:.4f}]"
+
+
+def _best_holds(summary: dict) -> str | None:
+    """With an EMA: which weights best.pt holds, and by how much they validated better."""
+    best, row = summary.get("best_weights"), summary["best_metrics"]
+    if best is None:
+        return None
+    metric = summary["monitor"].removeprefix("val_")
+    gap = abs(row[f"val_{metric}_ema"] - row[f"val_{metric}_raw"])
+    what = "higher loss" if metric == "loss" else "lower"
+    other = "the trained weights" if best == "ema" else "the EMA"
+    return f"{WEIGHTS[best]} (decay {summary['ema_decay']:g}; {other} validated {gap:.4f} {what})"
 
 
 def _mode(quiet: bool, as_json: bool) -> str:
@@ -245,7 +270,11 @@ def _resume(target: Path, config: Path | None, run_dir: Path | None, changes: li
             "--out (use --set, e.g. --set train.epochs=20, to change values)"
         )
     from dltrain.checkpoint import open_saved
+    from dltrain.runs import never_saved
 
+    if never_saved(target):
+        _start_again(target, changes, mode)
+        return
     saved = open_saved(target, changes, run_folder=True)
     for text in saved.notes:
         note(text)
@@ -260,6 +289,21 @@ def _resume(target: Path, config: Path | None, run_dir: Path | None, changes: li
         )
         return
     run(cfg, saved.path.parent, mode, resume=payload)
+
+
+def _start_again(folder: Path, changes: list[str], mode: str) -> None:
+    """--resume of a run killed before its first checkpoint: the same run again from epoch 0,
+    in its folder, from its config.yaml (and, for a finetune, its parent.json)."""
+    from dltrain.config import load_config
+    from dltrain.runs import read_parent, refuse_if_in_use
+
+    refuse_if_in_use(folder)
+    cfg = load_config(folder / "config.yaml", changes)
+    note(
+        f"{folder}: no checkpoint was written before the run stopped; starting it again from "
+        "epoch 0"
+    )
+    run(cfg, folder, mode, parent=read_parent(folder))
 
 
 @app.command()

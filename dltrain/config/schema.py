@@ -221,6 +221,11 @@ class EmaConfig(Section):
         description="EMA of the weights: the average's share kept at each update "
         "(0.999 is usual); 0 = off. Parameters are averaged, BatchNorm statistics copied.",
     )
+    warmup: bool = Field(
+        True,
+        description="Ramp the decay up as min(decay, (1 + t) / (10 + t)) at the t-th update, "
+        "so that the average follows the weights early in any run; false = decay from the start.",
+    )
     start_epoch: int = Field(
         0, ge=0, description="Epochs trained before averaging starts (until then: the weights)."
     )
@@ -265,7 +270,9 @@ class TrainConfig(Section):
         EarlyStoppingConfig, "Best-epoch selection and early stopping."
     )
     ema: EmaConfig = _nested(
-        EmaConfig, "With decay > 0, validation, early stopping and best.pt use the average."
+        EmaConfig,
+        "With decay > 0, the average and the trained weights are both validated each epoch; "
+        "the better of the two is what early stopping judges and best.pt holds.",
     )
     class_weights: Literal["none", "balanced"] | list[float] = Field(
         "none",
