@@ -84,7 +84,7 @@ def train_and_test(config: str, data: Path, size: int, seed: int, run: Path) -> 
     )
     if done.returncode:
         raise SystemExit(f"eval of {run} failed:\n{done.stderr[-2000:]}")
-    test = json.loads(done.stdout.strip().splitlines()[-1])
+    test = json.loads(done.stdout)
     return {
         "val_acc": summary["best_metrics"]["val_acc"],
         "test_acc": test["acc"],

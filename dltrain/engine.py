@@ -210,8 +210,8 @@ def _measure(s: Session, loop: LoopState, train: dict, epoch_start: float) -> di
         metric = s.stopper.monitor.removeprefix("val_")
         loop.weights = "ema" if s.stopper.as_good(average[metric], raw[metric]) else "trained"
         val = average if loop.weights == "ema" else raw
-        both = {f"val_{key}_{name}": figures[key] for name, figures in (("ema", average),
-                ("raw", raw)) for key in ("loss", "acc")}  # fmt: skip
+        both = {"val_loss_ema": average["loss"], "val_acc_ema": average["acc"]}
+        both.update(val_loss_raw=raw["loss"], val_acc_raw=raw["acc"])
     if s.train_eval_batches is not None:
         # Eval mode on a fixed training subset: dropout and batch norm off, so the gap is honest.
         seen = evaluate(s.validated(loop.weights), s.train_eval_batches, autocast=autocast)

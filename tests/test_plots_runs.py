@@ -87,7 +87,9 @@ def test_plot_run_of_a_run_still_going(finished, tmp_path):
     (folder / "metrics.csv").write_text(text + "3,0.12,0.9")
     check_image(plot_run(folder, tmp_path / "going.png"))
     run = describe_run(folder)
-    assert (run["status"], run["epochs"], run["name"]) == ("incomplete", 2, None)
+    # No process holds the folder's lock: killed; without a config.yaml not resumable.
+    assert (run["status"], run["epochs"], run["name"]) == ("killed", 2, None)
+    assert run["resumable"] is False
 
 
 def test_plot_run_uses_train_accuracy_measured_in_eval_mode(finished, tmp_path):
@@ -210,11 +212,12 @@ def test_damaged_run_is_unreadable_and_the_listing_goes_on(cli, finished, tmp_pa
     assert {run["status"] for run in runs} == {"unreadable", "finished"}
 
 
-def test_a_resumed_run_with_an_older_summary_is_incomplete(finished, tmp_path):
+def test_a_resumed_run_with_an_older_summary_and_no_process_was_killed(finished, tmp_path):
     run = copy_run(finished, tmp_path / "run")
     stamp = (run / "summary.json").stat().st_mtime
     os.utime(run / "metrics.csv", (stamp + 5, stamp + 5))
-    assert describe_run(run)["status"] == "incomplete"
+    shown = describe_run(run)
+    assert (shown["status"], shown["resumable"]) == ("killed", True)
 
 
 def test_missing_root_is_one_line_and_an_empty_one_says_so(cli, tmp_path):

@@ -208,7 +208,8 @@ RUN_STATUS_STYLES = {
     "stopped_early": "green",
     "stopped": "yellow",
     "interrupted": "yellow",
-    "incomplete": "yellow",
+    "running": "cyan",
+    "killed": "yellow",
     "failed": "red",
     "unreadable": "red",
 }
@@ -277,7 +278,10 @@ def _run_cells(run: dict, root: Path) -> dict:
         "test acc": Text(test, style="yellow" if uses > 1 else ""),
         "params": _maybe(run["params"], _count),
         "time": _maybe(run["seconds"], _duration),
-        "status": Text(status.replace("_", " "), style=RUN_STATUS_STYLES.get(status, "")),
+        "status": Text(
+            status.replace("_", " ") + (", resumable" if run["resumable"] else ""),
+            style=RUN_STATUS_STYLES.get(status, ""),
+        ),
     }
 
 
