@@ -1,6 +1,9 @@
-"""Commands that need no data: `data_info` against what loading gives, and `dltrain summary`
-of every shipped config on a machine without data."""
+"""Commands that need no data, and commands that open a checkpoint's data without downloading:
+`data_info` against what loading gives, `dltrain summary` of every shipped config on a machine
+without data, and eval, export, predict and lr-find of a run whose data is gone."""
 
+import json
+import shutil
 import urllib.request
 from pathlib import Path
 
@@ -121,3 +124,106 @@ def test_summary_of_every_shipped_config_needs_no_data(cli, tmp_path, monkeypatc
     assert result.exit_code == 0, result.output
     assert f" on {dataset}, input " in result.stdout.splitlines()[0]
     assert _tree(tmp_path) == before
+
+
+# --- a run whose data is gone --------------------------------------------------------------
+
+RUN_CONFIG = """\
+name: gone
+device: cpu
+data: {{dataset: mnist, root: {root}, download: true, val_split: 0.25, batch_size: 16}}
+model: {{name: mlp, hidden: [16]}}
+train: {{epochs: 1}}
+"""
+
+
+@pytest.fixture(scope="module")
+def gone(tmp_path_factory):
+    """A run trained on MNIST-format files whose folder was then deleted: its checkpoint's
+    data.root (with download: true) points at nothing, as on another machine."""
+    from typer.testing import CliRunner
+
+    from dltrain.cli import app
+
+    base = tmp_path_factory.mktemp("gone")
+    root = base / "data"
+    write_idx(root, "MNIST", *digits_as_mnist(60, 20))
+    (base / "config.yaml").write_text(RUN_CONFIG.format(root=root))
+    result = CliRunner().invoke(
+        app, ["train", str(base / "config.yaml"), "--run-dir", str(base / "run")]
+    )
+    assert result.exit_code == 0, result.output
+    shutil.rmtree(root)
+    return base / "run" / "best.pt", root
+
+
+def _one_line_error(result, code=1):
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_eval_never_downloads_where_the_checkpoint_points(cli, gone, offline):
+    ckpt, root = gone
+    line = _one_line_error(cli("eval", "--ckpt", ckpt))
+    assert f"mnist: dataset not found in {root}/MNIST/raw" in line
+    assert "--set data.root=DIR" in line and "--set data.download=true" in line
+    assert "download failed" not in line  # not even tried
+    assert not root.exists()
+
+
+def test_eval_downloads_when_the_user_says_so(cli, gone, offline):
+    """--set data.download=true is the user's own: honoured (here it fails, offline), and the
+    folders the attempt made are removed."""
+    ckpt, root = gone
+    line = _one_line_error(cli("eval", "--ckpt", ckpt, "--set", "data.download=true"))
+    assert "and the download failed" in line
+    assert not root.exists()
+
+
+def test_eval_reads_the_data_where_the_user_points(cli, gone, tmp_path):
+    ckpt, _ = gone
+    write_idx(tmp_path, "MNIST", *digits_as_mnist(60, 20))
+    result = cli("eval", "--ckpt", ckpt, "--set", f"data.root={tmp_path}", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["samples"] == 15
+
+
+def test_export_checks_parity_on_random_images_without_the_data(cli, gone, offline, tmp_path):
+    ckpt, root = gone
+    out = tmp_path / "model.ts"
+    result = cli("export", "--ckpt", ckpt, "--format", "torchscript", "--out", out)
+    assert result.exit_code == 0, result.output
+    notes = result.stderr.strip().splitlines()
+    assert len(notes) == 1 and notes[0].startswith("note: parity is checked on 64 random images")
+    assert f"dataset not found in {root}/MNIST/raw" in notes[0]
+    assert "parity on 64 random images" in result.stdout
+    parity = json.loads(out.with_name("model.ts.json").read_text())["parity"]
+    assert parity["source"] == "random" and parity["seed"] == 0 and parity["passed"]
+    assert "dataset not found" in parity["why"]
+    assert out.is_file() and not root.exists()
+
+
+def test_predict_needs_no_data(cli, gone, tmp_path):
+    from PIL import Image
+
+    ckpt, root = gone
+    Image.new("L", (28, 28), 0).save(tmp_path / "blank.png")
+    result = cli("predict", "--ckpt", ckpt, tmp_path / "blank.png")
+    assert result.exit_code == 0, result.output
+    assert not root.exists()
+
+
+def test_lr_find_without_data_is_one_line(cli, gone, offline, tmp_path, monkeypatch):
+    """lr-find trains, so it needs the data (a config's download: true may fetch it)."""
+    _, root = gone
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "config.yaml"
+    config.write_text(RUN_CONFIG.format(root=root))
+    result = cli("lr-find", config, "--out", tmp_path / "probe")
+    assert result.exit_code == 1, result.output
+    start, line = result.stderr.strip().splitlines()  # its start line, then the error
+    assert start.startswith("lr-find gone: ") and line.startswith("error: mnist: dataset not found")
+    assert "download failed" in line
+    assert not root.exists() and not (tmp_path / "probe").exists()

@@ -81,6 +81,12 @@ def data_info(cfg: DataConfig, rgb: bool = False) -> DataInfo:
     return _model_view(DATASETS.get(cfg.dataset).info(cfg), cfg, rgb)
 
 
+# Put before the user's --set by the commands that read a checkpoint's data (eval, export): a
+# stored `download: true` was meant for the machine that trained, and must not make folders or
+# fetch data wherever the checkpoint is opened; the user's own --set data.download=true wins.
+NO_DOWNLOAD = "data.download=false"
+
+
 class Batches:
     """Batches cut from an in-memory split on its device and converted batch-wise. Shuffling
     and augmentation draw from this loader's own generator (seeded, on the CPU), so the order
