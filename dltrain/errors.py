@@ -25,6 +25,11 @@ class ConfigError(DltrainError):
         super().__init__("\n".join(f"{self.source}: {line}" for line in self.lines))
 
 
+class DataNotFound(DltrainError):
+    """A dataset is not where the config points and was not downloaded: the one data error
+    that a command able to do without the data (export's parity check) may catch."""
+
+
 class Interrupted(DltrainError):
     """Training stopped on SIGINT/SIGTERM after saving a resumable checkpoint."""
 

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from dltrain import checkpoint
-from dltrain.data import build_splits, make_loader
+from dltrain.data import NO_DOWNLOAD, build_splits, make_loader
 from dltrain.epoch import evaluate
 from dltrain.errors import DltrainError
 from dltrain.models import needs_rgb
@@ -34,8 +34,9 @@ def evaluate_checkpoint(
     result beside the checkpoint: loss, acc, top5 (over 5 classes), `confusion[true][pred]`,
     per-class precision, recall and F1, macro-F1 and balanced accuracy; with test-time
     augmentation (`tta`, else the config's eval.tta) the same under "tta"; `test_uses`: how
-    many times this run's test set has been measured."""
-    saved = checkpoint.open_saved(path, overrides)
+    many times this run's test set has been measured. The data is read, never downloaded
+    unless `overrides` ask for it (data.download=true): see NO_DOWNLOAD."""
+    saved = checkpoint.open_saved(path, [NO_DOWNLOAD, *overrides])
     cfg, path, tta = saved.cfg, saved.path, tta or saved.cfg.eval.tta
     model, device = saved.model()
     splits = build_splits(cfg.data, cfg.seed, rgb=needs_rgb(cfg.model))

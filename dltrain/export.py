@@ -1,5 +1,6 @@
 """`dltrain export`: a checkpoint as one self-contained inference file (ONNX or TorchScript) and
-a sidecar JSON, kept only when it gives PyTorch's logits on real validation images.
+a sidecar JSON, kept only when it gives PyTorch's logits on real validation images (on seeded
+random images when the checkpoint's data is not on this machine: the sidecar says which).
 
 The file holds `Normalized`: the checkpoint's mean/std, then the model. It takes float32 pixels
 in [0, 1], NCHW, with the checkpoint's channels and size, any batch size, and returns logits;
@@ -22,8 +23,8 @@ import torch
 from torch import nn
 
 from dltrain import __version__, checkpoint
-from dltrain.data import build_splits, make_loader
-from dltrain.errors import DltrainError
+from dltrain.data import NO_DOWNLOAD, build_splits, make_loader
+from dltrain.errors import DataNotFound, DltrainError
 from dltrain.models import needs_rgb
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".ts"}  # format -> the default file's suffix
@@ -34,6 +35,7 @@ OPSETS = range(18, 26)
 DEFAULT_OPSET = 18  # the exporter's own; every onnxruntime we admit (>= 1.22) runs it
 TOLERANCE = 1e-4  # largest |logit difference| a float32 export may show against PyTorch
 PARITY_IMAGES = 64  # validation images the check runs, as one batch and then a batch of 1
+PARITY_SEED = 0  # of the random images the check runs when the data is not here
 INPUT_NAME, OUTPUT_NAME = "pixels", "logits"
 EXTRA = "pip install 'dltrain[export]'"
 
@@ -105,21 +107,22 @@ def export_checkpoint(
     sidecar; returns the sidecar's fields plus "path" and "sidecar". `overrides` are `--set`
     strings (e.g. data.root=... when the data moved: the parity check reads it). Always on the
     CPU: the file then runs anywhere, and the check compares the export, not two devices'
-    arithmetic. A parity failure is an error and leaves nothing under `out`."""
+    arithmetic. A parity failure is an error and leaves nothing under `out`. The data is read,
+    never downloaded unless `overrides` ask for it (see NO_DOWNLOAD)."""
     out = None if out is None else Path(out)
     opset = check_request(fmt, out, opset)
-    saved = checkpoint.open_saved(ckpt, [*overrides, "device=cpu"])
+    saved = checkpoint.open_saved(ckpt, [NO_DOWNLOAD, *overrides, "device=cpu"])
     out = out or saved.path.with_suffix(FORMATS[fmt])
     if out.resolve() == saved.path.resolve():
         raise DltrainError(f"--out {out} is the checkpoint itself; name another file")
     model, _ = saved.model()
     info = saved.info
     net = Normalized(model, info.mean, info.std).eval()
-    pixels = validation_pixels(saved)
+    pixels, source = parity_pixels(saved)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         written = WRITERS[fmt](net, pixels, tmp, opset)
-        parity = check_parity(net, load_exported(fmt, tmp), pixels)
+        parity = {**check_parity(net, load_exported(fmt, tmp), pixels), **source}
         if not parity["passed"]:
             raise DltrainError(_parity_failure(parity, out))
         os.replace(tmp, out)
@@ -128,6 +131,20 @@ def export_checkpoint(
     record = describe(saved, fmt, out, written, parity)
     checkpoint.write_json(sidecar_path(out), record)
     return {**record, "path": str(out), "sidecar": str(sidecar_path(out))}
+
+
+def parity_pixels(saved: checkpoint.Saved, count: int = PARITY_IMAGES) -> tuple[torch.Tensor, dict]:
+    """The images the parity check runs and where they came from: {"source": "validation"},
+    or, when the checkpoint's data is not found, `count` uniform random images in [0, 1] of
+    its shape: {"source": "random", "seed": PARITY_SEED, "why": the data's error}. Logits of
+    random images test the file's arithmetic as well; only the data's own quirks go unseen."""
+    try:
+        return validation_pixels(saved, count), {"source": "validation"}
+    except DataNotFound as missing:
+        info = saved.info
+        generator = torch.Generator().manual_seed(PARITY_SEED)
+        pixels = torch.rand((count, info.channels, *info.image_size), generator=generator)
+        return pixels, {"source": "random", "seed": PARITY_SEED, "why": str(missing)}
 
 
 def validation_pixels(saved: checkpoint.Saved, count: int = PARITY_IMAGES) -> torch.Tensor:
@@ -252,8 +269,8 @@ def _parity_failure(parity: dict, out: Path) -> str:
     return (
         f"parity check failed: the exported model's logits differ from PyTorch's by up to "
         f"{parity['max_abs_diff']:.2e} (limit {TOLERANCE:.0e}) and its top-1 class agrees on "
-        f"{parity['top1_agreement']:.2%} of {parity['images']} validation images (needs 100%); "
-        f"{out} was not written"
+        f"{parity['top1_agreement']:.2%} of {parity['images']} {parity['source']} images "
+        f"(needs 100%); {out} was not written"
     )
 
 

@@ -34,18 +34,42 @@ BETA = 0.98  # the smoothing of the loss: an exponential average, bias-corrected
 DIVERGED = 4.0  # stop once the smoothed loss passes this multiple of its minimum
 SPREAD_LIMIT = 3.0  # suggestions of several seeds further apart than this: unreliable
 RULES = ("valley", "steepest")  # the valley is the one suggested (fastai's default)
+TAIL = 5  # the last points, the blow-up, that both rules skip (as fastai does)
+MIN_POINTS = 3  # what the rules need: steepest's central difference takes 3 points
+# Learning rates a probe may span. Below 1e-10 an update (Adam's is about lr per weight) is under
+# the rounding step of float32 weights, so nothing trains; above 1e3 the loss of every optimizer
+# here has blown up long before (the default end, as fastai's, is 10).
+LR_RANGE = (1e-10, 1e3)
 
 Report = Callable[[str, dict], None]  # ("note", {"text"}) and ("seed", {the seed's curve})
 
 
+def min_steps() -> int:
+    """The shortest probe whose whole curve leaves the rules MIN_POINTS between the warm-up
+    and the blow-up that `window` skips (8); a shorter one has them read both ends."""
+    return next(n for n in range(1, 1000) if n - n // 10 - TAIL >= MIN_POINTS)
+
+
 def check_options(steps: int, start: float, end: float, seeds: int) -> None:
     """The probe's own options, checked before any config is read (NaN fails every test)."""
-    if not steps >= 1:
-        raise DltrainError(f"--steps must be at least 1 (got {steps})")
+    if not steps >= min_steps():
+        raise DltrainError(
+            f"--steps must be at least {min_steps()} (got {steps}): the rules skip the first "
+            f"tenth and the last {TAIL} steps and need {MIN_POINTS} points between them"
+        )
+    low, high = LR_RANGE
     if not (start > 0 and math.isfinite(start)):
         raise DltrainError(f"--start must be a learning rate above 0 (got {start:g})")
     if not (end > start and math.isfinite(end)):
         raise DltrainError(f"--end must be above --start {start:g} (got {end:g})")
+    for flag, value in (("--start", start), ("--end", end)):
+        if not low <= value <= high:
+            raise DltrainError(
+                f"{flag} {value:g} is outside {low:g} to {high:g}, the learning rates a probe "
+                f"may span: below {low:g} an update is lost in float32's rounding of the "
+                f"weights, above {high:g} the loss has blown up long before (--end's default "
+                "is 10)"
+            )
     if not seeds >= 1:
         raise DltrainError(f"--seeds must be at least 1 (got {seeds})")
 
@@ -99,10 +123,10 @@ def valley(lrs: list[float], smoothed: list[float]) -> float | None:
 
 def window(count: int, steps: int) -> slice:
     """The points both rules read, as fastai's lr_find does: without the first tenth of the
-    probe (the smoother's warm-up on an untrained model) and the last five (the blow-up);
-    all of them when that would leave fewer than 3."""
-    first, last = steps // 10, count - 5
-    return slice(first, last) if last - first >= 3 else slice(0, count)
+    probe (the smoother's warm-up on an untrained model) and the last TAIL (the blow-up);
+    all of them when that would leave fewer than MIN_POINTS (a probe that stopped early)."""
+    first, last = steps // 10, count - TAIL
+    return slice(first, last) if last - first >= MIN_POINTS else slice(0, count)
 
 
 def steepest(lrs: list[float], smoothed: list[float]) -> float | None:
@@ -277,6 +301,13 @@ def summarize(curves: list[dict], cfg: Config, steps: int) -> dict:
         summary[f"{rule}_range"] = [min(values), max(values)] if values else None
     summary["unreliable"] = spread_note(found["valley"], steps, cfg.data.batch_size)
     summary["set"] = f"--set optim.lr={summary['valley']:.3g}" if found["valley"] else None
+    low, high = LR_RANGE
+    for rule in RULES:  # points of a checked ramp: this holds unless a rule has a bug
+        if summary[rule] is not None and not low <= summary[rule] <= high:
+            raise DltrainError(
+                f"lr-find: the {rule} rule gave {summary[rule]:g}, outside {low:g} to {high:g}: "
+                "not a learning rate to suggest; nothing was written (please report this)"
+            )
     return summary
 
 
@@ -327,6 +358,7 @@ def run(
                     report("note", {"text": text})
             curves.append(probe(s, steps, start, end))
             report("seed", curves[-1])
+        summary = summarize(curves, cfg, steps)
     except BaseException:
         if not existed:
             with suppress(OSError):  # only an empty folder goes: nothing was written yet
@@ -334,7 +366,7 @@ def run(
         raise
     settings = {"steps": steps, "start": start, "end": end, "beta": BETA, "diverged": DIVERGED}
     result = {"name": cfg.name, "folder": str(folder), **settings, "notes": notes(cfg)}
-    result.update(summary=summarize(curves, cfg, steps), seeds=curves)
+    result.update(summary=summary, seeds=curves)
     result.update(png=str(folder / "lr_find.png"), config=cfg.model_dump(mode="json"))
     write_json(folder / "lr_find.json", result)
     plot_lr_find(result, folder / "lr_find.png")

@@ -1,6 +1,7 @@
 """A tiny name -> builder registry, and dltrain's three: datasets, models, optimizers. Each is
 declared here with the names it holds, so the config schema offers them as choices without
 importing torch; data, models and optim register a builder per name (a test checks each has one).
+A dataset's builder is a `DataSource`: how to load it, and what it holds without loading it.
 """
 
 import difflib

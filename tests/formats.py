@@ -46,7 +46,10 @@ def write_idx(root: Path, folder: str, train, test, gz: bool = False) -> Path:
 
 
 def write_cifar(root: Path, classes: int, n_train: int, n_test: int, seed: int = 0) -> Path:
-    """Write CIFAR-10 (classes=10) or CIFAR-100 (classes=100) pickled batches."""
+    """Write CIFAR-10 (classes=10) or CIFAR-100 (classes=100) pickled batches, with the real
+    class names in the meta file."""
+    from dltrain.data.datasets import CIFAR10_CLASSES, CIFAR100_CLASSES
+
     rng = np.random.default_rng(seed)
     ten = classes == 10
     folder = Path(root) / ("cifar-10-batches-py" if ten else "cifar-100-python")
@@ -65,11 +68,11 @@ def write_cifar(root: Path, classes: int, n_train: int, n_test: int, seed: int =
         for i in range(5):
             dump(folder / f"data_batch_{i + 1}", batch(min(per, n_train - i * per)))
         dump(folder / "test_batch", batch(n_test))
-        dump(folder / "batches.meta", {"label_names": [f"c{i}" for i in range(10)]})
+        dump(folder / "batches.meta", {"label_names": CIFAR10_CLASSES})
     else:
         dump(folder / "train", batch(n_train))
         dump(folder / "test", batch(n_test))
-        dump(folder / "meta", {"fine_label_names": [f"c{i}" for i in range(100)]})
+        dump(folder / "meta", {"fine_label_names": CIFAR100_CLASSES})
     return folder
 
 

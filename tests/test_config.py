@@ -6,6 +6,8 @@ import pytest
 import yaml
 
 from dltrain.config import Config, load_config
+from dltrain.config.loading import from_dict
+from dltrain.config.schema import KEYS
 from dltrain.errors import ConfigError
 
 # (YAML text, --set overrides, lines the error output must contain)
@@ -189,3 +191,50 @@ def test_every_field_has_default_and_description():
                 walk(sub, f"{prefix}{name}.")
 
     walk(Config, "")
+
+
+# Every float of the schema, found from its annotations, and the lists of floats inside unions
+# (data.normalize's mean and std, train.class_weights): none may be inf or nan.
+FLOAT_KEYS = [key for key, field in KEYS.items() if "float" in str(field.annotation)]
+LISTED = {
+    "train.class_weights": ("train.class_weights", "[1, {}]"),
+    "data.normalize.mean": ("data.normalize", "{{mean: [{}], std: [1]}}"),
+    "data.normalize.std": ("data.normalize", "{{mean: [0.5], std: [{}]}}"),
+}
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "1e999", "-1e999"])
+@pytest.mark.parametrize("key", sorted({*FLOAT_KEYS, *LISTED}))
+def test_every_float_must_be_finite(key, value):
+    shown, form = LISTED.get(key, (key, "{}"))
+    with pytest.raises(ConfigError) as caught:
+        from_dict({}, "config", [f"{shown}={form.format(value)}"])
+    assert len(caught.value.lines) == 1, caught.value.lines
+    line = caught.value.lines[0]
+    assert line.startswith(f"{shown}: got ") and line.endswith(" (from --set)"), line
+    assert "expected a finite number" in line or "every number finite" in line, line
+
+
+def test_an_infinite_learning_rate_is_one_line_before_anything_runs(cli, tmp_path):
+    result = cli(
+        "train", "configs/digits_mlp.yaml", "--set", "optim.lr=.inf", "--run-dir", tmp_path / "run"
+    )
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "error: configs/digits_mlp.yaml: optim.lr: got inf; expected a finite number (from --set)"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_non_finite_numbers_in_a_file_are_refused(cli, write_config):
+    path = write_config("optim: {lr: .nan}\ndata: {val_split: .inf}\ntrain: {grad_clip: 1e999}\n")
+    result = cli("config", "show", path)
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {path}: {key}: got {value}; expected a finite number"
+        for key, value in (
+            ("data.val_split", "inf"),
+            ("optim.lr", "nan"),
+            ("train.grad_clip", "inf"),
+        )
+    ]

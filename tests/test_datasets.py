@@ -53,7 +53,10 @@ def test_cifar_read_from_pickled_batches(tmp_path, cifar_checks_pass, classes):
     splits = build_splits(cfg, seed=0)
     assert splits.sizes == {"train": 400, "val": 100, "test": 100}
     assert splits.info.channels == 3 and splits.info.image_size == (32, 32)
-    assert splits.info.class_names == [f"c{i}" for i in range(classes)]
+    names = splits.info.class_names  # read from the meta file
+    assert len(names) == classes and names[:2] == (
+        ["airplane", "automobile"] if classes == 10 else ["apple", "aquarium_fish"]
+    )
     assert len(splits.info.mean) == 3
 
 
@@ -67,8 +70,26 @@ def test_missing_dataset_offline_is_one_line_and_leaves_nothing(tmp_path, offlin
     assert f"mnist: dataset not found in {tmp_path}/data/MNIST/raw" in message
     assert "train-images-idx3-ubyte" in message and "t10k-labels-idx1-ubyte" in message
     assert ("download failed" in message) == download
-    leftovers = [p for p in (tmp_path / "data").rglob("*") if p.is_file()]
-    assert leftovers == []
+    assert "--set data.root=DIR" in message
+    assert ("--set data.download=true" in message) != download
+    assert not (tmp_path / "data").exists()  # the folders the attempt made went too
+
+
+def test_failed_download_removes_only_the_folders_it_made(tmp_path, offline):
+    """Of data.root a/b/c, with a/ there before: b/ and all below it go, a/ and what it held
+    stay; a root that existed stays with its files."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "keep.txt").write_text("mine")
+    cfg = DataConfig(dataset="cifar10", root=str(tmp_path / "a" / "b" / "c"), download=True)
+    with pytest.raises(DltrainError, match="download failed"):
+        build_splits(cfg, seed=0)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["keep.txt"]
+    (tmp_path / "data" / "MNIST").mkdir(parents=True)
+    cfg = DataConfig(dataset="mnist", root=str(tmp_path / "data"), download=True)
+    with pytest.raises(DltrainError, match="download failed"):
+        build_splits(cfg, seed=0)
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["MNIST"]
+    assert list((tmp_path / "data" / "MNIST").iterdir()) == []
 
 
 def test_failed_download_removes_partial_files(tmp_path, monkeypatch):

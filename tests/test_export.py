@@ -130,6 +130,7 @@ def test_export_writes_a_checked_file_and_its_sidecar(cli, trained, model, fmt):
     parity = side["parity"]
     assert parity["passed"] and parity["top1_agreement"] == 1.0 and parity["images"] == 12
     assert parity["batch_sizes"] == [12, 1] and 0 <= parity["max_abs_diff"] <= 1e-4
+    assert parity["source"] == "validation" and "parity on 12 validation images" in result.stdout
 
     # Fresh inputs at batch sizes the export never saw.
     run_file = _run_file(fmt, out)

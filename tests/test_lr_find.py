@@ -9,6 +9,7 @@ import torch
 
 from dltrain import lr_find
 from dltrain.config import Config, load_config
+from dltrain.errors import DltrainError
 from dltrain.session import build
 
 BETA = lr_find.BETA
@@ -230,8 +231,16 @@ def test_cli_three_seeds_three_curves_and_a_range(cli, digits_config, tmp_path):
 
 
 BAD_INPUT = [
-    (["--steps", "0"], 1, "--steps must be at least 1"),
-    (["--steps", "-3"], 1, "--steps must be at least 1"),
+    (["--steps", "0"], 1, "--steps must be at least 8 (got 0)"),
+    (["--steps", "-3"], 1, "--steps must be at least 8 (got -3)"),
+    (["--steps", "3"], 1, "--steps must be at least 8 (got 3): the rules skip"),
+    (["--steps", "7"], 1, "--steps must be at least 8 (got 7)"),
+    (["--start", "1e-300", "--end", "1e300"], 1, "--start 1e-300 is outside 1e-10 to 1000"),
+    (["--start", "1e-11"], 1, "--start 1e-11 is outside 1e-10 to 1000"),
+    (["--end", "1e300"], 1, "--end 1e+300 is outside 1e-10 to 1000"),
+    (["--end", "1001"], 1, "--end 1001 is outside 1e-10 to 1000"),
+    (["--end", "inf"], 1, "--end must be above --start 1e-07 (got inf)"),
+    (["--start", "nan"], 1, "--start must be a learning rate above 0 (got nan)"),
     (["--start", "0"], 1, "--start must be a learning rate above 0"),
     (["--start", "-1e-3"], 1, "--start must be a learning rate above 0"),
     (["--end", "1e-8"], 1, "--end must be above --start"),
@@ -250,6 +259,39 @@ def test_bad_input_is_one_line(cli, digits_config, tmp_path, monkeypatch, args, 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0]
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_fewest_steps_are_what_the_window_needs():
+    """At min_steps() the rules read MIN_POINTS points past the warm-up and before the blow-up;
+    one step fewer and window() would hand them the whole curve, both ends included."""
+    n = lr_find.min_steps()
+    assert n == 8
+    read = lr_find.window(n, n)
+    assert read.start == n // 10 and read.stop == n - lr_find.TAIL
+    assert read.stop - read.start == lr_find.MIN_POINTS
+    assert lr_find.window(n - 1, n - 1) == slice(0, n - 1)
+
+
+def test_the_shortest_allowed_probe_suggests_a_finite_rate(cli, digits_config, tmp_path):
+    result = cli("lr-find", digits_config, "--steps", lr_find.min_steps(), "--out", tmp_path / "p")
+    assert result.exit_code == 0, result.output
+    assert 1e-7 <= _set_line(result.stdout) <= 10
+
+
+def test_the_widest_range_suggests_a_rate_within_it(cli, digits_config, tmp_path):
+    low, high = lr_find.LR_RANGE
+    result = cli("lr-find", digits_config, "--steps", 20, "--start", low, "--end", high,
+                 "--out", tmp_path / "p")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert low <= _set_line(result.stdout) <= high
+
+
+@pytest.mark.parametrize("bad", [math.inf, math.nan, 1e-300, 1e300])
+def test_a_suggestion_outside_the_range_is_an_error_not_a_line(digits_cfg, bad):
+    """Should a rule ever give what no ramp holds, it is refused, never printed as --set."""
+    curve = {"valley": bad, "steepest": 1e-3}
+    with pytest.raises(DltrainError, match="the valley rule gave .*not a learning rate"):
+        lr_find.summarize([curve], digits_cfg, 100)
 
 
 def test_missing_config_is_one_line(cli, tmp_path):

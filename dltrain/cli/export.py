@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from dltrain.cli.app import SetOption, app, friendly, overrides, say
+from dltrain.cli.app import SetOption, app, friendly, note, overrides, say
 from dltrain.errors import DltrainError
 
 
@@ -48,10 +48,16 @@ def export_(
         f"({len(result['class_names'])})"
     )
     parity = result["parity"]
+    if parity["source"] == "random":
+        note(
+            f"parity is checked on {parity['images']} random images in [0, 1] (seed "
+            f"{parity['seed']}; the sidecar says so), as the data is not here: {parity['why']}"
+        )
     batches = " and ".join(map(str, parity["batch_sizes"]))
+    images = f"{parity['images']} {parity['source']} images"
     say(
-        f"parity on {parity['images']} validation images (batches of {batches}): max |logit "
-        f"difference| {parity['max_abs_diff']:.1e} (limit {parity['tolerance']:.0e}), top-1 "
-        f"agreement {parity['top1_agreement']:.0%}"
+        f"parity on {images} (batches of {batches}): max |logit difference| "
+        f"{parity['max_abs_diff']:.1e} (limit {parity['tolerance']:.0e}), top-1 agreement "
+        f"{parity['top1_agreement']:.0%}"
     )
     say(f"wrote {result['sidecar']}")

@@ -1,7 +1,8 @@
 """`dltrain summary`: the model a config builds, layer by layer, before anything trains.
 
 The figures come from `models.layer_summary` (one image of zeros through the model in eval
-mode); this module only lays them out.
+mode); this module only lays them out. The data's shape comes from `data.data_info`: no data
+is read or downloaded, no weights are loaded, nothing is written.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def summary(
     """Show the model's layers: output shape, parameters and multiply-accumulates per image,
     and an estimate of a training batch's activation memory."""
     from dltrain.config import load_config
-    from dltrain.data import build_splits
+    from dltrain.data import data_info
     from dltrain.models import build_model, layer_summary, needs_rgb
     from dltrain.runtime import precision_tools, resolve_device
 
@@ -34,7 +35,7 @@ def summary(
     # The precision training would use on the config's device sizes the activations; the
     # counting itself runs on the CPU, without the weights (the shapes are the same).
     precision = precision_tools(resolve_device(cfg.device), cfg.train.precision).name
-    info = build_splits(cfg.data, cfg.seed, rgb=needs_rgb(cfg.model)).info
+    info = data_info(cfg.data, rgb=needs_rgb(cfg.model))
     model = build_model(info, cfg.model, weights=False)
     figures = layer_summary(model, info, cfg.data.batch_size, precision)
     _show(cfg, info, figures)

@@ -4,6 +4,7 @@ YAML -> `read_config_file` -> overrides -> `validate`; checkpoints' configs join
 
 import copy
 import difflib
+import math
 import re
 from collections.abc import Hashable, Iterator
 from pathlib import Path
@@ -172,7 +173,17 @@ def _describe(error: dict) -> str:
         expected = "auto, cpu, cuda, cuda:N or mps"
     elif kind == "string_pattern_mismatch" and loc == ("name",):
         expected = "letters, digits, '_', '.' or '-' only"
+    elif kind != "finite_number" and _non_finite(value):  # a union's one line would hide it
+        expected += ", every number finite"
     return f"{path}: got {value!r}; expected {expected}"
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether inf or nan is in a value, also inside its lists and mappings."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return any(_non_finite(item) for item in items)
 
 
 def _choices(annotation) -> list[str]:

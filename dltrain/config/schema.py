@@ -19,7 +19,7 @@ _UNIONS = {
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     @field_validator(*_UNIONS, mode="wrap", check_fields=False)
     def _union_in_one_line(cls, value, handler, info: ValidationInfo):

@@ -34,6 +34,7 @@ __all__ = [
     "Splits",
     "TensorSplit",
     "build_splits",
+    "data_info",
     "make_loader",
     "stratified_split",
     "tta_views",
@@ -61,7 +62,7 @@ def _model_view(info: DataInfo, cfg: DataConfig, rgb: bool) -> DataInfo:
 def build_splits(cfg: DataConfig, seed: int, rgb: bool = False) -> Splits:
     """Load the dataset named in the config; carve test (if it has none) and validation out
     of its training data. `rgb` repeats gray channels for models that need colour input."""
-    raw = DATASETS.get(cfg.dataset)(cfg)
+    raw = DATASETS.get(cfg.dataset).load(cfg)
     train, val, test = raw.train, raw.val, raw.test
     if test is None:
         keep, held = stratified_split(train.labels, cfg.test_split, TEST_SEED, "test_split")
@@ -71,6 +72,19 @@ def build_splits(cfg: DataConfig, seed: int, rgb: bool = False) -> Splits:
         keep, held = stratified_split(train.labels, cfg.val_split, split_seed)
         train, val = train.subset(keep), train.subset(held)
     return Splits(_model_view(raw.info, cfg, rgb), train, val, test, raw.notes)
+
+
+def data_info(cfg: DataConfig, rgb: bool = False) -> DataInfo:
+    """`build_splits(cfg, seed, rgb).info` without loading the data: from the facts known of
+    the dataset (an image folder: its class folders and one image). Reads no image data,
+    downloads nothing and creates no folder; a missing image folder is still an error."""
+    return _model_view(DATASETS.get(cfg.dataset).info(cfg), cfg, rgb)
+
+
+# Put before the user's --set by the commands that read a checkpoint's data (eval, export): a
+# stored `download: true` was meant for the machine that trained, and must not make folders or
+# fetch data wherever the checkpoint is opened; the user's own --set data.download=true wins.
+NO_DOWNLOAD = "data.download=false"
 
 
 class Batches:

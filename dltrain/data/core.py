@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 from dltrain.errors import DltrainError
+
+if TYPE_CHECKING:
+    from dltrain.config import DataConfig
 
 TEST_SEED = 20240613  # a carved-out test split never depends on the run's seed
 
@@ -67,6 +72,15 @@ class Splits:
     @property
     def sizes(self) -> dict:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+class DataSource(NamedTuple):
+    """A dataset as the registry holds it: `load` reads (or downloads) it; `info` says what it
+    holds (classes, channels, size, mean and std) from what is known without reading it, for
+    commands that need shapes, not images (`dltrain summary`)."""
+
+    load: Callable[[DataConfig], Splits]
+    info: Callable[[DataConfig], DataInfo]
 
 
 def stratified_split(labels: torch.Tensor, size: float | int, seed: int, what: str = "val_split"):

@@ -13,8 +13,8 @@ import torch
 from torch.utils.data import Dataset
 
 from dltrain.config import DataConfig
-from dltrain.data.core import DataInfo, Splits
-from dltrain.errors import DltrainError
+from dltrain.data.core import DataInfo, DataSource, Splits
+from dltrain.errors import DataNotFound, DltrainError
 from dltrain.registry import DATASETS
 
 
@@ -92,15 +92,26 @@ def _scan(folder: Path, classes: list[str], cfg: DataConfig, notes: list[str], s
     return samples
 
 
-@DATASETS.register("imagefolder")
-def imagefolder(cfg: DataConfig) -> Splits:
+def _train_dir(cfg: DataConfig) -> Path:
+    """The folder of the training classes: <root>/train if there is one, else <root>."""
     root = Path(cfg.root)
     if not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "folder not found"
-        raise DltrainError(
-            f"imagefolder: {root} {what}; set data.root to a folder of class sub-folders"
+        error = DltrainError if root.exists() else DataNotFound
+        raise error(
+            f"imagefolder: {root} {what}; point data.root at a folder of class sub-folders "
+            "(--set data.root=DIR)"
         )
-    train_dir = root / "train" if (root / "train").is_dir() else root
+    return root / "train" if (root / "train").is_dir() else root
+
+
+def _info(classes: list[str], size: tuple[int, int]) -> DataInfo:
+    """An image folder's DataInfo: RGB, normalized with ImageNet's mean and std."""
+    return DataInfo("imagefolder", classes, 3, size, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+
+def imagefolder(cfg: DataConfig) -> Splits:
+    root, train_dir = Path(cfg.root), _train_dir(cfg)
     classes = _classes(train_dir)
     notes: list[str] = []
     sizes: dict = {}
@@ -115,9 +126,32 @@ def imagefolder(cfg: DataConfig) -> Splits:
             "set data.resize to the size to train at"
         )
     size = (cfg.resize, cfg.resize) if cfg.resize else next(iter(sizes))[::-1]  # PIL's is (w, h)
-    # normalized with ImageNet's mean and std
-    info = DataInfo("imagefolder", classes, 3, size, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    info = _info(classes, size)
     return Splits(info, splits["train"], splits.get("val"), splits.get("test"), notes)
+
+
+def folder_info(cfg: DataConfig) -> DataInfo:
+    """What `imagefolder` gives, from the class folders' names and the size of the first image
+    that opens (none with data.resize), not from every file: the files are checked, and their
+    sizes compared, when the data is loaded."""
+    from PIL import Image
+
+    train_dir = _train_dir(cfg)
+    classes = _classes(train_dir)
+    if cfg.resize:
+        return _info(classes, (cfg.resize, cfg.resize))
+    for name in classes:
+        files = (train_dir / name).rglob("*")
+        for path in sorted(p for p in files if p.is_file() and not p.name.startswith(".")):
+            try:
+                with Image.open(path) as image:  # reads the header only
+                    return _info(classes, image.size[::-1])  # PIL's is (w, h)
+            except Exception:  # noqa: BLE001 - PIL raises many kinds; try the next file
+                continue
+    raise DltrainError(f"imagefolder: no readable images under {train_dir}")
+
+
+DATASETS.register("imagefolder")(DataSource(imagefolder, folder_info))
 
 
 class FolderLoader:
