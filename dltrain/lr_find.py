@@ -141,6 +141,19 @@ def steepest(lrs: list[float], smoothed: list[float]) -> float | None:
     return lrs[best] if best is not None and slopes[best] < 0 else None
 
 
+def short_note(steps: int) -> str | None:
+    """Why a probe shorter than the smoothing's memory (1 / (1 - BETA): 50 steps) gives only a
+    rough suggestion; None for a long enough one."""
+    memory = round(1 / (1 - BETA))
+    if steps >= memory:
+        return None
+    return (
+        f"a probe of {steps} steps is shorter than the {memory} steps the loss is smoothed "
+        f"over, so each point of the curve still leans on the first losses: the suggestion is "
+        f"rough; for one to rely on, probe longer (--steps 100, the default)"
+    )
+
+
 def spread_note(suggestions: list[float], steps: int = 100, batch_size: int = 64) -> str | None:
     """Why the suggestions of several seeds cannot be trusted, when they differ by more than
     SPREAD_LIMIT; None when they agree (or there is only one)."""
@@ -299,7 +312,9 @@ def summarize(curves: list[dict], cfg: Config, steps: int) -> dict:
     for rule, values in found.items():
         summary[rule] = middle(values) if values else None
         summary[f"{rule}_range"] = [min(values), max(values)] if values else None
-    summary["unreliable"] = spread_note(found["valley"], steps, cfg.data.batch_size)
+    summary["unreliable"] = short_note(steps) or spread_note(
+        found["valley"], steps, cfg.data.batch_size
+    )
     summary["set"] = f"--set optim.lr={summary['valley']:.3g}" if found["valley"] else None
     low, high = LR_RANGE
     for rule in RULES:  # points of a checked ramp: this holds unless a rule has a bug

@@ -276,6 +276,12 @@ def test_the_shortest_allowed_probe_suggests_a_finite_rate(cli, digits_config, t
     result = cli("lr-find", digits_config, "--steps", lr_find.min_steps(), "--out", tmp_path / "p")
     assert result.exit_code == 0, result.output
     assert 1e-7 <= _set_line(result.stdout) <= 10
+    # ... and says that so short a probe gives only a rough one
+    said = " ".join(result.stderr.split())
+    assert f"a probe of {lr_find.min_steps()} steps is shorter than the 50 steps" in said
+    assert "the suggestion is rough" in said
+    long_enough = cli("lr-find", digits_config, "--steps", 50, "--out", tmp_path / "q")
+    assert long_enough.exit_code == 0 and "is rough" not in long_enough.stderr
 
 
 def test_the_widest_range_suggests_a_rate_within_it(cli, digits_config, tmp_path):
