@@ -46,13 +46,31 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            hint = " (the disk is full: free some space)" if err.errno == errno.ENOSPC else ""
-            raise DltrainError(
-                f"could not write {path}: {err.strerror or err}{hint}; the previous {path.name}, "
-                "if any, is intact"
-            ) from None
+        cause = os_error(err)
+        if cause is not None:
+            kept = f"the previous {path.name}, if any, is intact"
+            raise write_failure(path, cause, kept) from None
         raise
+
+
+def os_error(err: BaseException) -> OSError | None:
+    """The OSError behind `err`: itself, or one that torch wrapped (torch.save turns a failed
+    write into RuntimeError "unexpected pos", the OSError left as its context)."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, OSError):
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
+
+
+def write_failure(path: Path, err: OSError, kept: str) -> DltrainError:
+    """One line for a failed write: the file, the reason, the free space left, what is kept."""
+    free = ""
+    with contextlib.suppress(OSError):
+        free = f", {shutil.disk_usage(Path(path).parent).free:,} bytes free there"
+    full = " (the disk is full: free some space)" if err.errno == errno.ENOSPC else ""
+    return DltrainError(f"could not write {path}: {err.strerror or err}{full}{free}; {kept}")
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -69,23 +87,26 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save(payload: dict, path: Path, *copies: Path) -> None:
-    """Write the checkpoint to `path`, and the same file under each of `copies` (best.pt when
-    last.pt is also the best) as a hard link, or a copy where links are not supported. Safe:
-    the next save replaces last.pt by a new file, and the link keeps the old one."""
+def save(payload: dict, path: Path) -> None:
+    """Write the checkpoint to `path`, whole or not at all."""
     import torch
 
     atomic_write(path, lambda handle: torch.save(payload, handle))
-    for link in copies:
-        tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
-        try:
-            tmp.unlink(missing_ok=True)
-            os.link(path, tmp)
-            os.replace(tmp, link)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            with open(path, "rb") as source:
-                atomic_write(link, lambda handle, source=source: shutil.copyfileobj(source, handle))
+
+
+def link(source: Path, name: Path) -> None:
+    """`name` becomes the file `source` is (best.pt when last.pt is also the best): a hard
+    link, or a copy where links are not supported; atomically either way. Safe: the next save
+    replaces `source` by a new file, and the link keeps the old one."""
+    tmp = name.with_name(f".{name.name}.tmp-{os.getpid()}")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+        os.replace(tmp, name)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        with open(source, "rb") as handle:
+            atomic_write(name, lambda out: shutil.copyfileobj(handle, out))
 
 
 def read(path: str | Path, what: str = "") -> object:
@@ -107,6 +128,9 @@ def read(path: str | Path, what: str = "") -> object:
             ) from None
         reason = "not a readable PyTorch file"
     except Exception as err:  # noqa: BLE001 - torch's unpickler fails in many ways on garbage
+        failed = os_error(err)
+        if failed is not None and not isinstance(failed, FileNotFoundError):  # the disk's fault
+            raise DltrainError(f"{what}cannot read {path}: {failed.strerror or failed}") from None
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     raise DltrainError(f"{what}cannot load {path}: the file is damaged or truncated ({reason})")
 
@@ -250,14 +274,80 @@ def keep(s: Session, loop, row: dict, names: list[str], now: bool = False) -> No
 
 
 def flush(s: Session, loop) -> None:
-    """Write the checkpoints waiting in memory: one file per epoch, its other name a link."""
-    files: dict[int, list] = {}
-    for name, saved in loop.pending.items():
-        files.setdefault(id(saved), [saved]).append(name)
-    for saved, name, *also in files.values():
-        save(saved, s.run_dir / name, *(s.run_dir / other for other in also))
+    """Write the checkpoints waiting in memory, last.pt the one commit point: a best.pt of an
+    earlier epoch is first written beside the current one (.best-<epoch>.pt), then last.pt,
+    whose early-stopping state names the best epoch, then the new best takes the name best.pt
+    (a link to last.pt when last.pt is the best). A crash at any instant leaves the previous
+    pair, or a new last.pt from which `repair_best` (on --resume) puts best.pt right. A failed
+    write (a full disk) leaves the previous pair and is one line."""
+    last, best = loop.pending.get("last.pt"), loop.pending.get("best.pt")
+    folder, staged, committed = s.run_dir, None, last is None
+    try:
+        if best is not None and last is not None and best is not last:
+            staged = folder / f".best-{best['epoch']}.pt"
+            save(best, staged)  # a new file: the best.pt the current last.pt names stays
+        if last is not None:
+            save(last, folder / "last.pt")
+            committed = True
+        if staged is not None:
+            os.replace(staged, folder / "best.pt")
+        elif best is not None and best is last:
+            link(folder / "last.pt", folder / "best.pt")
+        elif best is not None:  # checkpoint.save_last: false
+            save(best, folder / "best.pt")
+    except (DltrainError, OSError) as err:
+        if staged is not None and not committed:
+            staged.unlink(missing_ok=True)
+        if isinstance(err, OSError):  # moving a written file into place: rarely fails
+            err = write_failure(folder / "best.pt", err, "last.pt is intact")
+        raise DltrainError(
+            f"{err}; once fixed, continue with: dltrain train --resume {folder}"
+        ) from None
     loop.pending.clear()
     loop.written = time.perf_counter()
+
+
+def repair_best(folder: Path, saved: dict) -> list[str]:
+    """After a crash, make best.pt hold the epoch that the commit point (`saved`, last.pt)
+    calls best: the checkpoint an interrupted flush left as .best-<epoch>.pt, or last.pt
+    itself. Returns what was found and done, as notes (none when all was in order)."""
+    best_epoch, cfg = saved["early_stopping"]["best_epoch"], saved["config"]
+    staged = {}
+    for path in folder.glob(".best-*.pt"):
+        with contextlib.suppress(ValueError):
+            staged[int(path.name[len(".best-") : -len(".pt")])] = path
+    path, notes = folder / "best.pt", []
+    held, was = _held(path)
+    if best_epoch is not None and cfg["checkpoint"]["save_best"] and held != best_epoch:
+        if best_epoch in staged:
+            os.replace(staged.pop(best_epoch), path)
+            notes.append(f"best.pt {was}, not the best epoch {best_epoch}: put back the "
+                         f"checkpoint of epoch {best_epoch} that a stopped write left")  # fmt: skip
+        elif saved["epoch"] == best_epoch and not saved.get("partial"):
+            link(folder / "last.pt", path)
+            notes.append(f"best.pt {was}, not the best epoch {best_epoch}: linked it to last.pt")
+        else:
+            notes.append(
+                f"best.pt {was}, and the checkpoint of the best epoch {best_epoch} is not on "
+                "disk: training goes on; best.pt is written again at the next better epoch"
+            )
+    for stale in staged.values():
+        stale.unlink(missing_ok=True)
+    return notes
+
+
+def _held(path: Path) -> tuple[int | None, str]:
+    """The epoch a whole, epoch-end checkpoint at `path` holds (None if it is missing, damaged
+    or of a stop in the middle of an epoch), and that in words."""
+    if not path.exists():
+        return None, "was missing"
+    try:
+        saved = load(path)
+    except DltrainError:
+        return None, "is damaged"
+    if saved.get("partial"):
+        return None, f"held a stop in the middle of epoch {saved['epoch'] + 1}"
+    return saved["epoch"], f"held epoch {saved['epoch']}"
 
 
 def _copy(value, memo: dict | None = None):

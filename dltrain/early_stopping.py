@@ -65,6 +65,8 @@ class EarlyStopping:
     def load_state_dict(self, state: dict) -> None:
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self.wait, self.stopped_epoch = state["wait"], state["stopped_epoch"]
+        if self.patience is None or self.wait < self.patience:
+            self.stopped_epoch = None  # a patience raised on resume lets the run go on
 
 
 def overfitting_note(rows: list[dict], window: int = 3, rise: float = 0.02) -> str | None:

@@ -91,7 +91,14 @@ def _begin(s: Session, emit: Channel, resume: dict | None) -> LoopState:
     loop = LoopState(trainable=trainable(s.model))
     if resume is not None:
         loop = LoopState(**checkpoint.restore(s, resume), trainable=loop.trainable)
-        loop.rows = [row for row in s.files.read_metrics() if row["epoch"] <= loop.epoch]
+        rows = s.files.read_metrics()
+        loop.rows = [row for row in rows if row["epoch"] <= loop.epoch]
+        if not loop.rows and resume.get("metrics"):  # a checkpoint gone on in a new folder
+            loop.rows = [resume["metrics"]]
+        if dropped := [row["epoch"] for row in rows if row["epoch"] > loop.epoch]:
+            epochs = f"{dropped[0]}-{dropped[-1]}" if len(dropped) > 1 else f"{dropped[0]}"
+            emit("note", {"text": f"metrics.csv: dropped epoch(s) {epochs}, which no checkpoint "
+                          "holds; they are trained again"})  # fmt: skip
         s.files.rewrite_metrics(loop.rows)
         s.files.remove_temporary()  # left by a process killed while saving
         where = f"epoch {loop.epoch}"

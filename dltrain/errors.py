@@ -25,6 +25,12 @@ class ConfigError(DltrainError):
         super().__init__("\n".join(f"{self.source}: {line}" for line in self.lines))
 
 
+class RunInUse(DltrainError):
+    """A run folder another process is training in (its lock is held)."""
+
+    exit_code = 2
+
+
 class DataNotFound(DltrainError):
     """A dataset is not where the config points and was not downloaded: the one data error
     that a command able to do without the data (export's parity check) may catch."""

@@ -14,6 +14,7 @@ inside the functions that use them.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import warnings
 from collections.abc import Callable
@@ -126,6 +127,11 @@ def export_checkpoint(
         if not parity["passed"]:
             raise DltrainError(_parity_failure(parity, out))
         os.replace(tmp, out)
+    except BaseException as err:
+        cause = checkpoint.os_error(err)  # a full disk, as torch or onnx report it
+        if cause is None:
+            raise
+        raise checkpoint.write_failure(out, cause, "nothing was written there") from None
     finally:
         tmp.unlink(missing_ok=True)
     record = describe(saved, fmt, out, written, parity)
@@ -197,8 +203,12 @@ def _write_onnx(net: nn.Module, pixels: torch.Tensor, path: Path, opset: int) ->
 def _write_torchscript(net: nn.Module, pixels: torch.Tensor, path: Path, opset: None) -> dict:
     """torch.jit.script, not trace: the code is compiled as written, so no shape seen while
     tracing (the batch size) is baked in."""
+    buffer = io.BytesIO()
     with _jit_quiet():
-        torch.jit.save(torch.jit.script(net), str(path))
+        torch.jit.save(torch.jit.script(net), buffer)
+    # From memory: torch.jit.save to a path aborts the whole process when the disk is full.
+    with open(path, "wb") as handle:
+        handle.write(buffer.getbuffer())
     return {"exporter": "torch.jit.script"}
 
 

@@ -18,9 +18,9 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-from dltrain.checkpoint import atomic_write, write_json
+from dltrain.checkpoint import atomic_write, write_failure, write_json
 from dltrain.config import Config
-from dltrain.errors import DltrainError
+from dltrain.errors import DltrainError, RunInUse
 
 RUN_FILES = tuple(
     "config.yaml parent.json metrics.csv summary.json last.pt best.pt test_ledger.jsonl".split()
@@ -87,7 +87,7 @@ class RunLock:
         else:
             handle.close()
             refuse_if_in_use(self.folder)
-            raise DltrainError(f"{self.folder} is in use by another dltrain process")
+            raise RunInUse(f"{self.folder} is in use by another dltrain process")
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
@@ -122,7 +122,7 @@ def lock_holder(folder: str | Path) -> int | None:
 def refuse_if_in_use(folder: Path) -> None:
     pid = lock_holder(folder)
     if pid is not None:
-        raise DltrainError(
+        raise RunInUse(
             f"{folder} is in use: dltrain process {pid or '(pid unknown)'} is training in it; "
             "wait for it to end (or stop it), or choose another --out"
         )
@@ -194,17 +194,24 @@ class RunFiles:
             write_json(self.dir / "parent.json", parent)
 
     def append_metrics(self, row: dict) -> None:
+        """One row more; a failed write (a full disk) is one line, and a half-written last line
+        is what `read_metrics` drops and a resume rewrites."""
         if not self.write:
             return
         path, header = self.dir / "metrics.csv", None
         with suppress(FileNotFoundError), open(path, newline="") as handle:
             header = next(csv.reader(handle), None)
-        with open(path, "a", newline="") as handle:
-            # A resumed run keeps the columns its file started with.
-            writer = csv.DictWriter(handle, fieldnames=header or list(row), extrasaction="ignore")
-            if header is None:
-                writer.writeheader()
-            writer.writerow(row)
+        try:
+            with open(path, "a", newline="") as handle:
+                # A resumed run keeps the columns its file started with.
+                names = header or list(row)
+                writer = csv.DictWriter(handle, fieldnames=names, extrasaction="ignore")
+                if header is None:
+                    writer.writeheader()
+                writer.writerow(row)
+        except OSError as err:
+            kept = f"the checkpoints hold epoch {row['epoch'] - 1} at most; resume with: "
+            raise write_failure(path, err, kept + f"dltrain train --resume {self.dir}") from None
 
     def read_metrics(self) -> list[dict]:
         return read_metrics(self.dir)
@@ -227,10 +234,17 @@ class RunFiles:
         if self.write:
             for name in ("metrics.csv", "summary.json"):
                 (self.dir / name).unlink(missing_ok=True)
+            for staged in self.dir.glob(".best-*.pt"):  # a killed run's checkpoint.flush
+                staged.unlink(missing_ok=True)
 
     def write_summary(self, summary: dict) -> None:
-        if self.write:
+        if not self.write:
+            return
+        try:
             write_json(self.dir / "summary.json", summary)
+        except DltrainError as err:
+            then = f"once fixed, dltrain train --resume {self.dir} writes it"
+            raise DltrainError(f"{err}; {then}") from None
 
     def remove_temporary(self) -> None:
         """Temporary files a process killed while writing left behind (.last.pt.tmp-PID)."""

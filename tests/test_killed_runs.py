@@ -204,7 +204,7 @@ runs.RunFiles.append_metrics = paused
         assert listed.stdout.count("running") == 1 and "killed" not in listed.stdout
         for args in (["train", config, "--out", folder, "--force"], ["train", "--resume", folder]):
             refused = cli(*args)
-            assert refused.exit_code == 1, refused.output
+            assert refused.exit_code == 2, refused.output  # RunInUse
             assert f"{folder} is in use: dltrain process {proc.pid} is training in it" in (
                 " ".join(refused.stderr.split())
             )

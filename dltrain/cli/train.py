@@ -130,10 +130,12 @@ class TrainReport:
             ("status", summary["status"].replace("_", " ")),
             ("why", summary["stop_reason"]),
             ("best epoch", f"{summary['best_epoch']} of {summary['epochs_run']}"),
-            ("val accuracy", f"{best['val_acc']:.4f}"),
-            ("val loss", f"{best['val_loss']:.4f}"),
-            ("train accuracy", f"{best['train_acc']:.4f} (running, in train mode)"),
         ]
+        best = best or {}  # a checkpoint gone on in a new folder: its best row may be elsewhere
+        if best:
+            rows.append(("val accuracy", f"{best['val_acc']:.4f}"))
+            rows.append(("val loss", f"{best['val_loss']:.4f}"))
+            rows.append(("train accuracy", f"{best['train_acc']:.4f} (running, in train mode)"))
         if best.get("gap") is not None:
             rows.append(("train accuracy, eval mode", f"{best['train_eval_acc']:.4f}"))
             rows.append(("train-val gap", f"{best['gap']:+.4f}"))
@@ -269,41 +271,13 @@ def _resume(target: Path, config: Path | None, run_dir: Path | None, changes: li
             "--resume continues a run in its own folder with its saved config; drop CONFIG and "
             "--out (use --set, e.g. --set train.epochs=20, to change values)"
         )
-    from dltrain.checkpoint import open_saved
-    from dltrain.runs import never_saved
+    from dltrain.resume import plan
 
-    if never_saved(target):
-        _start_again(target, changes, mode)
-        return
-    saved = open_saved(target, changes, run_folder=True)
-    for text in saved.notes:
+    todo = plan(target, changes)
+    for text in todo.notes:
         note(text)
-    cfg, payload = saved.cfg, saved.payload
-    stopped = payload["early_stopping"]["stopped_epoch"]
-    if stopped is not None or payload["epoch"] >= cfg.train.epochs:
-        why = f"stopped early at epoch {stopped}" if stopped else "finished all its epochs"
-        note(
-            f"{saved.path.parent}: the run {why} (epoch {payload['epoch']} of "
-            f"{cfg.train.epochs}); nothing to resume (raise train.epochs with --set to train "
-            "longer)"
-        )
-        return
-    run(cfg, saved.path.parent, mode, resume=payload)
-
-
-def _start_again(folder: Path, changes: list[str], mode: str) -> None:
-    """--resume of a run killed before its first checkpoint: the same run again from epoch 0,
-    in its folder, from its config.yaml (and, for a finetune, its parent.json)."""
-    from dltrain.config import load_config
-    from dltrain.runs import read_parent, refuse_if_in_use
-
-    refuse_if_in_use(folder)
-    cfg = load_config(folder / "config.yaml", changes)
-    note(
-        f"{folder}: no checkpoint was written before the run stopped; starting it again from "
-        "epoch 0"
-    )
-    run(cfg, folder, mode, parent=read_parent(folder))
+    if todo.action != "done":
+        run(todo.cfg, todo.folder, mode, resume=todo.payload, parent=todo.parent)
 
 
 @app.command()
