@@ -217,3 +217,49 @@ runs.RunFiles.append_metrics = paused
     assert (run_["status"], run_["resumable"]) == ("killed", True)
     listed = cli("runs", tmp_path)
     assert "killed, resumable" in listed.stdout
+
+
+def test_a_checkpoint_outside_its_run_folder_goes_on_in_a_new_one(cli, tmp_path, monkeypatch):
+    """A best.pt copied next to the user's own metrics.csv: that folder is left as it was."""
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, 30)
+    assert cli("train", config, "--out", "run", "--set", "train.epochs=2", "-q").exit_code == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metrics.csv").write_text("step,loss\n1,0.5\n")
+    (mine / "best.pt").write_bytes((tmp_path / "run" / "best.pt").read_bytes())
+    before = {p.name: p.read_bytes() for p in mine.iterdir()}
+    resumed = cli("train", "--resume", mine / "best.pt", "--set", "train.epochs=3", "-q")
+    assert resumed.exit_code == 0, resumed.output
+    assert {p.name: p.read_bytes() for p in mine.iterdir()} == before
+    said = " ".join(resumed.stderr.split())
+    assert f"{mine / 'best.pt'} is not in a run folder (no config.yaml beside it)" in said
+    [new] = [p for p in (tmp_path / "runs" / "resumable").iterdir()]
+    assert f"continuing the run in {Path('runs') / 'resumable' / new.name}" in said
+    rows = read_metrics(new)
+    assert rows[-1]["epoch"] == 3 and json.loads((new / "summary.json").read_text())["epochs_run"]
+
+
+def test_an_early_stopped_run_goes_on_when_its_patience_is_raised(cli, tmp_path):
+    config = write_config(tmp_path, 30)
+    folder = tmp_path / "run"
+    sets = [
+        "train.epochs=12",
+        "train.early_stopping.patience=1",
+        "optim.lr=0.05",
+        "train.ema.decay=0",
+    ]
+    args = [a for item in sets for a in ("--set", item)]
+    assert cli("train", config, "--out", folder, *args, "-q").exit_code == 0
+    stopped = json.loads((folder / "summary.json").read_text())
+    assert stopped["status"] == "stopped_early" and stopped["epochs_run"] < 12
+    again = cli("train", "--resume", folder, "--set", "train.epochs=20")
+    assert again.exit_code == 0
+    said = " ".join(again.stderr.split())
+    assert "nothing to resume: to train on, raise train.early_stopping.patience (now 1)" in said
+    assert len(read_metrics(folder)) == stopped["epochs_run"]  # nothing trained
+    more = cli("train", "--resume", folder, "--set", "train.early_stopping.patience=null", "-q")
+    assert more.exit_code == 0, more.output
+    summary = json.loads((folder / "summary.json").read_text())
+    assert (summary["status"], summary["epochs_run"]) == ("finished", 12)
+    assert [row["epoch"] for row in read_metrics(folder)] == list(range(1, 13))
