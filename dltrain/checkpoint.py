@@ -128,8 +128,8 @@ def read(path: str | Path, what: str = "") -> object:
             ) from None
         reason = "not a readable PyTorch file"
     except Exception as err:  # noqa: BLE001 - torch's unpickler fails in many ways on garbage
-        failed = os_error(err)
-        if failed is not None and not isinstance(failed, FileNotFoundError):  # the disk's fault
+        failed = os_error(err)  # the disk's or the permissions' fault, not the file's
+        if failed is not None and failed.errno in (errno.EIO, errno.EACCES, errno.EPERM):
             raise DltrainError(f"{what}cannot read {path}: {failed.strerror or failed}") from None
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     raise DltrainError(f"{what}cannot load {path}: the file is damaged or truncated ({reason})")

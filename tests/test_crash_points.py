@@ -22,6 +22,8 @@ from dltrain.config import validate
 from dltrain.engine import fit
 from dltrain.errors import DltrainError
 from dltrain.runs import describe_run, read_metrics
+from tests import alike
+from tests.alike import assert_same_run
 from tests.test_faults import run
 
 # checkpoint.interval so long that the epochs' checkpoints wait in memory and one flush at the
@@ -41,10 +43,7 @@ BEST_EPOCH = {1: 2, 0: 4}  # seed -> the best epoch of the uninterrupted run
 
 
 def write_config(folder: Path, seed: int) -> Path:
-    (folder / "configs").mkdir(parents=True, exist_ok=True)
-    path = folder / "configs" / f"seed{seed}.yaml"
-    path.write_text(CONFIG.replace("SEED", str(seed)))
-    return path
+    return alike.write_config(folder, CONFIG.replace("SEED", str(seed)), f"seed{seed}.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -94,23 +93,6 @@ def files(folder: Path) -> dict:
         "rows": len(read_metrics(folder)),
         "summary": (folder / "summary.json").exists(),
     }
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    rows_a, rows_b = read_metrics(a), read_metrics(b)
-    assert [r["epoch"] for r in rows_a] == [r["epoch"] for r in rows_b]
-    for x, y in zip(rows_a, rows_b, strict=True):
-        for key in ("train_loss", "val_loss", "val_acc", "lr"):
-            assert x[key] == pytest.approx(y[key], abs=1e-6), (x["epoch"], key)
-    for name in ("last.pt", "best.pt"):
-        wa, wb = (torch.load(f / name, weights_only=True) for f in (a, b))
-        assert wa["epoch"] == wb["epoch"], name
-        for key, value in wa["model"].items():
-            torch.testing.assert_close(value, wb["model"][key], rtol=0, atol=1e-6)
-    sa, sb = (json.loads((f / "summary.json").read_text()) for f in (a, b))
-    for key in ("status", "best_epoch", "epochs_run", "restored_best"):
-        assert sa[key] == sb[key], key
-    assert sa["final_val"]["acc"] == pytest.approx(sb["final_val"]["acc"], abs=1e-6)
 
 
 # (seed, function, file name, before/after) -> what the crash leaves, and --resume's note

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from dltrain.runs import describe_run, lock_holder, read_metrics
+from tests import alike
+from tests.alike import assert_same_run
 from tests.test_faults import run, start
 
 CONFIG = """\
@@ -62,10 +64,8 @@ setattr(holder, {name!r}, hooked)
 
 
 def write_config(folder: Path, interval: float) -> Path:
-    (folder / "configs").mkdir(parents=True, exist_ok=True)
-    path = folder / "configs" / f"every-{interval}s.yaml"
-    path.write_text(CONFIG.replace("INTERVAL", str(interval)))
-    return path
+    text = CONFIG.replace("INTERVAL", str(interval))
+    return alike.write_config(folder, text, f"every-{interval}s.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -74,30 +74,6 @@ def uninterrupted(tmp_path_factory) -> Path:
     result = run(["train", write_config(folder, 30), "--run-dir", folder / "run"])
     assert result.returncode == 0, result.stderr
     return folder / "run"
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    """The same rows in metrics.csv, and the same weights, average and choice in last.pt and
-    best.pt."""
-    rows_a, rows_b = read_metrics(a), read_metrics(b)
-    assert [r["epoch"] for r in rows_b] == [r["epoch"] for r in rows_a]
-    for x, y in zip(rows_a, rows_b, strict=True):
-        for key in ("train_loss", "val_loss", "val_acc", "val_acc_ema", "val_acc_raw", "lr"):
-            assert x[key] == pytest.approx(y[key], abs=1e-6), (x["epoch"], key)
-    for name in ("last.pt", "best.pt"):
-        wa = torch.load(a / name, weights_only=True)
-        wb = torch.load(b / name, weights_only=True)
-        assert (wa["epoch"], wa["ema"]["weights"]) == (wb["epoch"], wb["ema"]["weights"])
-        for part in (wa["model"], wa["ema"]["average"], wa["ema"]["trained"]):
-            other = {id(wa["model"]): wb["model"], id(wa["ema"]["average"]): wb["ema"]["average"]}
-            for key, value in part.items():
-                mine = other.get(id(part), wb["ema"]["trained"])[key]
-                torch.testing.assert_close(value, mine, rtol=0, atol=1e-6)
-    sa = json.loads((a / "summary.json").read_text())
-    sb = json.loads((b / "summary.json").read_text())
-    for key in ("status", "best_epoch", "best_weights", "final_weights", "epochs_run"):
-        assert sa[key] == sb[key], key
-    assert sa["final_val"]["acc"] == pytest.approx(sb["final_val"]["acc"], abs=1e-6)
 
 
 @pytest.mark.slow
