@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from dltrain import __version__
-from dltrain.config import Config, from_dict
+from dltrain.config import Config, check_changes, from_dict
 from dltrain.errors import DltrainError
 
 if TYPE_CHECKING:
@@ -283,10 +283,10 @@ def restore(s: Session, saved: dict) -> dict:
     """Put a checkpoint's states back into session `s`; returns the loop's fields
     (engine.LoopState): epoch, global_step, the interrupted epoch, the best epoch's weights.
     A checkpoint without an EMA (train.ema switched on with --set) starts the average there."""
-    ema = saved.get("ema") or {}
-    s.model.load_state_dict(ema.get("trained", saved["model"]))
+    ema, source = saved.get("ema") or {}, f"the checkpoint resumed in {s.run_dir}"
+    load_weights(s.model, ema.get("trained", saved["model"]), source)
     if s.ema is not None:  # before "average" was kept, "model" was always the average
-        s.ema.module.load_state_dict(ema.get("average", saved["model"]))
+        load_weights(s.ema.module, ema.get("average", saved["model"]), source)
         s.ema.steps = ema.get("steps", saved["global_step"])
     s.optimizer.load_state_dict(saved["optimizer"])
     s.schedule.load_state_dict(saved["schedule"])
@@ -337,17 +337,37 @@ class Saved:
 
         device = resolve_device(self.cfg.device)
         model = build_model(self.info, self.cfg.model, weights=False)
-        model.load_state_dict(self.payload["model"])
+        load_weights(model, self.payload["model"], self.path)
         return model.to(device).eval(), device
 
 
-def open_saved(target: str | Path, overrides: list[str] = (), run_folder: bool = False) -> Saved:
+def open_saved(
+    target: str | Path, overrides: list[str] = (), run_folder: bool = False, purpose: str = "eval"
+) -> Saved:
     """The one way from a checkpoint to a runnable thing: checkpoint -> its config with `--set`
     overrides (`--device` is one: device=cpu) -> data info -> model with weights. `run_folder`
-    (resume) also takes a run's folder: its last.pt, or an intact best.pt if last.pt is not."""
+    (resume) also takes a run's folder: its last.pt, or an intact best.pt if last.pt is not.
+    `purpose` (eval, predict, export, finetune, resume) says which overrides the checkpoint
+    can take (config.changes): others are refused here, before anything is built or written."""
     if run_folder:
         saved, path, notes = find_resume(target)
     else:
         path, notes = Path(target), []
         saved = load(path)
-    return Saved(path, saved, from_dict(saved["config"], f"{path} (config)", overrides), notes)
+    cfg = from_dict(saved["config"], f"{path} (config)", overrides)
+    if overrides:
+        check_changes(from_dict(saved["config"], f"{path} (config)"), cfg, purpose, str(path))
+    return Saved(path, saved, cfg, notes)
+
+
+def load_weights(model, state: dict, source: str | Path) -> None:
+    """`model.load_state_dict(state)`, a mismatch one line naming `source`: the last line of
+    defence behind `check_changes`, which refuses the overrides that would cause one."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # missing, unexpected or differently shaped tensors
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise DltrainError(
+            f"{source}: its weights do not fit the model its config builds "
+            f"({lines[1] if len(lines) > 1 else lines[0]})"
+        ) from None

@@ -36,7 +36,7 @@ def evaluate_checkpoint(
     augmentation (`tta`, else the config's eval.tta) the same under "tta"; `test_uses`: how
     many times this run's test set has been measured. The data is read, never downloaded
     unless `overrides` ask for it (data.download=true): see NO_DOWNLOAD."""
-    saved = checkpoint.open_saved(path, [NO_DOWNLOAD, *overrides])
+    saved = checkpoint.open_saved(path, [NO_DOWNLOAD, *overrides], purpose="eval")
     cfg, path, tta = saved.cfg, saved.path, tta or saved.cfg.eval.tta
     model, device = saved.model()
     splits = build_splits(cfg.data, cfg.seed, rgb=needs_rgb(cfg.model))

@@ -111,7 +111,7 @@ def export_checkpoint(
     never downloaded unless `overrides` ask for it (see NO_DOWNLOAD)."""
     out = None if out is None else Path(out)
     opset = check_request(fmt, out, opset)
-    saved = checkpoint.open_saved(ckpt, [NO_DOWNLOAD, *overrides, "device=cpu"])
+    saved = checkpoint.open_saved(ckpt, [NO_DOWNLOAD, *overrides, "device=cpu"], purpose="export")
     out = out or saved.path.with_suffix(FORMATS[fmt])
     if out.resolve() == saved.path.resolve():
         raise DltrainError(f"--out {out} is the checkpoint itself; name another file")

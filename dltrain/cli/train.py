@@ -275,7 +275,7 @@ def _resume(target: Path, config: Path | None, run_dir: Path | None, changes: li
     if never_saved(target):
         _start_again(target, changes, mode)
         return
-    saved = open_saved(target, changes, run_folder=True)
+    saved = open_saved(target, changes, run_folder=True, purpose="resume")
     for text in saved.notes:
         note(text)
     cfg, payload = saved.cfg, saved.payload

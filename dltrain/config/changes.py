@@ -1,0 +1,85 @@
+"""Which `--set` changes a checkpoint can take: its weights fix the architecture and the data's
+shape, classes and split; on resume its optimizer, schedule and early-stopping states fix those
+too. `check_changes` compares the checkpoint's config with the one the overrides give, before
+anything is built or written (checkpoint.open_saved calls it). Torch-free."""
+
+from typing import Any
+
+from dltrain.config.schema import KEYS, Config
+from dltrain.errors import DltrainError
+
+PURPOSES = ("eval", "predict", "export", "finetune", "resume")
+_ANY = PURPOSES
+_RESUME = ("resume",)
+
+_NEW_RUN = "a new run from these weights can change it: dltrain finetune CONFIG --from {source}"
+_WEIGHTS = "the weights fit only the architecture they were trained as; train a new run for another"
+_DATA = "the weights fit only the images and classes they were trained on; " + _NEW_RUN
+_SPLIT = "it moves the validation/test split, so images the model trained on could be measured"
+_OPTIMIZER = (
+    "on resume the optimizer, its parameter groups and settings come back from the "
+    "checkpoint's state, which a changed optimizer cannot take; " + _NEW_RUN
+)
+_SCHEDULE = "on resume the schedule goes on from the checkpoint's state; " + _NEW_RUN
+_STOPPING = "the checkpoint's best value so far was measured by the monitor it had"
+
+# Keys a checkpoint fixes (a key ending in "." stands for its whole section), for which
+# purposes, and why. Any other key may change: data.root, data.download, device, batch sizes,
+# eval.tta, train.precision, and on resume train.epochs, patience, augmentation, EMA, ...
+FIXED: dict[str, tuple[tuple[str, ...], str]] = {
+    "model.": (_ANY, _WEIGHTS),
+    "data.dataset": (_ANY, _DATA),
+    "data.resize": (_ANY, _DATA),
+    "data.normalize": (_ANY, "the weights expect the pixel scaling they were trained with"),
+    "data.fake.": (_ANY, _DATA),
+    "seed": (_ANY, _SPLIT + " (the run's seed draws it: data.split_seed is null)"),
+    "data.split_seed": (_ANY, _SPLIT),
+    "data.val_split": (_ANY, _SPLIT),
+    "data.test_split": (_ANY, _SPLIT),
+    "optim.": (_RESUME, _OPTIMIZER),
+    "finetune.head_lr_mult": (_RESUME, _OPTIMIZER),
+    "schedule.": (_RESUME, _SCHEDULE),
+    "train.early_stopping.monitor": (_RESUME, _STOPPING),
+    "train.early_stopping.mode": (_RESUME, _STOPPING),
+}
+
+
+def check_changes(saved: Config, changed: Config, purpose: str, source: str) -> None:
+    """Refuse, in one line, the keys on which `changed` (the checkpoint's config with `--set`)
+    differs from `saved` (the checkpoint's own) where FIXED says the checkpoint cannot follow
+    for `purpose`; name each key, both values and why."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"unknown purpose {purpose!r}")
+    old, new = saved.model_dump(mode="json"), changed.model_dump(mode="json")
+    problems = []
+    # The seed draws the split only where data.split_seed leaves it to (null).
+    seeds_split = None in (old["data"]["split_seed"], new["data"]["split_seed"])
+    for key in KEYS:
+        before, after = _dig(old, key), _dig(new, key)
+        rule = _rule(key)
+        if key == "seed" and not seeds_split:
+            continue
+        if before != after and rule is not None and purpose in rule[0]:
+            problems.append(
+                f"--set {key}={_show(after)} (the checkpoint has {_show(before)}): {rule[1]}"
+            )
+    if problems:
+        raise DltrainError(f"{source}: {purpose} cannot take " + "; ".join(problems))
+
+
+def _rule(key: str) -> tuple[tuple[str, ...], str] | None:
+    return next(
+        (rule for fixed, rule in FIXED.items() if key == fixed or key.startswith(fixed)), None
+    )
+
+
+def _dig(data: dict, key: str) -> Any:
+    for part in key.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return str(value).replace("'", "")

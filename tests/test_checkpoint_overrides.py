@@ -1,0 +1,116 @@
+"""Issue 22, item 7: one line instead of a traceback. `--set` changes a checkpoint cannot take
+are refused before anything is built or written (config.changes, through open_saved); a
+weights mismatch anywhere is one line; absurd sizes in `summary` are one line; Ctrl-C while
+dltrain or torch imports is one line and exit 130."""
+
+import shutil
+
+import pytest
+import torch
+
+from dltrain import checkpoint
+from dltrain.errors import DltrainError
+
+CONFIG = """\
+name: overrides
+device: cpu
+data: {dataset: digits, val_split: 0.2, batch_size: 32}
+model: {name: mlp, hidden: [16]}
+optim: {name: adam, lr: 3e-3}
+train: {epochs: 1}
+checkpoint: {interval: 0}
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A run trained for one epoch, shared: the tests that refuse must leave it unchanged."""
+    from typer.testing import CliRunner
+
+    from dltrain.cli import app
+
+    root = tmp_path_factory.mktemp("overrides")
+    (root / "config.yaml").write_text(CONFIG)
+    result = CliRunner().invoke(app, ["train", str(root / "config.yaml"), "--out", str(root / "r")])
+    assert result.exit_code == 0, result.output
+    return root / "r"
+
+
+def files(folder):
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def one_line(result, code=1):
+    assert result.exit_code == code, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+# command, --set changes, what the one line says (after "<checkpoint>: ")
+REFUSED = [
+    ("eval", ["model.hidden=[64]"], "eval cannot take --set model.hidden=[64] (the checkpoint has [16]): the weights fit only the architecture"),  # noqa: E501
+    ("eval", ["data.dataset=fake"], "eval cannot take --set data.dataset=fake (the checkpoint has digits): the weights fit only the images and classes"),  # noqa: E501
+    ("eval", ["data.resize=16"], "--set data.resize=16 (the checkpoint has null)"),
+    ("eval", ["data.val_split=0.5"], "it moves the validation/test split"),
+    ("eval", ["seed=3"], "--set seed=3 (the checkpoint has 0): it moves the validation/test split"),  # noqa: E501
+    ("export", ["model.batch_norm=true"], "export cannot take --set model.batch_norm=true"),
+    ("resume", ["optim.name=sgd"], "resume cannot take --set optim.name=sgd (the checkpoint has adam): on resume the optimizer"),  # noqa: E501
+    ("resume", ["optim.lr=0.1"], "resume cannot take --set optim.lr=0.1"),
+    ("resume", ["model.hidden=[64]"], "resume cannot take --set model.hidden=[64]"),
+    ("resume", ["schedule.name=step"], "the schedule goes on from the checkpoint's state"),
+    ("resume", ["train.early_stopping.monitor=val_loss"], "measured by the monitor it had"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "command, changes, says", REFUSED, ids=[f"{case[0]}-{case[1][0]}" for case in REFUSED]
+)
+def test_changes_a_checkpoint_cannot_take_are_one_line_and_write_nothing(
+    cli, trained, tmp_path, command, changes, says
+):
+    before = files(trained)
+    sets = [arg for change in changes for arg in ("--set", change)]
+    if command == "resume":
+        ckpt = trained / "last.pt"
+        result = cli("train", "--resume", trained, "--set", "train.epochs=2", *sets)
+    elif command == "export":
+        ckpt = trained / "best.pt"
+        out = tmp_path / "model.ts"
+        result = cli("export", "--ckpt", ckpt, "--format", "torchscript", "--out", out, *sets)
+        assert not out.exists()
+    else:
+        ckpt = trained / "best.pt"
+        result = cli("eval", "--ckpt", ckpt, *sets)
+    assert one_line(result).startswith(f"error: {ckpt}: ")
+    assert says in result.stderr
+    assert files(trained) == before  # config.yaml not rewritten, no eval-val.json, no last.pt
+
+
+def test_changes_a_checkpoint_can_take_are_taken(cli, trained, tmp_path):
+    allowed = ["--set", "data.batch_size=7", "--set", "eval.tta=flip", "--set", "optim.name=sgd"]
+    result = cli("eval", "--ckpt", trained / "best.pt", "--device", "cpu", *allowed, "--json")
+    assert result.exit_code == 0, result.output
+    copy = shutil.copytree(trained, tmp_path / "r")
+    more = [
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "data.batch_size=16",
+        "--set",
+        "train.ema.decay=0.9",
+    ]
+    result = cli("train", "--resume", copy, *more)
+    assert result.exit_code == 0, result.output
+    assert checkpoint.load(copy / "last.pt")["epoch"] == 2
+
+
+def test_a_weights_mismatch_is_one_line_wherever_weights_are_loaded():
+    model, other = torch.nn.Linear(4, 3), torch.nn.Linear(5, 3)
+    with pytest.raises(DltrainError) as caught:
+        checkpoint.load_weights(model, other.state_dict(), "runs/x/best.pt")
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1
+    assert message.startswith("runs/x/best.pt: its weights do not fit the model its config builds")
+    assert "size mismatch for weight" in message
