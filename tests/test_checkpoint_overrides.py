@@ -114,3 +114,14 @@ def test_a_weights_mismatch_is_one_line_wherever_weights_are_loaded():
     assert len(message.splitlines()) == 1
     assert message.startswith("runs/x/best.pt: its weights do not fit the model its config builds")
     assert "size mismatch for weight" in message
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [["model.hidden=[1e12]"], ["data.resize=1000000"], ["model.name=cnn", "data.resize=1000000"]],
+    ids=["hidden", "resize", "cnn-resize"],
+)
+def test_summary_of_absurd_sizes_is_one_line(cli, digits_config, changes):
+    sets = [arg for change in changes for arg in ("--set", change)]
+    line = one_line(cli("summary", digits_config, *sets))
+    assert "does not fit in this machine's memory" in line and "GiB at once" in line
