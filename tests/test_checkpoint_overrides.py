@@ -10,6 +10,7 @@ import torch
 
 from dltrain import checkpoint
 from dltrain.errors import DltrainError
+from tests.test_faults import run
 
 CONFIG = """\
 name: overrides
@@ -125,3 +126,49 @@ def test_summary_of_absurd_sizes_is_one_line(cli, digits_config, changes):
     sets = [arg for change in changes for arg in ("--set", change)]
     line = one_line(cli("summary", digits_config, *sets))
     assert "does not fit in this machine's memory" in line and "GiB at once" in line
+
+
+# Ctrl-C, raised where the `hook` says: as Python imports that module (the moment a Ctrl-C in
+# the first seconds lands in), as if the user had pressed it there.
+CTRL_C_AT = """
+import sys
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if {when}:
+            sys.meta_path.remove(self)
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, CtrlC())
+"""
+
+
+@pytest.mark.parametrize(
+    "when, says",
+    [
+        ('name == "typer"', "interrupted: stopped by Ctrl-C while dltrain was starting"),
+        (  # torch half imported: torch.nn and others are in sys.modules, torch is not
+            'name == "torch.optim"',
+            "interrupted: stopped by Ctrl-C; nothing was written",
+        ),
+    ],
+    ids=["starting", "importing-torch"],
+)
+def test_ctrl_c_while_importing_is_one_line_and_130(trained, when, says):
+    before = files(trained)
+    result = run(["eval", "--ckpt", trained / "best.pt"], CTRL_C_AT.format(when=when))
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip() == says
+    assert files(trained) == before
+
+
+def test_ctrl_c_during_eval_says_nothing_was_written(cli, trained, monkeypatch):
+    import dltrain.evaluation
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dltrain.evaluation, "evaluate", interrupted)
+    before = files(trained)
+    result = cli("eval", "--ckpt", trained / "best.pt")
+    assert result.exit_code == 130
+    assert result.stderr.strip() == "interrupted: stopped by Ctrl-C; nothing was written"
+    assert files(trained) == before
