@@ -127,6 +127,17 @@ def load(path: str | Path) -> dict:
     return payload
 
 
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether `path` holds a dltrain checkpoint, a damaged or truncated one too: torch.save
+    writes its pickle first and uncompressed, and the payload's first key is the format tag,
+    so the tag shows within the file's first bytes (never loaded: nothing runs, nothing warns)."""
+    try:
+        with open(path, "rb") as handle:
+            return FORMAT.encode() in handle.read(1 << 20)
+    except OSError:
+        return False
+
+
 def rng_state() -> dict:
     """Every random generator's state as tensors and plain values (weights_only-loadable)."""
     import random
