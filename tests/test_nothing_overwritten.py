@@ -4,10 +4,12 @@ process; run names are plain folder names; --out refuses another tool's files; e
 a mid-epoch checkpoint is."""
 
 import shutil
+import time
 
 import pytest
 
 from dltrain import checkpoint
+from tests.test_faults import start
 
 CONFIG = """\
 name: kept
@@ -87,3 +89,61 @@ def test_export_replaces_an_existing_file_only_with_force(cli, trained, tmp_path
     result = export(cli, trained / "best.pt", out, "--force")
     assert result.exit_code == 0, result.output
     assert out.read_bytes() != b"the user's own file"
+
+
+# --- item 6: one process per sweep folder ---------------------------------------------------
+
+SWEEP = CONFIG.replace("name: kept", "name: swept")
+
+
+def test_a_second_sweep_resume_is_refused_while_the_first_runs(cli, write_config, tmp_path):
+    config, out = write_config(SWEEP), tmp_path / "s"
+    param = ["--param", "optim.lr=loguniform(1e-3, 1e-2)"]
+    first = cli("sweep", config, "--trials", 1, "--out", out, *param)
+    assert first.exit_code == 0, first.output
+    ready = tmp_path / "in-trial"
+    pause = f"""
+import time
+import dltrain.engine
+def paused(*args, **kwargs):  # trial 1 asked for and running: hold the sweep there
+    open({str(ready)!r}, "w").close()
+    time.sleep(120)
+dltrain.engine.fit = paused
+"""
+    proc = start(["sweep", "--resume", out, "--trials", 2], pause)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the first --resume never started its trial"
+            time.sleep(0.05)
+        before = files(out)
+        # exit 2 once runs.RunInUse (issue 22, item 3) is in; 1 before
+        line = one_line(cli("sweep", "--resume", out), code=(1, 2))
+        assert line.startswith(f"error: {out} is in use: dltrain process {proc.pid}")
+        assert files(out) == before  # study.db, sweep.yaml, sweep.csv untouched
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_an_optuna_error_is_one_line(cli, write_config, tmp_path, monkeypatch):
+    import optuna
+
+    import dltrain.sweep
+
+    def finished_elsewhere(study, trial, *args):
+        raise optuna.exceptions.UpdateFinishedTrialError(
+            f"Cannot tell a COMPLETE trial: Trial#{trial.number} has already finished."
+        )
+
+    monkeypatch.setattr(dltrain.sweep, "_tell", finished_elsewhere)
+    out = tmp_path / "s"
+    param = ["--param", "optim.lr=loguniform(1e-3, 1e-2)"]
+    result = cli("sweep", write_config(SWEEP), "--trials", 1, "--out", out, *param)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    lines = result.stderr.strip().splitlines()  # the sweep's start line, then one error
+    assert len(lines) == 2 and lines[0].startswith(f"sweep {out}: 1 trials"), result.stderr
+    error = " ".join(lines[1].split())
+    assert error.startswith(f"error: sweep {out}: its study failed (UpdateFinishedTrialError: ")
+    assert error.endswith(f"finished trials are kept: dltrain sweep --resume {out}")
