@@ -9,6 +9,7 @@ import time
 import pytest
 
 from dltrain import checkpoint
+from dltrain.config import validate
 from tests.test_faults import start
 
 CONFIG = """\
@@ -147,3 +148,44 @@ def test_an_optuna_error_is_one_line(cli, write_config, tmp_path, monkeypatch):
     error = " ".join(lines[1].split())
     assert error.startswith(f"error: sweep {out}: its study failed (UpdateFinishedTrialError: ")
     assert error.endswith(f"finished trials are kept: dltrain sweep --resume {out}")
+
+
+# --- item 8: the small ones -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["..", ".", "...", ".hidden", "a/b", "../up"])
+def test_run_names_are_plain_folder_names(cli, write_config, tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)  # `name: ..` trained into ./<time>/: here, if anywhere
+    config = write_config(CONFIG.replace("name: kept", f"name: '{name}'"))
+    line = one_line(cli("train", config), code=2)
+    assert f"name: got '{name}'; expected a plain folder name" in line
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["config.yaml"]
+
+
+def test_names_with_inner_dots_still_work(write_config):
+    assert validate({"name": "v1.2-final_b"}).name == "v1.2-final_b"
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]], ids=["plain", "force"])
+def test_out_holding_another_tools_files_is_refused(cli, write_config, tmp_path, force):
+    folder = tmp_path / "theirs"
+    folder.mkdir()
+    (folder / "metrics.csv").write_text("step,loss\n1,0.5\n")
+    (folder / "notes.txt").write_text("mine")
+    before = files(folder)
+    line = one_line(cli("train", write_config(CONFIG), "--out", folder, *force))
+    assert line.startswith(f"error: --out {folder} holds metrics.csv but no config.yaml")
+    assert "not with --force either" in line
+    assert files(folder) == before and sorted(p.name for p in folder.iterdir()) == [
+        "metrics.csv",
+        "notes.txt",
+    ]
+
+
+def test_out_folder_with_files_of_its_own_is_fine(cli, write_config, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")  # not a run file's name: left alone
+    result = cli("train", write_config(CONFIG), "--out", folder)
+    assert result.exit_code == 0, result.output
+    assert (folder / "notes.txt").read_text() == "mine" and (folder / "last.pt").exists()
