@@ -382,3 +382,12 @@ def load_weights(model, state: dict, source: str | Path) -> None:
             f"{source}: its weights do not fit the model its config builds "
             f"({lines[1] if len(lines) > 1 else lines[0]})"
         ) from None
+
+
+def at(payload: dict) -> str:
+    """Where a checkpoint is in its run: "epoch 3", or "epoch 4, step 20 (mid-epoch)" for one
+    written when training stopped inside an epoch (`partial`)."""
+    partial = payload.get("partial")
+    if partial:
+        return f"epoch {partial['epoch']}, step {partial['steps']} (mid-epoch)"
+    return f"epoch {payload['epoch']}"

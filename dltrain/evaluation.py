@@ -51,7 +51,8 @@ def evaluate_checkpoint(
         "split": split,
         "dataset": cfg.data.dataset,
         "samples": splits.sizes[split],
-        "epoch": saved.payload["epoch"],
+        "epoch": saved.payload["epoch"],  # epochs finished; "at" also says mid-epoch
+        "at": checkpoint.at(saved.payload),
         "checkpoint": str(path),
         "sha256": checkpoint.file_sha256(path),
         **metrics,

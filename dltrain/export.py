@@ -126,7 +126,7 @@ def export_checkpoint(
     force: bool = False,
 ) -> dict:
     """Export `ckpt` as `fmt` to `out` (default: beside it, best.onnx or best.ts) and write the
-    sidecar; returns the sidecar's fields plus "path" and "sidecar".
+    sidecar; returns the sidecar's fields plus "path", "sidecar" and "at" (checkpoint.at).
     An existing file is replaced only with `force`, a checkpoint never. `overrides` are `--set`
     strings (e.g. data.root=... when the data moved: the parity check reads it). Always on the
     CPU: the file then runs anywhere, and the check compares the export, not two devices'
@@ -151,7 +151,8 @@ def export_checkpoint(
         tmp.unlink(missing_ok=True)
     record = describe(saved, fmt, out, written, parity)
     checkpoint.write_json(sidecar_path(out), record)
-    return {**record, "path": str(out), "sidecar": str(sidecar_path(out))}
+    at = checkpoint.at(saved.payload)
+    return {**record, "path": str(out), "sidecar": str(sidecar_path(out)), "at": at}
 
 
 def parity_pixels(saved: checkpoint.Saved, count: int = PARITY_IMAGES) -> tuple[torch.Tensor, dict]:

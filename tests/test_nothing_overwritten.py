@@ -10,6 +10,7 @@ import pytest
 
 from dltrain import checkpoint
 from dltrain.config import validate
+from dltrain.engine import fit
 from tests.test_faults import start
 
 CONFIG = """\
@@ -189,3 +190,31 @@ def test_out_folder_with_files_of_its_own_is_fine(cli, write_config, tmp_path):
     result = cli("train", write_config(CONFIG), "--out", folder)
     assert result.exit_code == 0, result.output
     assert (folder / "notes.txt").read_text() == "mine" and (folder / "last.pt").exists()
+
+
+def test_eval_of_a_mid_epoch_checkpoint_says_where_it_is(cli, tmp_path):
+    cfg = validate({**_config(), "train": {"epochs": 2}})
+    seen = {"epoch": 0}
+
+    def stop_mid_epoch_2(kind: str, info: dict):
+        if kind == "epoch_start":
+            seen["epoch"] = info["epoch"]
+        if kind == "batch" and seen["epoch"] == 2 and info["step"] == 5:
+            return "a test stops here"
+        return None
+
+    fit(cfg, tmp_path / "r", stop_mid_epoch_2)
+    saved = checkpoint.load(tmp_path / "r" / "last.pt")
+    assert saved["epoch"] == 1 and saved["partial"]["epoch"] == 2
+    steps = saved["partial"]["steps"]
+    result = cli("eval", "--ckpt", tmp_path / "r" / "last.pt")
+    assert result.exit_code == 0, result.output
+    assert f"last.pt, epoch 2, step {steps} (mid-epoch))" in " ".join(result.stdout.split())
+    result = cli("eval", "--ckpt", tmp_path / "r" / "best.pt")
+    assert "best.pt, epoch 1)" in " ".join(result.stdout.split())
+
+
+def _config() -> dict:
+    import yaml
+
+    return yaml.safe_load(CONFIG)

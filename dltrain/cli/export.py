@@ -44,7 +44,7 @@ def export_(
     )
     size = Path(result["path"]).stat().st_size / 1e6
     kind = f"ONNX opset {result['opset']}" if fmt == "onnx" else "TorchScript"
-    say(f"exported {ckpt} (epoch {result['epoch']}) to {result['path']} ({kind}, {size:.1f} MB)")
+    say(f"exported {ckpt} ({result['at']}) to {result['path']} ({kind}, {size:.1f} MB)")
     put, shape = result["input"], ", ".join(map(str, result["input"]["shape"]))
     say(
         f"input {put['name']!r}: float32 ({shape}) NCHW, values in [0, 1] (normalization is "

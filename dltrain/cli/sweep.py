@@ -245,7 +245,7 @@ def _sweep_test(folder: Path, device: str | None) -> None:
     say(
         f"test (trial {metrics['trial']}): accuracy {metrics['acc']:.4f}  loss "
         f"{metrics['loss']:.4f}  ({metrics['samples']} samples, {metrics['checkpoint']}, "
-        f"epoch {metrics['epoch']})"
+        f"{metrics['at']})"
     )
     say(
         f"the test set has now been used {uses} time{'s' if uses > 1 else ''} ({ledger}); "
