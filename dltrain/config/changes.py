@@ -55,13 +55,13 @@ def check_changes(saved: Config, changed: Config, purpose: str, source: str) -> 
     # The seed draws the split only where data.split_seed leaves it to (null).
     seeds_split = None in (old["data"]["split_seed"], new["data"]["split_seed"])
     for key in KEYS:
-        before, after = _dig(old, key), _dig(new, key)
-        rule = _rule(key)
-        if key == "seed" and not seeds_split:
+        before, after, rule = _dig(old, key), _dig(new, key), _rule(key)
+        if before == after or rule is None or purpose not in rule[0]:
             continue
-        if before != after and rule is not None and purpose in rule[0]:
+        if key != "seed" or seeds_split:
+            why = rule[1].format(source=source)
             problems.append(
-                f"--set {key}={_show(after)} (the checkpoint has {_show(before)}): {rule[1]}"
+                f"--set {key}={_show(after)} (the checkpoint has {_show(before)}): {why}"
             )
     if problems:
         raise DltrainError(f"{source}: {purpose} cannot take " + "; ".join(problems))
