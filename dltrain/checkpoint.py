@@ -301,7 +301,8 @@ def restore(s: Session, saved: dict) -> dict:
         s.ema.steps = ema.get("steps", saved["global_step"])
     s.optimizer.load_state_dict(saved["optimizer"])
     s.schedule.load_state_dict(saved["schedule"])
-    s.precision.scaler.load_state_dict(saved["scaler"])
+    if saved["scaler"]:  # empty from a run without fp16: --set train.precision=16 starts one
+        s.precision.scaler.load_state_dict(saved["scaler"])
     s.stopper.load_state_dict(saved["early_stopping"])
     s.train_batches.generator.set_state(saved["loader_rng"])
     set_rng_state(saved["rng"])

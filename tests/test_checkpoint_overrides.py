@@ -111,6 +111,27 @@ def test_changes_a_checkpoint_can_take_are_taken(cli, trained, tmp_path):
     assert checkpoint.load(copy / "last.pt")["epoch"] == 2
 
 
+def test_a_one_cycle_run_cannot_stretch_on_resume(cli, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG + "schedule: {name: onecycle}\n")
+    assert cli("train", config, "--out", tmp_path / "r").exit_code == 0
+    before = files(tmp_path / "r")
+    for change in ("train.epochs=2", "data.batch_size=16", "train.accumulate=2"):
+        line = one_line(cli("train", "--resume", tmp_path / "r", "--set", change))
+        assert f"resume cannot take --set {change} (the checkpoint has " in line
+        assert "a one-cycle schedule's state counts the optimizer steps" in line
+    assert files(tmp_path / "r") == before
+
+
+def test_resume_in_fp16_of_a_run_without_it_starts_a_gradient_scaler(cli, trained, tmp_path):
+    copy = shutil.copytree(trained, tmp_path / "r")  # its checkpoint's scaler state is empty
+    result = cli(
+        "train", "--resume", copy, "--set", "train.epochs=2", "--set", "train.precision=16"
+    )
+    assert result.exit_code == 0, result.output
+    assert checkpoint.load(copy / "last.pt")["scaler"]  # fp16: the scaler has a state now
+
+
 def test_a_weights_mismatch_is_one_line_wherever_weights_are_loaded():
     model, other = torch.nn.Linear(4, 3), torch.nn.Linear(5, 3)
     with pytest.raises(DltrainError) as caught:

@@ -3,7 +3,8 @@ shape, classes and split; on resume its optimizer, schedule and early-stopping s
 too. `check_changes` compares the checkpoint's config with the one the overrides give, before
 anything is built or written (checkpoint.open_saved calls it). Torch-free."""
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from dltrain.config.schema import KEYS, Config
 from dltrain.errors import DltrainError
@@ -23,24 +24,49 @@ _OPTIMIZER = (
 _SCHEDULE = "on resume the schedule goes on from the checkpoint's state; " + _NEW_RUN
 _STOPPING = "the checkpoint's best value so far was measured by the monitor it had"
 
-# Keys a checkpoint fixes (a key ending in "." stands for its whole section), for which
-# purposes, and why. Any other key may change: data.root, data.download, device, batch sizes,
-# eval.tta, train.precision, and on resume train.epochs, patience, augmentation, EMA, ...
-FIXED: dict[str, tuple[tuple[str, ...], str]] = {
-    "model.": (_ANY, _WEIGHTS),
-    "data.dataset": (_ANY, _DATA),
-    "data.resize": (_ANY, _DATA),
-    "data.normalize": (_ANY, "the weights expect the pixel scaling they were trained with"),
-    "data.fake.": (_ANY, _DATA),
-    "seed": (_ANY, _SPLIT + " (the run's seed draws it: data.split_seed is null)"),
-    "data.split_seed": (_ANY, _SPLIT),
-    "data.val_split": (_ANY, _SPLIT),
-    "data.test_split": (_ANY, _SPLIT),
-    "optim.": (_RESUME, _OPTIMIZER),
-    "finetune.head_lr_mult": (_RESUME, _OPTIMIZER),
-    "schedule.": (_RESUME, _SCHEDULE),
-    "train.early_stopping.monitor": (_RESUME, _STOPPING),
-    "train.early_stopping.mode": (_RESUME, _STOPPING),
+_ONE_CYCLE = (
+    "a one-cycle schedule's state counts the optimizer steps of the run as it was set up "
+    "(epochs x steps per epoch) and cannot stretch or shrink; " + _NEW_RUN
+)
+
+
+def _split_by_seed(cfg: dict) -> bool:
+    return cfg["data"]["split_seed"] is None
+
+
+def _one_cycle(cfg: dict) -> bool:
+    return cfg["schedule"]["name"] == "onecycle"
+
+
+class Fixed(NamedTuple):
+    purposes: tuple[str, ...]  # what the checkpoint is opened for, where the key is fixed
+    why: str  # "{source}" stands for the checkpoint
+    when: Callable[[dict], bool] | None = None  # only if the checkpoint's config says so
+
+
+# Keys a checkpoint fixes (a key ending in "." stands for its whole section). Any other key
+# may change: data.root, data.download, device, batch sizes, eval.tta, train.precision, and on
+# resume train.epochs, patience, augmentation, EMA, ...
+FIXED: dict[str, Fixed] = {
+    "model.": Fixed(_ANY, _WEIGHTS),
+    "data.dataset": Fixed(_ANY, _DATA),
+    "data.resize": Fixed(_ANY, _DATA),
+    "data.normalize": Fixed(_ANY, "the weights expect the pixel scaling they were trained with"),
+    "data.fake.": Fixed(_ANY, _DATA),
+    "seed": Fixed(
+        _ANY, _SPLIT + " (the run's seed draws it: data.split_seed is null)", _split_by_seed
+    ),
+    "data.split_seed": Fixed(_ANY, _SPLIT),
+    "data.val_split": Fixed(_ANY, _SPLIT),
+    "data.test_split": Fixed(_ANY, _SPLIT),
+    "optim.": Fixed(_RESUME, _OPTIMIZER),
+    "finetune.head_lr_mult": Fixed(_RESUME, _OPTIMIZER),
+    "schedule.": Fixed(_RESUME, _SCHEDULE),
+    "train.early_stopping.monitor": Fixed(_RESUME, _STOPPING),
+    "train.early_stopping.mode": Fixed(_RESUME, _STOPPING),
+    "train.epochs": Fixed(_RESUME, _ONE_CYCLE, _one_cycle),
+    "train.accumulate": Fixed(_RESUME, _ONE_CYCLE, _one_cycle),
+    "data.batch_size": Fixed(_RESUME, _ONE_CYCLE, _one_cycle),
 }
 
 
@@ -52,14 +78,12 @@ def check_changes(saved: Config, changed: Config, purpose: str, source: str) -> 
         raise ValueError(f"unknown purpose {purpose!r}")
     old, new = saved.model_dump(mode="json"), changed.model_dump(mode="json")
     problems = []
-    # The seed draws the split only where data.split_seed leaves it to (null).
-    seeds_split = None in (old["data"]["split_seed"], new["data"]["split_seed"])
     for key in KEYS:
         before, after, rule = _dig(old, key), _dig(new, key), _rule(key)
-        if before == after or rule is None or purpose not in rule[0]:
+        if before == after or rule is None or purpose not in rule.purposes:
             continue
-        if key != "seed" or seeds_split:
-            why = rule[1].format(source=source)
+        if rule.when is None or rule.when(old):
+            why = rule.why.format(source=source)
             problems.append(
                 f"--set {key}={_show(after)} (the checkpoint has {_show(before)}): {why}"
             )
@@ -67,7 +91,7 @@ def check_changes(saved: Config, changed: Config, purpose: str, source: str) -> 
         raise DltrainError(f"{source}: {purpose} cannot take " + "; ".join(problems))
 
 
-def _rule(key: str) -> tuple[tuple[str, ...], str] | None:
+def _rule(key: str) -> Fixed | None:
     return next(
         (rule for fixed, rule in FIXED.items() if key == fixed or key.startswith(fixed)), None
     )
