@@ -352,6 +352,30 @@ class Saved:
         load_weights(model, self.payload["model"], self.path)
         return model.to(device).eval(), device
 
+    def check_data(self, found) -> None:
+        """Refuse data (a DataInfo, as built from the config) other than the model's: an image
+        folder that --set data.root points at may hold other classes or image sizes."""
+        saved = self.info
+        for what, have, want in (
+            ("classes", found.class_names, saved.class_names),
+            ("channels", found.channels, saved.channels),
+            ("image size", found.image_size, saved.image_size),
+        ):
+            if have != want:
+                raise DltrainError(
+                    f"data.root {self.cfg.data.root} holds {what} {_shown(have)}, {self.path} "
+                    f"was trained on {_shown(want)}: point data.root at the data it was "
+                    "trained on"
+                )
+
+
+def _shown(value) -> str:
+    """Class names (the first five and the count), an image size (28x28) or a number."""
+    if isinstance(value, list):
+        more = f", ... ({len(value)} in all)" if len(value) > 5 else ""
+        return "[" + ", ".join(value[:5]) + more + "]"
+    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
 
 def open_saved(
     target: str | Path, overrides: list[str] = (), run_folder: bool = False, purpose: str = "eval"

@@ -40,6 +40,7 @@ def evaluate_checkpoint(
     cfg, path, tta = saved.cfg, saved.path, tta or saved.cfg.eval.tta
     model, device = saved.model()
     splits = build_splits(cfg.data, cfg.seed, rgb=needs_rgb(cfg.model))
+    saved.check_data(splits.info)
     batches = make_loader(splits, split, cfg.data, device)
     # The same memory format and precision as training's validation, so the numbers match.
     net = apply_speedups(cfg, model, device, [batches], compile_ok=False)

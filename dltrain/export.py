@@ -176,6 +176,7 @@ def validation_pixels(saved: checkpoint.Saved, count: int = PARITY_IMAGES) -> to
     (x * std + mean), which holds for in-memory and image-folder datasets alike."""
     cfg, cpu = saved.cfg, torch.device("cpu")
     splits = build_splits(cfg.data, cfg.seed, rgb=needs_rgb(cfg.model))
+    saved.check_data(splits.info)
     mean = torch.tensor(splits.info.mean).view(1, -1, 1, 1)
     std = torch.tensor(splits.info.std).view(1, -1, 1, 1)
     taken, seen = [], 0

@@ -132,6 +132,44 @@ def test_resume_in_fp16_of_a_run_without_it_starts_a_gradient_scaler(cli, traine
     assert checkpoint.load(copy / "last.pt")["scaler"]  # fp16: the scaler has a state now
 
 
+def _image_folder(root, classes: str, size: int = 8):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            for i in range(8):
+                pixels = rng.integers(0, 256, (size, size), dtype=np.uint8)
+                Image.fromarray(pixels, "L").save(root / split / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    "classes, size, says",
+    [("abc", 8, "holds classes [a, b, c]"), ("ab", 6, "holds image size 6x6")],
+    ids=["classes", "size"],
+)
+def test_data_root_with_other_data_is_one_line(cli, tmp_path, classes, size, says):
+    trained_on, other = _image_folder(tmp_path / "ab", "ab"), tmp_path / "other"
+    _image_folder(other, classes, size)
+    config = tmp_path / "config.yaml"
+    data = f"data: {{dataset: imagefolder, root: {trained_on}, val_split: 0.25, num_workers: 0}}"
+    config.write_text(CONFIG.replace(CONFIG.splitlines()[2], data))
+    assert cli("train", config, "--out", tmp_path / "r").exit_code == 0
+    before, ckpt = files(tmp_path / "r"), tmp_path / "r" / "best.pt"
+    out = tmp_path / "model.ts"
+    for args in (["eval"], ["export", "--format", "torchscript", "--out", out]):
+        line = one_line(cli(*args, "--ckpt", ckpt, "--set", f"data.root={other}"))
+        assert line == (
+            f"error: data.root {other} {says}, {ckpt} was trained on "
+            f"{'[a, b]' if 'classes' in says else '8x8'}: point data.root at the data it was "
+            "trained on"
+        )
+    assert files(tmp_path / "r") == before and not out.exists()
+
+
 def test_a_weights_mismatch_is_one_line_wherever_weights_are_loaded():
     model, other = torch.nn.Linear(4, 3), torch.nn.Linear(5, 3)
     with pytest.raises(DltrainError) as caught:
