@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from dltrain import __version__
-from dltrain.config import Config, from_dict
+from dltrain.config import Config, check_changes, from_dict
 from dltrain.errors import DltrainError
 
 if TYPE_CHECKING:
@@ -149,6 +149,17 @@ def load(path: str | Path) -> dict:
             "a bare state dict can be used as model.pretrained)"
         )
     return payload
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether `path` holds a dltrain checkpoint, a damaged or truncated one too: torch.save
+    writes its pickle first and uncompressed, and the payload's first key is the format tag,
+    so the tag shows within the file's first bytes (never loaded: nothing runs, nothing warns)."""
+    try:
+        with open(path, "rb") as handle:
+            return FORMAT.encode() in handle.read(1 << 20)
+    except OSError:
+        return False
 
 
 def rng_state() -> dict:
@@ -373,14 +384,15 @@ def restore(s: Session, saved: dict) -> dict:
     """Put a checkpoint's states back into session `s`; returns the loop's fields
     (engine.LoopState): epoch, global_step, the interrupted epoch, the best epoch's weights.
     A checkpoint without an EMA (train.ema switched on with --set) starts the average there."""
-    ema = saved.get("ema") or {}
-    s.model.load_state_dict(ema.get("trained", saved["model"]))
+    ema, source = saved.get("ema") or {}, f"the checkpoint resumed in {s.run_dir}"
+    load_weights(s.model, ema.get("trained", saved["model"]), source)
     if s.ema is not None:  # before "average" was kept, "model" was always the average
-        s.ema.module.load_state_dict(ema.get("average", saved["model"]))
+        load_weights(s.ema.module, ema.get("average", saved["model"]), source)
         s.ema.steps = ema.get("steps", saved["global_step"])
     s.optimizer.load_state_dict(saved["optimizer"])
     s.schedule.load_state_dict(saved["schedule"])
-    s.precision.scaler.load_state_dict(saved["scaler"])
+    if saved["scaler"]:  # empty from a run without fp16: --set train.precision=16 starts one
+        s.precision.scaler.load_state_dict(saved["scaler"])
     s.stopper.load_state_dict(saved["early_stopping"])
     s.train_batches.generator.set_state(saved["loader_rng"])
     set_rng_state(saved["rng"])
@@ -427,17 +439,70 @@ class Saved:
 
         device = resolve_device(self.cfg.device)
         model = build_model(self.info, self.cfg.model, weights=False)
-        model.load_state_dict(self.payload["model"])
+        load_weights(model, self.payload["model"], self.path)
         return model.to(device).eval(), device
 
+    def check_data(self, found) -> None:
+        """Refuse data (a DataInfo, as built from the config) other than the model's: an image
+        folder that --set data.root points at may hold other classes or image sizes."""
+        saved = self.info
+        for what, have, want in (
+            ("classes", found.class_names, saved.class_names),
+            ("channels", found.channels, saved.channels),
+            ("image size", found.image_size, saved.image_size),
+        ):
+            if have != want:
+                raise DltrainError(
+                    f"data.root {self.cfg.data.root} holds {what} {_shown(have)}, {self.path} "
+                    f"was trained on {_shown(want)}: point data.root at the data it was "
+                    "trained on"
+                )
 
-def open_saved(target: str | Path, overrides: list[str] = (), run_folder: bool = False) -> Saved:
+
+def _shown(value) -> str:
+    """Class names (the first five and the count), an image size (28x28) or a number."""
+    if isinstance(value, list):
+        more = f", ... ({len(value)} in all)" if len(value) > 5 else ""
+        return "[" + ", ".join(value[:5]) + more + "]"
+    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def open_saved(
+    target: str | Path, overrides: list[str] = (), run_folder: bool = False, purpose: str = "eval"
+) -> Saved:
     """The one way from a checkpoint to a runnable thing: checkpoint -> its config with `--set`
     overrides (`--device` is one: device=cpu) -> data info -> model with weights. `run_folder`
-    (resume) also takes a run's folder: its last.pt, or an intact best.pt if last.pt is not."""
+    (resume) also takes a run's folder: its last.pt, or an intact best.pt if last.pt is not.
+    `purpose` (eval, predict, export, finetune, resume) says which overrides the checkpoint
+    can take (config.changes): others are refused here, before anything is built or written."""
     if run_folder:
         saved, path, notes = find_resume(target)
     else:
         path, notes = Path(target), []
         saved = load(path)
-    return Saved(path, saved, from_dict(saved["config"], f"{path} (config)", overrides), notes)
+    cfg = from_dict(saved["config"], f"{path} (config)", overrides)
+    if overrides:
+        check_changes(from_dict(saved["config"], f"{path} (config)"), cfg, purpose, str(path))
+    return Saved(path, saved, cfg, notes)
+
+
+def load_weights(model, state: dict, source: str | Path) -> None:
+    """`model.load_state_dict(state)`, a mismatch one line naming `source`: the last line of
+    defence behind `check_changes`, which refuses the overrides that would cause one."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # missing, unexpected or differently shaped tensors
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise DltrainError(
+            f"{source}: its weights do not fit the model its config builds "
+            f"({lines[1] if len(lines) > 1 else lines[0]})"
+        ) from None
+
+
+def at(payload: dict) -> str:
+    """Where a checkpoint is in its run: "epoch 3", or "epoch 4, step 20 (mid-epoch)" for one
+    written when training stopped inside an epoch (`partial`)."""
+    partial = payload.get("partial")
+    if partial:
+        return f"epoch {partial['epoch']}, step {partial['steps']} (mid-epoch)"
+    return f"epoch {payload['epoch']}"

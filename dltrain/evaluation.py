@@ -36,10 +36,11 @@ def evaluate_checkpoint(
     augmentation (`tta`, else the config's eval.tta) the same under "tta"; `test_uses`: how
     many times this run's test set has been measured. The data is read, never downloaded
     unless `overrides` ask for it (data.download=true): see NO_DOWNLOAD."""
-    saved = checkpoint.open_saved(path, [NO_DOWNLOAD, *overrides])
+    saved = checkpoint.open_saved(path, [NO_DOWNLOAD, *overrides], purpose="eval")
     cfg, path, tta = saved.cfg, saved.path, tta or saved.cfg.eval.tta
     model, device = saved.model()
     splits = build_splits(cfg.data, cfg.seed, rgb=needs_rgb(cfg.model))
+    saved.check_data(splits.info)
     batches = make_loader(splits, split, cfg.data, device)
     # The same memory format and precision as training's validation, so the numbers match.
     net = apply_speedups(cfg, model, device, [batches], compile_ok=False)
@@ -51,7 +52,8 @@ def evaluate_checkpoint(
         "split": split,
         "dataset": cfg.data.dataset,
         "samples": splits.sizes[split],
-        "epoch": saved.payload["epoch"],
+        "epoch": saved.payload["epoch"],  # epochs finished; "at" also says mid-epoch
+        "at": checkpoint.at(saved.payload),
         "checkpoint": str(path),
         "sha256": checkpoint.file_sha256(path),
         **metrics,

@@ -65,7 +65,8 @@ def sidecar_path(path: Path) -> Path:
 
 
 def check_request(fmt: str, out: Path | None, opset: int | None) -> int | None:
-    """Refuse a bad format, opset or --out before anything is loaded; returns the opset."""
+    """Refuse a bad format, opset or --out folder before anything is loaded; returns the
+    opset."""
     if fmt not in FORMATS:
         raise DltrainError(f"--format {fmt!r}: expected {' or '.join(FORMATS)}")
     if fmt == "torchscript" and opset is not None:
@@ -86,6 +87,26 @@ def check_request(fmt: str, out: Path | None, opset: int | None) -> int | None:
     return opset
 
 
+def check_target(out: Path, ckpt: Path, force: bool) -> None:
+    """Export writes over no file it did not make: an existing file (or sidecar) only with
+    `force`, and never the checkpoint it reads or any other dltrain checkpoint, even then."""
+    for path in (out, sidecar_path(out)):
+        if not path.exists():
+            continue
+        if ckpt.exists() and path.samefile(ckpt):
+            raise DltrainError(f"--out {path} is the checkpoint itself; name another file")
+        if checkpoint.is_checkpoint(path):
+            raise DltrainError(
+                f"{path} is a dltrain checkpoint: export never writes over one, even with "
+                "--force; name another file with --out"
+            )
+        if not force:
+            raise DltrainError(
+                f"{path} already exists; give --force to replace it, or name another file "
+                "with --out"
+            )
+
+
 def _need_onnx() -> None:
     try:
         import onnx  # noqa: F401
@@ -103,19 +124,19 @@ def export_checkpoint(
     out: str | Path | None = None,
     opset: int | None = None,
     overrides: list[str] = (),
+    force: bool = False,
 ) -> dict:
     """Export `ckpt` as `fmt` to `out` (default: beside it, best.onnx or best.ts) and write the
-    sidecar; returns the sidecar's fields plus "path" and "sidecar". `overrides` are `--set`
+    sidecar; returns the sidecar's fields plus "path", "sidecar" and "at" (checkpoint.at).
+    An existing file is replaced only with `force`, a checkpoint never. `overrides` are `--set`
     strings (e.g. data.root=... when the data moved: the parity check reads it). Always on the
     CPU: the file then runs anywhere, and the check compares the export, not two devices'
     arithmetic. A parity failure is an error and leaves nothing under `out`. The data is read,
     never downloaded unless `overrides` ask for it (see NO_DOWNLOAD)."""
-    out = None if out is None else Path(out)
-    opset = check_request(fmt, out, opset)
-    saved = checkpoint.open_saved(ckpt, [NO_DOWNLOAD, *overrides, "device=cpu"])
-    out = out or saved.path.with_suffix(FORMATS[fmt])
-    if out.resolve() == saved.path.resolve():
-        raise DltrainError(f"--out {out} is the checkpoint itself; name another file")
+    opset = check_request(fmt, None if out is None else Path(out), opset)
+    out = Path(ckpt).with_suffix(FORMATS[fmt]) if out is None else Path(out)
+    check_target(out, Path(ckpt), force)
+    saved = checkpoint.open_saved(ckpt, [NO_DOWNLOAD, *overrides, "device=cpu"], purpose="export")
     model, _ = saved.model()
     info = saved.info
     net = Normalized(model, info.mean, info.std).eval()
@@ -136,7 +157,8 @@ def export_checkpoint(
         tmp.unlink(missing_ok=True)
     record = describe(saved, fmt, out, written, parity)
     checkpoint.write_json(sidecar_path(out), record)
-    return {**record, "path": str(out), "sidecar": str(sidecar_path(out))}
+    at = checkpoint.at(saved.payload)
+    return {**record, "path": str(out), "sidecar": str(sidecar_path(out)), "at": at}
 
 
 def parity_pixels(saved: checkpoint.Saved, count: int = PARITY_IMAGES) -> tuple[torch.Tensor, dict]:
@@ -160,6 +182,7 @@ def validation_pixels(saved: checkpoint.Saved, count: int = PARITY_IMAGES) -> to
     (x * std + mean), which holds for in-memory and image-folder datasets alike."""
     cfg, cpu = saved.cfg, torch.device("cpu")
     splits = build_splits(cfg.data, cfg.seed, rgb=needs_rgb(cfg.model))
+    saved.check_data(splits.info)
     mean = torch.tensor(splits.info.mean).view(1, -1, 1, 1)
     std = torch.tensor(splits.info.std).view(1, -1, 1, 1)
     taken, seen = [], 0

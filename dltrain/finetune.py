@@ -58,7 +58,7 @@ def from_source(cfg: Config, source: str) -> tuple[Config, dict]:
         model = cfg.model.model_copy(update={"pretrained": "imagenet"})
         parent = {"source": "imagenet", "model": cfg.model.name}
     else:
-        saved = checkpoint.open_saved(source)
+        saved = checkpoint.open_saved(source, purpose="finetune")
         model = saved.cfg.model.model_copy(update={"pretrained": str(saved.path)})
         parent = {
             "source": "checkpoint",

@@ -11,6 +11,7 @@ import contextlib
 import io
 import math
 import os
+import re
 from collections.abc import Callable
 from functools import partial
 from itertools import pairwise
@@ -33,7 +34,31 @@ def build_model(info: DataInfo, cfg: ModelConfig, weights: bool = True) -> nn.Mo
     loading `cfg.pretrained` (for a model whose weights come from a dltrain checkpoint)."""
     if not weights and cfg.pretrained != "none":
         cfg = cfg.model_copy(update={"pretrained": "none"})
-    return MODELS.get(cfg.name)(info, cfg)
+    with memory_for(f"the {cfg.name} model"):
+        return MODELS.get(cfg.name)(info, cfg)
+
+
+@contextlib.contextmanager
+def memory_for(what: str):
+    """An allocation the machine refuses (absurd sizes such as model.hidden [1e12] or
+    data.resize 1000000) is one line, not the allocator's traceback. Caught where it happens,
+    not checked up front: what fits depends on the machine, and the allocator knows."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as err:
+        text = str(err)
+        if not isinstance(err, MemoryError) and not re.search(_REFUSED, text):
+            raise
+        size = re.search(r"allocate (\d+) bytes", text)
+        needs = f" ({int(size.group(1)) / 2**30:,.1f} GiB at once)" if size else ""
+        raise DltrainError(
+            f"{what} does not fit in this machine's memory{needs}: check the sizes in "
+            "model.hidden, model.channels and data.resize"
+        ) from None
+
+
+# How torch's allocators say no: the CPU's, CUDA's and MPS's out-of-memory errors.
+_REFUSED = r"can't allocate memory|out of memory"
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -253,7 +278,8 @@ def count_macs(model: nn.Module, info: DataInfo) -> int:
     that torch's FlopCounterMode counts, which are those of matmuls and convolutions (a bias
     add, activation, pooling or normalization counts nothing). Weights, BatchNorm statistics,
     RNG and modes are left as they were (`_one_pass`)."""
-    flops, _ = _one_pass(model, _zeros(model, info), watch=False)
+    with memory_for("one image through the model"):
+        flops, _ = _one_pass(model, _zeros(model, info), watch=False)
     return flops.get("", 0) // 2
 
 
@@ -266,8 +292,9 @@ def layer_summary(
     the activation estimate: the outputs that are new tensors (`_activations`) for
     `batch_size` images at `precision` ("float32", "bfloat16", ...), roughly what backward
     keeps of a training batch."""
-    image = _zeros(model, info)
-    flops, calls = _one_pass(model, image, watch=True)
+    with memory_for("one image through the model"):
+        image = _zeros(model, info)
+        flops, calls = _one_pass(model, image, watch=True)
     value_bytes = getattr(torch, precision).itemsize
     shapes, activations = _activations(model, image, calls, batch_size * value_bytes)
     modules = dict(model.named_modules())

@@ -28,7 +28,7 @@ def predict(
     if topk < 1:
         raise DltrainError(f"topk must be at least 1 (got {topk})")
     files = expand_inputs(inputs)
-    saved = checkpoint.open_saved(ckpt_path, overrides)
+    saved = checkpoint.open_saved(ckpt_path, overrides, purpose="predict")
     model, torch_device = saved.model()
     info = saved.info
     results = []

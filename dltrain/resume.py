@@ -44,7 +44,7 @@ def plan(target: Path, changes: list[str]) -> Plan:
             "from epoch 0"
         )
         return Plan("train", cfg, target, parent=read_parent(target), notes=[note])
-    saved = open_saved(target, changes, run_folder=True)
+    saved = open_saved(target, changes, run_folder=True, purpose="resume")
     cfg, payload, notes = saved.cfg, saved.payload, list(saved.notes)
     folder = saved.path.parent
     if (folder / "config.yaml").is_file():

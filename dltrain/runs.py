@@ -32,7 +32,9 @@ def new_run_dir(
     cfg: Config, run_dir: str | Path | None = None, root: str | Path = "runs", force: bool = False
 ) -> Path:
     """`run_dir` if given, else runs/<name>/<timestamp>/. A folder that holds a run already is
-    refused unless `force`, which first removes that run's files."""
+    refused unless `force`, which first removes that run's files. A folder holding files
+    under a run file's name (metrics.csv, ...) but no config.yaml, which dltrain writes first,
+    holds someone else's files: refused even with `force`."""
     if run_dir is None:
         base = Path(root) / cfg.name / time.strftime("%Y%m%d-%H%M%S")
         path, n = base, 1
@@ -42,6 +44,13 @@ def new_run_dir(
         path = Path(run_dir)
         if path.exists() and not path.is_dir():
             raise DltrainError(f"--run-dir {path} is a file; give a folder for the run's outputs")
+        found = [name for name in RUN_FILES if (path / name).exists()]
+        if found and "config.yaml" not in found:
+            raise DltrainError(
+                f"--out {path} holds {', '.join(found)} but no config.yaml: not a dltrain "
+                "run, and dltrain writes over no file it did not make (not with --force "
+                "either); choose another --out, or move those files away"
+            )
         if (path / "config.yaml").exists():
             refuse_if_in_use(path)
             if not force:

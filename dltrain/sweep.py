@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import io
 import math
 import os
@@ -35,9 +36,10 @@ PRUNE_WARMUP = 2  # epochs reported before it may (a first epoch says little)
 Report = Callable[[dict], None]
 
 
-def create(cfg: Config, folder: Path, options: dict) -> dict:
-    """Start a sweep in `folder`: sweep.yaml and the study. `options`: trials, sampler, prune,
-    jobs, timeout, storage (None: study.db in the folder). Returns the settings."""
+def prepare(cfg: Config, folder: Path) -> None:
+    """Refuse a new sweep that cannot start (nothing to sweep, a sweep in `folder` already)
+    before anything is made; then make the folder, checked to be writable. The sweep command
+    does this before it locks the folder (runs.RunLock), `create` again once it holds it."""
     if not cfg.sweep.params:
         raise DltrainError(
             "nothing to sweep: give sweep.params in the config or --param KEY=SPEC, "
@@ -45,11 +47,17 @@ def create(cfg: Config, folder: Path, options: dict) -> dict:
         )
     if (folder / SETTINGS).exists():
         raise DltrainError(f"{folder} already holds a sweep; continue it: --resume {folder}")
+    new_run_dir(cfg, folder)
+
+
+def create(cfg: Config, folder: Path, options: dict) -> dict:
+    """Start a sweep in `folder`: sweep.yaml and the study. `options`: trials, sampler, prune,
+    jobs, timeout, storage (None: study.db in the folder). Returns the settings."""
+    prepare(cfg, folder)
     metric = cfg.sweep.metric or cfg.train.early_stopping.monitor
     direction = "minimize" if metric.endswith("loss") else "maximize"
     settings = {"config": cfg.model_dump(mode="json"), "metric": metric, "direction": direction}
     settings.update(study=cfg.name, **options)
-    new_run_dir(cfg, folder)  # created, and checked to be writable
     open_study(folder, settings)  # first: a storage that cannot be opened leaves no sweep.yaml
     save_settings(folder, settings)
     return settings
@@ -65,6 +73,15 @@ def load_settings(folder: Path) -> dict:
 def save_settings(folder: Path, settings: dict) -> None:
     text = yaml.safe_dump(settings, sort_keys=False)
     atomic_write(folder / SETTINGS, lambda handle: handle.write(text.encode()))
+
+
+def go_on(folder: Path, **how) -> dict:
+    """The settings of a resumed sweep: only how it runs may change (trials, jobs, timeout;
+    None keeps the saved value). Saved, and returned."""
+    settings = load_settings(folder)
+    settings.update({key: value for key, value in how.items() if value})
+    save_settings(folder, settings)
+    return settings
 
 
 def open_study(folder: Path, settings: dict, sampler=None, pruner=None):
@@ -89,10 +106,32 @@ def open_study(folder: Path, settings: dict, sampler=None, pruner=None):
         raise DltrainError(f"cannot open the study at {url}: {str(err).splitlines()[0]}") from None
 
 
+def study_errors(function: Callable) -> Callable:
+    """`function(folder, ...)` with Optuna's and its storage's own errors (a trial another
+    process finished, a database gone) as one line: they are not ours to show as tracebacks."""
+
+    @functools.wraps(function)
+    def wrapper(folder, *args, **kwargs):
+        import optuna
+        import sqlalchemy
+
+        try:
+            return function(folder, *args, **kwargs)
+        except (optuna.exceptions.OptunaError, sqlalchemy.exc.SQLAlchemyError) as err:
+            reason = (str(err).strip() or type(err).__name__).splitlines()[0]
+            raise DltrainError(
+                f"sweep {folder}: its study failed ({type(err).__name__}: {reason}); finished "
+                f"trials are kept: dltrain sweep --resume {folder}"
+            ) from None
+
+    return wrapper
+
+
 def spaces(settings: dict) -> dict[str, Space]:
     return {key: parse_space(spec) for key, spec in settings["config"]["sweep"]["params"].items()}
 
 
+@study_errors
 def run(folder: Path, on_trial: Report = lambda row: None) -> dict:
     """Run the trials the sweep still lacks, in `jobs` processes; then write sweep.csv,
     sweep.png and best.yaml. Returns `summarize`."""
@@ -169,6 +208,7 @@ def _worker(folder: str, quota: int, seed: str, deadline, threads: int, rows) ->
         raise SystemExit(1) from None
 
 
+@study_errors
 def work(folder: Path, quota: int, seed: str, deadline: float | None, report: Report) -> None:
     """One worker: up to `quota` trials, one after another, until the deadline passes or the
     study has all its trials (other machines may share it)."""
@@ -370,6 +410,7 @@ def summarize(folder: Path) -> dict:
     }
 
 
+@study_errors
 def evaluate_best(folder: Path, overrides: list[str] = ()) -> dict:
     """Measure the best trial's best.pt on the test split, once (the run's test ledger records
     it), with `--set` overrides (e.g. device=cpu). Returns the metrics, checkpoint and trial."""

@@ -146,7 +146,8 @@ def test_out_and_opset_are_honoured(cli, trained, tmp_path):
     out = tmp_path / "digits.onnx"
     args = ["export", "--ckpt", trained("mlp") / "best.pt", "--format", "onnx", "--out", out]
     assert cli(*args).exit_code == 0
-    result = cli(*args, "--opset", "21")  # replaces the first
+    assert "give --force to replace it" in cli(*args, "--opset", "21").stderr
+    result = cli(*args, "--opset", "21", "--force")  # replaces the first
     assert result.exit_code == 0, result.output
     assert {o.domain: o.version for o in onnx.load(out).opset_import}[""] == 21
     assert json.loads((tmp_path / "digits.onnx.json").read_text())["opset"] == 21
@@ -204,7 +205,8 @@ def test_parity_failure_keeps_nothing(cli, trained, tmp_path, monkeypatch, fmt, 
     monkeypatch.setattr(dltrain.export, "load_exported", spoiled)
     out = tmp_path / f"model{FORMATS[fmt]}"
     out.write_bytes(b"an earlier export")
-    result = cli("export", "--ckpt", trained("mlp") / "best.pt", "--format", fmt, "--out", out)
+    ckpt = trained("mlp") / "best.pt"
+    result = cli("export", "--ckpt", ckpt, "--format", fmt, "--out", out, "--force")
     _one_line_error(result, "parity check failed", f"{out} was not written")
     assert out.read_bytes() == b"an earlier export"  # not replaced by the failed one
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]

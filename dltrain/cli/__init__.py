@@ -3,18 +3,27 @@ train.py (train, finetune, resume and the live report), sweep.py (compare, sweep
 (eval, predict, runs, plot, config), and the tools around training: lr_find.py, summary.py,
 export.py."""
 
-# Each module adds its commands to `app`, in this order in --help.
-from dltrain.cli import train  # noqa: F401
+import importlib
+import sys
 
-# isort: split
-from dltrain.cli import sweep, views  # noqa: F401
 
-# isort: split
-from dltrain.cli import export, lr_find, summary  # noqa: F401
-from dltrain.cli.app import app
+def _stopped_while_starting() -> None:
+    """Ctrl-C while Python imports the commands (the console script imports this package
+    before `main` runs): one line and 130, as a Ctrl-C anywhere later, not a traceback."""
+    sys.stderr.write("interrupted: stopped by Ctrl-C while dltrain was starting\n")
+    raise SystemExit(130)
+
+
+try:
+    # Each module adds its commands to `app`, in this order in --help.
+    for _module in ("train", "sweep", "views", "export", "lr_find", "summary"):
+        importlib.import_module(f"dltrain.cli.{_module}")
+    from dltrain.cli.app import app
+except KeyboardInterrupt:
+    _stopped_while_starting()
 
 __all__ = ["app", "main"]
 
 
 def main() -> None:
-    app()
+    app()  # Ctrl-C: friendly's one line in a command, typer's silent exit 130 outside one

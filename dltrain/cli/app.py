@@ -116,13 +116,27 @@ def friendly(command):
         except DltrainError as error:
             together = error.all_ranks
             fail(error)
-        except KeyboardInterrupt:  # before training started: nothing to save
-            fail(Interrupted("stopped by Ctrl-C before training started", 130))
+        except KeyboardInterrupt:  # a training run handles Ctrl-C itself once it has started
+            fail(Interrupted(stopped_by_ctrl_c(command.__name__), 130))
         finally:
-            if "torch.distributed" in sys.modules:  # else there is no process group to leave
+            # No process group without torch.distributed. Ctrl-C can land while torch imports,
+            # and a failed import leaves its submodules behind without torch: importing it
+            # again here would fail on the half-made modules.
+            if {"torch", "torch.distributed"} <= sys.modules.keys():
                 distributed.stop(together)
 
     return wrapper
+
+
+TRAINING = ("train", "finetune", "compare", "sweep")  # commands that start training runs
+
+
+def stopped_by_ctrl_c(command: str) -> str:
+    """What a Ctrl-C before any result means: training had not started, or (every other
+    command: their files are written whole at the end) nothing was written."""
+    if command in TRAINING:
+        return "stopped by Ctrl-C before training started"
+    return "stopped by Ctrl-C; nothing was written"
 
 
 def _version(value: bool) -> None:

@@ -27,6 +27,10 @@ def export_(
         str | None, typer.Option("--opset", help="ONNX opset, 18 to 25 (default 18).")
     ] = None,
     set_: SetOption = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace an existing file (never a dltrain checkpoint)."),
+    ] = False,
 ) -> None:
     """Export a checkpoint for inference (normalization inside; float32 pixels in [0, 1])."""
     # Parsed here, not by click: a bad value is then one line and exit 1, like the others.
@@ -36,11 +40,11 @@ def export_(
 
     # The CPU always (no --device): see export_checkpoint.
     result = export_checkpoint(
-        ckpt, fmt, file, None if opset is None else int(opset), overrides(set_, None)
+        ckpt, fmt, file, None if opset is None else int(opset), overrides(set_, None), force
     )
     size = Path(result["path"]).stat().st_size / 1e6
     kind = f"ONNX opset {result['opset']}" if fmt == "onnx" else "TorchScript"
-    say(f"exported {ckpt} (epoch {result['epoch']}) to {result['path']} ({kind}, {size:.1f} MB)")
+    say(f"exported {ckpt} ({result['at']}) to {result['path']} ({kind}, {size:.1f} MB)")
     put, shape = result["input"], ", ".join(map(str, result["input"]["shape"]))
     say(
         f"input {put['name']!r}: float32 ({shape}) NCHW, values in [0, 1] (normalization is "

@@ -124,6 +124,7 @@ def sweep(
     The sweep's folder is --out (default runs/<name>/sweep-<time>)."""
     from dltrain import sweep as sweeps
     from dltrain.config import load_config
+    from dltrain.runs import RunLock
 
     if resume is not None:
         fixed = {"CONFIG": config, "--param": param, "--set": set_, "--device": device}
@@ -134,10 +135,8 @@ def sweep(
                 "--resume continues a sweep with its saved config and options; drop "
                 f"{', '.join(given)} (--trials, --jobs, --timeout and --test-best may be given)"
             )
-        folder, settings = resume, sweeps.load_settings(resume)  # only how it runs may change
-        settings.update(trials=trials or settings["trials"], jobs=jobs or settings["jobs"])
-        settings.update(timeout=timeout or settings["timeout"])
-        sweeps.save_settings(folder, settings)
+        folder = resume
+        sweeps.load_settings(folder)  # a folder that is no sweep: refused before it is locked
     else:
         if config is None:
             raise DltrainError("give a config to sweep, or --resume SWEEP_DIR to continue one")
@@ -147,13 +146,20 @@ def sweep(
         folder = out_dir or Path("runs", cfg.name, time.strftime("sweep-%Y%m%d-%H%M%S"))
         options = {"trials": trials or cfg.sweep.trials, "sampler": sampler or cfg.sweep.sampler}
         options.update(prune=prune, jobs=jobs or 1, timeout=timeout, storage=storage)
-        settings = sweeps.create(cfg, folder, options)
-    result = sweeps.run(folder, _sweep_progress(folder, settings))
-    _sweep_table(result)
-    if result["best"] is None:
-        raise DltrainError("no trial completed (the table says why); nothing to select")
-    if test_best:
-        _sweep_test(folder, device)
+        sweeps.prepare(cfg, folder)
+    # One process owns a sweep folder (its parallel workers are its children): a second
+    # sweep --resume would take over trials the first is running.
+    with RunLock(folder):
+        if resume is None:
+            settings = sweeps.create(cfg, folder, options)
+        else:
+            settings = sweeps.go_on(folder, trials=trials, jobs=jobs, timeout=timeout)
+        result = sweeps.run(folder, _sweep_progress(folder, settings))
+        _sweep_table(result)
+        if result["best"] is None:
+            raise DltrainError("no trial completed (the table says why); nothing to select")
+        if test_best:
+            _sweep_test(folder, device)
 
 
 def _sweep_value(value, log: bool = False) -> str:
@@ -239,7 +245,7 @@ def _sweep_test(folder: Path, device: str | None) -> None:
     say(
         f"test (trial {metrics['trial']}): accuracy {metrics['acc']:.4f}  loss "
         f"{metrics['loss']:.4f}  ({metrics['samples']} samples, {metrics['checkpoint']}, "
-        f"epoch {metrics['epoch']})"
+        f"{metrics['at']})"
     )
     say(
         f"the test set has now been used {uses} time{'s' if uses > 1 else ''} ({ledger}); "

@@ -63,7 +63,7 @@ def eval_(
         return
     say(
         f"{split}: accuracy {metrics['acc']:.4f}  loss {metrics['loss']:.4f}  "
-        f"({metrics['samples']} samples, {ckpt}, epoch {metrics['epoch']})"
+        f"({metrics['samples']} samples, {ckpt}, {metrics['at']})"
     )
     say(f"macro-F1 {metrics['macro_f1']:.4f}  balanced accuracy {metrics['balanced_acc']:.4f}")
     if "tta" in metrics:

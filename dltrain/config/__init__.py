@@ -1,5 +1,7 @@
-"""The config: schema.py (its sections), loading.py (read and check), space.py (sweep grammar)."""
+"""The config: schema.py (its sections), loading.py (read and check), space.py (sweep grammar),
+changes.py (the overrides a checkpoint can take)."""
 
+from dltrain.config.changes import check_changes
 from dltrain.config.loading import (
     apply_overrides,
     from_dict,
@@ -39,6 +41,6 @@ __all__ = [
     "EarlyStoppingConfig", "EmaConfig", "EvalConfig", "FakeDataConfig", "FinetuneConfig",
     "LoggingConfig", "MixupConfig", "ModelConfig",
     "NormalizeStats", "OptimConfig", "ScheduleConfig", "Section", "Space", "SweepConfig",
-    "TrainConfig", "apply_overrides", "from_dict", "image_size", "load_config", "parse_space",
-    "parse_yaml", "read_config_file", "reference_markdown", "set_key", "validate",
+    "TrainConfig", "apply_overrides", "check_changes", "from_dict", "image_size", "load_config",
+    "parse_space", "parse_yaml", "read_config_file", "reference_markdown", "set_key", "validate",
 ]  # fmt: skip

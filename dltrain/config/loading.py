@@ -172,7 +172,7 @@ def _describe(error: dict) -> str:
     if kind == "string_pattern_mismatch" and loc == ("device",):
         expected = "auto, cpu, cuda, cuda:N or mps"
     elif kind == "string_pattern_mismatch" and loc == ("name",):
-        expected = "letters, digits, '_', '.' or '-' only"
+        expected = "a plain folder name: letters, digits, '_', '.' or '-', not starting with '.'"
     elif kind != "finite_number" and _non_finite(value):  # a union's one line would hide it
         expected += ", every number finite"
     return f"{path}: got {value!r}; expected {expected}"

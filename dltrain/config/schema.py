@@ -358,8 +358,12 @@ def image_size(data: DataConfig) -> int | None:
 
 
 class Config(Section):
+    # A plain folder name: no "/", and no leading "." (".." would climb out of runs/, and
+    # `dltrain runs` skips hidden folders).
     name: str = Field(
-        "run", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name; outputs go to runs/<name>/."
+        "run",
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$",
+        description="Run name; outputs go to runs/<name>/.",
     )
     seed: int = Field(0, description="Seed for splits, initialization and shuffling.")
     device: str = Field(
