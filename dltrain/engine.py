@@ -54,15 +54,17 @@ def fit(
     on_event: Events = quiet,
     resume: dict | None = None,
     parent: dict | None = None,
+    new: bool = False,
 ) -> dict:
     """Train per the config, writing config, metrics, summary and checkpoints to `run_dir`;
     returns the summary. `on_event` hears the run and may stop it (the summary then says
     "stopped" and why). `resume`: a checkpoint payload to continue from (same folder, mid-epoch
-    too). `parent`: the source of a finetune run (switches on `cfg.finetune`). Raises
+    too). `parent`: the source of a finetune run (switches on `cfg.finetune`). `new`: the
+    folder was chosen as holding no run (runs.new_run_dir), and must still hold none. Raises
     Interrupted after SIGINT/SIGTERM (a resumable last.pt is written first) and DltrainError
     for a NaN/Inf loss or running out of memory, each recorded in summary.json first."""
     # Rank 0 holds the folder's lock from before its first write to the end (runs.RunLock).
-    with RunLock(run_dir) if distributed.is_main() else contextlib.nullcontext():
+    with RunLock(run_dir, new) if distributed.is_main() else contextlib.nullcontext():
         return _fit(cfg, Path(run_dir), on_event, resume, parent)
 
 

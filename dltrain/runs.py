@@ -78,8 +78,8 @@ class RunLock:
     A second process training into the folder is refused, and `dltrain runs` tells a running
     run from a killed one. (No locking where fcntl is missing: Windows.)"""
 
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
+    def __init__(self, folder: str | Path, new: bool = False):
+        self.folder, self.new = Path(folder), new  # new: chosen as holding no run
         self.handle = None
 
     def __enter__(self) -> RunLock:
@@ -88,15 +88,21 @@ class RunLock:
         self.folder.mkdir(parents=True, exist_ok=True)
         handle = open(self.folder / LOCK, "a+")
         # A few tries: `dltrain runs` holds a shared lock for an instant when it looks.
-        for _ in range(40):
+        for _ in range(50):
             with suppress(BlockingIOError):
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            time.sleep(0.05)
+            time.sleep(0.005)
         else:
             handle.close()
             refuse_if_in_use(self.folder)
             raise RunInUse(f"{self.folder} is in use by another dltrain process")
+        if self.new and (self.folder / "config.yaml").exists():  # since it was chosen
+            handle.close()
+            raise RunInUse(
+                f"{self.folder}: another dltrain process started a run there meanwhile; "
+                "choose another --out"
+            )
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")

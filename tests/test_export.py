@@ -1,8 +1,10 @@
 """`dltrain export`: both formats for every model (trained 1 epoch on tiny fake data), the
 sidecar, the parity check and its failure, and the one-line errors."""
 
+import errno
 import hashlib
 import json
+import os
 import sys
 from importlib.util import find_spec
 
@@ -237,3 +239,26 @@ def test_check_parity_thresholds(spoil, passed):
     parity = check_parity(net, lambda x: spoil(net(x)), pixels)
     assert parity["passed"] is passed and parity["batch_sizes"] == [6, 1]
     assert parity["tolerance"] == 1e-4 and parity["images"] == 6
+
+
+@pytest.mark.parametrize("fmt", FORMAT_PARAMS)
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
+def test_a_full_or_failing_disk_is_one_line_and_leaves_nothing(
+    cli, trained, tmp_path, monkeypatch, fmt, code
+):
+    """The exported file's write fails (TorchScript used to abort the whole process, ONNX to
+    print a traceback): one line naming the file and the free space; no file, no leftover."""
+    import builtins
+
+    ckpt, real_open = trained("mlp") / "best.pt", builtins.open
+
+    def failing_open(path, mode="r", *args, **kwargs):
+        if ".tmp-" in str(path) and "w" in mode:
+            raise OSError(code, os.strerror(code))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", failing_open)
+    out = tmp_path / f"model{FORMATS[fmt]}"
+    result = cli("export", "--ckpt", ckpt, "--format", fmt, "--out", out)
+    _one_line_error(result, f"could not write {out}", os.strerror(code), "bytes free there")
+    assert list(tmp_path.iterdir()) == []

@@ -239,3 +239,18 @@ def test_an_early_stopped_run_goes_on_when_its_patience_is_raised(cli, tmp_path)
     summary = json.loads((folder / "summary.json").read_text())
     assert (summary["status"], summary["epochs_run"]) == ("finished", 12)
     assert [row["epoch"] for row in read_metrics(folder)] == list(range(1, 13))
+
+
+@pytest.mark.slow
+def test_two_runs_started_into_one_folder_at_once_leave_one_run(tmp_path):
+    """Before the lock both exited 0 and metrics.csv held epochs 1,1,2,2,3,4,3,4."""
+    config = write_config(tmp_path, 0)
+    folder = tmp_path / "run"
+    procs = [start(["train", config, "--out", folder, "-q"]) for _ in range(2)]
+    results = [(proc.wait(timeout=300), proc.communicate()[1]) for proc in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    [refusal] = [err for code, err in results if code == 2]
+    assert len(refusal.strip().splitlines()) == 1 and str(folder) in refusal
+    assert [row["epoch"] for row in read_metrics(folder)] == [1, 2, 3, 4]
+    assert json.loads((folder / "summary.json").read_text())["epochs_run"] == 4

@@ -218,7 +218,7 @@ def train(
         _resume(resume, config, out_dir, changes, mode)
     else:
         cfg = load_config(config, changes)
-        run(cfg, _run_folder(cfg, out_dir, force), mode)
+        run(cfg, _run_folder(cfg, out_dir, force), mode, new=True)
 
 
 def _launch(ctx: typer.Context, nproc: int) -> None:
@@ -253,14 +253,18 @@ def _run_folder(cfg, run_dir: Path | None, force: bool) -> Path:
 def run(cfg, folder: Path, mode: str = "normal", **kwargs) -> None:
     """engine.fit with the live report; then the run's curves.png (rank 0)."""
     from dltrain.engine import fit
+    from dltrain.errors import RunInUse
     from dltrain.plots import draw_curves
 
-    report = TrainReport(out(), mode)
+    report, owned = TrainReport(out(), mode), True
     try:
         fit(cfg, folder, report, **kwargs)
+    except RunInUse:
+        owned = False  # another process's run: nothing of this one is drawn there
+        raise
     finally:
         report.close()
-        problem = draw_curves(folder) if distributed.is_main() else None
+        problem = draw_curves(folder) if owned and distributed.is_main() else None
         if problem:
             note(problem)
 
@@ -306,4 +310,4 @@ def finetune(
     from dltrain.finetune import from_source
 
     cfg, parent = from_source(cfg, source)
-    run(cfg, _run_folder(cfg, out_dir, force), _mode(quiet, as_json), parent=parent)
+    run(cfg, _run_folder(cfg, out_dir, force), _mode(quiet, as_json), parent=parent, new=True)
