@@ -12,7 +12,7 @@ each a digit of a fixed 1,497 (the test set draws from the other 300, so no test
 seen in training), scaled, rotated by up to ±12°, shifted by up to ±3 px, with pixel noise.
 Fashion-MNIST files: the same, half of them mirrored (so a mirror keeps the class, as for
 clothes, and the recipes' flip is fair). CIFAR-10 files: 32 px, a random colour for the
-digit and another for the background, half mirrored.
+background and one for the digit 0.35-0.65 off it in every channel, half mirrored.
 
 Every run appends one JSON line to --results, and a run already there is not repeated: the
 script can be stopped and started again. --table prints the table from the results alone.

@@ -1,5 +1,5 @@
 """The training loop: `fit` runs a Session (session.py) epoch by epoch, with one epoch's
-`train_one_epoch` and `evaluate` from epoch.py; checkpoint.py saves and restores it.
+`train_one_epoch` and `evaluate` from epoch.py; saving.py checkpoints and restores it.
 
 The engine never prints or draws. It talks to its caller through one channel: `fit(...,
 on_event=f)` calls `f(kind, info)` with kind note, start, epoch_start, batch, epoch or end;
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dltrain import __version__, checkpoint, distributed
+from dltrain import __version__, distributed, saving
 from dltrain.config import Config
 from dltrain.early_stopping import overfitting_note
 from dltrain.epoch import Channel, Events, NonFiniteLoss, Stop, evaluate, quiet, train_one_epoch
@@ -92,7 +92,7 @@ def _begin(s: Session, emit: Channel, resume: dict | None) -> LoopState:
     """The loop's state (restored when resuming), the config written, the start announced."""
     loop = LoopState(trainable=trainable(s.model))
     if resume is not None:
-        loop = LoopState(**checkpoint.restore(s, resume), trainable=loop.trainable)
+        loop = LoopState(**saving.restore(s, resume), trainable=loop.trainable)
         rows = s.files.read_metrics()
         loop.rows = [row for row in rows if row["epoch"] <= loop.epoch]
         if not loop.rows and resume.get("metrics"):  # a checkpoint gone on in a new folder
@@ -136,17 +136,17 @@ def _run(s: Session, loop: LoopState, emit: Channel, started: float) -> None:
     try:
         _epochs(s, loop, emit)
     except NonFiniteLoss as bad:
-        checkpoint.flush(s, loop)  # the epochs before it are good
+        saving.flush(s, loop)  # the epochs before it are good
         _fail(s, loop, started, bad.step)
     except torch.cuda.OutOfMemoryError:
-        checkpoint.flush(s, loop)
+        saving.flush(s, loop)
         _fail(s, loop, started)
     except BaseException:  # anything else: the epochs that finished are still written
-        checkpoint.flush(s, loop)
+        saving.flush(s, loop)
         raise
     if loop.partial is not None:  # stopped mid-epoch: resumable from this step
-        checkpoint.keep(s, loop, loop.rows[-1] if loop.rows else {}, ["last.pt"], now=True)
-    checkpoint.flush(s, loop)  # the run ends or stops: nothing waits in memory any longer
+        saving.keep(s, loop, loop.rows[-1] if loop.rows else {}, ["last.pt"], now=True)
+    saving.flush(s, loop)  # the run ends or stops: nothing waits in memory any longer
     if emit.decided is not None and emit.decided.signum is not None:
         _interrupted(s, loop, emit.decided.signum, started)
 
@@ -172,7 +172,7 @@ def _epochs(s: Session, loop: LoopState, emit: Channel) -> None:
         emit.check()  # a signal during validation: this epoch's last.pt is the one to resume
         names = ["last.pt"] if cfg.checkpoint.save_last or emit.decided else []
         names += ["best.pt"] if improved and cfg.checkpoint.save_best else []
-        checkpoint.keep(s, loop, row, names, now=emit.decided is not None)
+        saving.keep(s, loop, row, names, now=emit.decided is not None)
         mixed = s.mix is not None  # the training accuracy is then that of mixed batches
         emit(
             "epoch", {"row": row, "improved": improved, "epochs": cfg.train.epochs, "mixed": mixed}

@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dltrain.checkpoint import open_saved, repair_best
+from dltrain.checkpoint import open_saved
 from dltrain.config import Config, load_config
 from dltrain.early_stopping import EarlyStopping
 from dltrain.runs import describe_run, never_saved, new_run_dir, read_parent, refuse_if_in_use
+from dltrain.saving import repair_best
 
 
 @dataclass

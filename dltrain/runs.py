@@ -249,7 +249,7 @@ class RunFiles:
         if self.write:
             for name in ("metrics.csv", "summary.json"):
                 (self.dir / name).unlink(missing_ok=True)
-            for staged in self.dir.glob(".best-*.pt"):  # a killed run's checkpoint.flush
+            for staged in self.dir.glob(".best-*.pt"):  # a killed run's saving.flush
                 staged.unlink(missing_ok=True)
 
     def write_summary(self, summary: dict) -> None:

@@ -101,7 +101,8 @@ def jittered_digits(
     size: each a digit of one fixed part of the 1,797 ("train": 1,497 of them, "test": the
     other 300, so test digits are never seen in training), scaled to 13-19 px, rotated by up
     to ±12°, shifted by up to ±3 px and given pixel noise. `colour`: (n, size, size, 3) with
-    a random colour for the digit and another for the background, else (n, size, size);
+    a random colour for the background and one for the digit that differs from it by 0.35 to
+    0.65 in every channel, else (n, size, size);
     `mirror`: half of them mirrored, so the class does not change under a mirror (as for
     clothes). Returns (uint8 images, uint8 labels)."""
     import math
@@ -132,8 +133,10 @@ def jittered_digits(
         images.append(F.grid_sample(digits[start : start + 4096], grid, align_corners=False))
     ink = torch.cat(images).clamp(0, 1)
     ink = (ink + 0.08 * torch.randn(ink.shape, generator=rng)).clamp(0, 1)
-    if colour:
-        fore, back = torch.rand(n, 3, 1, 1, generator=rng), torch.rand(n, 3, 1, 1, generator=rng)
+    if colour:  # every channel of the digit at least 0.35 off the background's
+        back = torch.rand(n, 3, 1, 1, generator=rng)
+        delta = 0.35 + 0.3 * torch.rand(n, 3, 1, 1, generator=rng)
+        fore = torch.where(back > 0.5, back - delta, back + delta).clamp(0, 1)
         pixels = (back + (fore - back) * ink).permute(0, 2, 3, 1)
     else:
         pixels = ink.squeeze(1)

@@ -1,7 +1,7 @@
 """Crash safety the way database engines test it: a fault at each write boundary of a run's
 files, then what is on disk and what `dltrain train --resume` makes of it.
 
-The write order (checkpoint.flush): a best.pt of an earlier epoch is staged as .best-<epoch>.pt,
+The write order (saving.flush): a best.pt of an earlier epoch is staged as .best-<epoch>.pt,
 then last.pt (the one commit point), then the staged file becomes best.pt (or best.pt a link to
 last.pt when last.pt is the best), then at the end summary.json. A SIGKILL comes from inside
 the child at the exact boundary (a hook wraps the function), a full disk (ENOSPC) or a failing

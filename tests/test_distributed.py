@@ -319,7 +319,7 @@ def test_image_folder_in_two_processes(tmp_path):
 def test_mid_epoch_checkpoint_of_another_process_count_replays_the_epoch(tmp_path):
     """Resuming a 2-process mid-epoch checkpoint in 1 process: the epoch's data is read again
     from its start, and the mid-epoch weights are not taken for the best epoch's."""
-    from dltrain import checkpoint, engine
+    from dltrain import engine, saving
     from dltrain import session as sessions
 
     cfg = validate(yaml.safe_load(CONFIG))
@@ -328,10 +328,10 @@ def test_mid_epoch_checkpoint_of_another_process_count_replays_the_epoch(tmp_pat
     s.stopper.step(0.9, 0)  # epoch 0 "best", so best_epoch == the checkpoint's epoch
     next(iter(s.train_batches))  # the loader moved on, as it had mid-epoch
     partial = {"steps": 3, "seen": 96, "epoch": 1, "loader_rng": start_of_epoch}
-    payload = {**checkpoint.payload(s, engine.LoopState(partial=partial), {}), "world_size": 2}
+    payload = {**saving.payload(s, engine.LoopState(partial=partial), {}), "world_size": 2}
 
     resumed = sessions.build(cfg, tmp_path, resuming=True)
-    loop = engine.LoopState(**checkpoint.restore(resumed, payload))
+    loop = engine.LoopState(**saving.restore(resumed, payload))
     start = engine._epoch_start(resumed, loop)
     assert "steps" not in start  # no steps to skip: the epoch is read from its start
     assert torch.equal(resumed.train_batches.generator.get_state(), start_of_epoch)

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dltrain import checkpoint
+from dltrain import checkpoint, saving
 from dltrain.engine import fit
 from dltrain.errors import DltrainError
 from dltrain.runs import read_metrics
@@ -161,7 +161,7 @@ def test_checkpoints_wait_in_memory_and_are_written_at_the_end(tmp_path, monkeyp
     summary = fit(_cfg(**wander, **{"checkpoint.interval": 1000}), tmp_path / "kept")
     best = summary["best_epoch"]
     assert best != 6, "pick a config whose last epoch is not the best"
-    # best.pt is staged under its epoch, then last.pt commits (checkpoint.flush)
+    # best.pt is staged under its epoch, then last.pt commits (saving.flush)
     assert writes == [(f".best-{best}.pt", best), ("last.pt", 6)]
     writes.clear()
     fit(_cfg(**wander), tmp_path / "every")  # interval 0: every epoch
@@ -213,9 +213,9 @@ def test_a_waiting_best_is_written_once_the_interval_passes_without_last(tmp_pat
     )
     waiting = {"epoch": 3, "model": {"w": torch.ones(2)}}
     loop = SimpleNamespace(pending={"best.pt": waiting}, written=time.perf_counter())
-    checkpoint.keep(s, loop, {}, [])  # within the interval: it waits
+    saving.keep(s, loop, {}, [])  # within the interval: it waits
     assert writes == [] and loop.pending == {"best.pt": waiting}
     loop.written -= 31
-    checkpoint.keep(s, loop, {}, [])
+    saving.keep(s, loop, {}, [])
     assert writes == [("best.pt", 3)] and loop.pending == {}
     assert checkpoint.read(tmp_path / "best.pt")["epoch"] == 3

@@ -35,7 +35,7 @@ KILL_AT = {
     # after epoch 2's row, nothing written yet (checkpoint.interval 30: checkpoints wait)
     "before_the_first_checkpoint": (30, "dltrain.runs", "RunFiles.append_metrics", 2, "after"),
     # epoch 2 written, epoch 3's row appended, its checkpoint not yet written
-    "between_writes": (0, "dltrain.checkpoint", "flush", 3, "before"),
+    "between_writes": (0, "dltrain.saving", "flush", 3, "before"),
     # epoch 2 written, then killed at step 11 of epoch 3
     "mid_epoch_after_a_write": (0, "dltrain.epoch", "_Tally.add", 2 * BATCHES + 11, "before"),
 }

@@ -9,7 +9,7 @@ from torch import nn
 from dltrain.config import Config, OptimConfig, ScheduleConfig, TrainConfig, validate
 from dltrain.engine import fit
 from dltrain.epoch import train_one_epoch
-from dltrain.optim import build_optimizer, build_schedule, param_groups
+from dltrain.optim import build_optimizer, build_schedule, param_groups, warmup_steps
 from dltrain.runs import read_metrics
 
 
@@ -49,6 +49,20 @@ def test_schedules_follow_their_shape():
     assert onecycle[0] < 0.1 and onecycle[-1] < 0.01
     plateau = _lrs(ScheduleConfig(name="plateau", patience=0, factor=0.5), metrics=[1, 1, 1, 1])
     assert plateau[5] == 0.1 and plateau[10] == 0.05 and plateau[15] == 0.025
+
+
+@pytest.mark.parametrize(
+    "epochs, per_epoch, total, steps",
+    [
+        (0, 8, 240, 0),  # no warmup asked: none
+        (2, 8, 240, 48),  # 1,000 images at batch 128: 16 steps -> a fifth of 240
+        (2, 8, 2400, 100),  # a longer run: the floor of 100 steps
+        (2, 390, 11700, 780),  # 50,000 images: 2 epochs are already more
+        (1, 5, 20, 5),  # a tiny run: its epoch, more than a fifth of it
+    ],
+)
+def test_warmup_holds_a_floor_in_steps(epochs, per_epoch, total, steps):
+    assert warmup_steps(epochs, per_epoch, total) == steps
 
 
 def test_no_decay_for_bias_and_norm_and_head_lr():

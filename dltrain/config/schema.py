@@ -185,7 +185,10 @@ class ScheduleConfig(Section):
     milestones: list[int] = Field([30, 60], description="multistep: epochs at which to decay.")
     gamma: float = Field(0.1, gt=0, le=1, description="step/multistep: decay factor.")
     warmup_epochs: float = Field(
-        0.0, ge=0, description="cosine: linear warmup from 0, in epochs (stepped per batch)."
+        0.0,
+        ge=0,
+        description="cosine: linear warmup from 0, in epochs (stepped per batch); at least 100 "
+        "steps (a fifth of the run at most), so that it holds on small datasets too.",
     )
     min_lr: float = Field(0.0, ge=0, description="cosine: learning rate at the end.")
     max_lr_mult: float = Field(
