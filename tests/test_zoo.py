@@ -131,6 +131,13 @@ def test_builds_for_the_data_and_trains_a_step(name: str):
     assert head.weight.grad is not None
 
 
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "efficientnet_b0", *TIMM[1:]])
+def test_batchnorm_momentum_suits_short_runs(name: str):
+    model = build_model(make_info(3, 32), ModelConfig(name=name))
+    momenta = {m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert momenta == {0.1}  # torchvision sets 0.01 for mobilenet_v3 and efficientnet
+
+
 def test_a_size_the_model_cannot_take_is_refused_at_build():
     with pytest.raises(DltrainError, match=r"^vit_b_16 needs 224x224 inputs, the data has 32x32"):
         build_model(make_info(3, 32), ModelConfig(name="vit_b_16"))

@@ -70,17 +70,18 @@ DONE_WHEN = ["mobilenet_v3_small", pytest.param("timm/resnet18", marks=needs_tim
 
 
 @pytest.mark.slow
-@needs_onnx
 @pytest.mark.parametrize("name", DONE_WHEN)
 def test_done_when_train_evaluate_predict_export(cli, tmp_path: Path, name: str):
     run = tmp_path / "run"
     result = cli("train", "configs/digits_cnn.yaml", "--set", f"model.name={name}",
-                 "--set", "data.resize=32", "--set", "train.epochs=1", "--out", run)  # fmt: skip
+                 "--set", "data.resize=32", "--set", "train.epochs=2", "--out", run)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert f"input {'3' if name == 'mobilenet_v3_small' else '1'}×32×32" in result.stdout
     result = cli("eval", "--ckpt", run / "best.pt", "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["samples"] == 270
+    summary = json.loads((run / "summary.json").read_text())
+    assert json.loads(result.stdout)["acc"] == pytest.approx(summary["best_metrics"]["val_acc"])
+    assert summary["best_metrics"]["val_acc"] > 0.5  # eval mode works (zoo._quicker_batchnorm)
     image = tmp_path / "seven.png"
     from PIL import Image
 
@@ -88,11 +89,11 @@ def test_done_when_train_evaluate_predict_export(cli, tmp_path: Path, name: str)
     result = cli("predict", "--ckpt", run / "best.pt", image, "--json")
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.stdout)[0]["top"]) == 3
-    for fmt, suffix in (("onnx", ".onnx"), ("torchscript", ".ts")):
-        result = cli("export", "--ckpt", run / "best.pt", "--format", fmt)
-        assert result.exit_code == 0, result.output
-        sidecar = json.loads((run / f"best{suffix}.json").read_text())
-        assert sidecar["parity"]["passed"] and sidecar["parity"]["source"] == "validation"
+    # ONNX with parity: test_zoo.py's representative set, these two included
+    result = cli("export", "--ckpt", run / "best.pt", "--format", "torchscript")
+    assert result.exit_code == 0, result.output
+    sidecar = json.loads((run / "best.ts.json").read_text())
+    assert sidecar["parity"]["passed"] and sidecar["parity"]["source"] == "validation"
 
 
 FINETUNE = """\

@@ -46,11 +46,22 @@ def torchvision_model(info: DataInfo, cfg: ModelConfig) -> nn.Module:
             model = _get(cfg.name, weights=weights, progress=False, **options)
         model.head_name = find_head(model, len(weights.meta["categories"]))
         replace_head(model, info.num_classes)
-        return model
+        return _quicker_batchnorm(model)
     options |= _SCRATCH.get(cfg.name, {})
     model = _get(cfg.name, num_classes=info.num_classes, **options)
     model.head_name = find_head(model, info.num_classes)
-    return load_file(model, cfg)
+    return load_file(_quicker_batchnorm(model), cfg)
+
+
+def _quicker_batchnorm(model: nn.Module) -> nn.Module:
+    """BatchNorm momentum below PyTorch's 0.1 raised to it. MobileNetV3, EfficientNet and
+    timm's TF ports use 0.01, made for ImageNet's 100,000s of steps: in a run of a few hundred
+    the running statistics lag the weights and eval mode falls apart (digits, mobilenet_v3_small
+    at 32 px, 6 epochs: 0.10 validation accuracy against 0.91 in train mode; with 0.1, 0.95)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (module.momentum or 1) < 0.1:
+            module.momentum = 0.1
+    return model
 
 
 def _get(name: str, **options) -> nn.Module:
@@ -81,7 +92,7 @@ def timm_model(info: DataInfo, cfg: ModelConfig) -> nn.Module:
     else:
         model = timm.create_model(arch, **options)
     model.head_name = _timm_head(model, info.num_classes)
-    return load_file(model, cfg)
+    return load_file(_quicker_batchnorm(model), cfg)
 
 
 def _timm_head(model: nn.Module, classes: int) -> str:
