@@ -246,7 +246,7 @@ data:
   val_split: 8
   fake: {{train_size: 24, test_size: 8, classes: 3, channels: 1, image_size: 32}}
 model: {{name: {name}}}
-train: {{epochs: 1, train_eval_size: 0}}
+train: {{epochs: 1, train_eval_size: 0, ema: {{decay: 0.9}}}}
 checkpoint: {{interval: 0}}
 """
 
@@ -258,6 +258,7 @@ def test_train_eval_export_with_parity(cli, write_config, tmp_path, name: str):
     config = write_config(CONFIG.format(name=name))
     result = cli("train", config, "--out", tmp_path / "run", "--json")
     assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["best_weights"] in ("ema", "trained")  # EMA validated
     best = tmp_path / "run" / "best.pt"
     result = cli("eval", "--ckpt", best, "--json", "--tta", "flip")
     assert result.exit_code == 0, result.output

@@ -139,3 +139,26 @@ def test_finetune_from_imagenet_freezes_all_but_the_found_head(
 
 def _offline(url: str, *args, **kwargs):
     raise URLError("no network in tests")
+
+
+def test_a_sweep_space_over_model_names_is_checked():
+    from dltrain.config import validate
+    from dltrain.errors import ConfigError
+
+    space = {"model.name": "choice([mobilenet_v3_small, timm/resnet18])"}
+    assert validate({"sweep": {"params": space}}).sweep.params == space
+    with pytest.raises(ConfigError, match=r"did you mean timm/resnet18\?"):
+        validate({"sweep": {"params": {"model.name": "choice([cnn, timm/resnt18])"}}})
+
+
+LR_FIND = FINETUNE.replace("{name: mobilenet_v3_small}", "{name: regnet_y_400mf}").replace(
+    "train: {epochs: 1, train_eval_size: 0}", "train: {epochs: 1, ema: {decay: 0.9}}"
+)
+
+
+@pytest.mark.slow
+def test_lr_find_with_a_zoo_model(cli, tmp_path: Path, write_config):
+    result = cli("lr-find", write_config(LR_FIND), "--steps", "8", "--out", tmp_path / "lr")
+    assert result.exit_code == 0, result.output
+    found = json.loads((tmp_path / "lr" / "lr_find.json").read_text())
+    assert len(found["seeds"][0]["lrs"]) == 8 and found["config"]["train"]["ema"]["decay"] == 0.9
