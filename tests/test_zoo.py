@@ -138,6 +138,15 @@ def test_batchnorm_momentum_suits_short_runs(name: str):
     assert momenta == {0.1}  # torchvision sets 0.01 for mobilenet_v3 and efficientnet
 
 
+def test_a_checkpoint_of_pretrained_weights_rebuilds_their_architecture(torch_hub: Path):
+    """eval and export build without loading the weights (weights=False): googlenet with
+    ImageNet weights transforms its input, and must again, with no file in the cache."""
+    cfg = ModelConfig(name="googlenet", pretrained="imagenet")
+    assert build_model(make_info(3, 64), cfg, weights=False).transform_input is True
+    plain = build_model(make_info(3, 64), cfg.model_copy(update={"pretrained": "none"}))
+    assert plain.transform_input is False
+
+
 def test_a_size_the_model_cannot_take_is_refused_at_build():
     with pytest.raises(DltrainError, match=r"^vit_b_16 needs 224x224 inputs, the data has 32x32"):
         build_model(make_info(3, 32), ModelConfig(name="vit_b_16"))

@@ -27,15 +27,21 @@ def build_model(info: DataInfo, cfg: ModelConfig, weights: bool = True) -> nn.Mo
     """Build the model for the data. `weights=False` builds the same architecture without
     loading `cfg.pretrained` (for a model whose weights come from a dltrain checkpoint).
     A zoo model that cannot take the data's image size is refused here, in one line."""
-    if not weights and cfg.pretrained != "none":
-        cfg = cfg.model_copy(update={"pretrained": "none"})
     if cfg.pretrained == "imagenet" and (problem := facts.imagenet_problem(cfg.name)):
         raise DltrainError(f"model.pretrained: {problem}")
     source = facts.source(cfg.name) if facts.lookup(cfg.name) else "course"
+    # A zoo model keeps `imagenet` without loading it: some weights shape the architecture
+    # (googlenet's input transform, vit_h_14's 518 px grid), which a checkpoint must match.
+    if (
+        not weights
+        and cfg.pretrained != "none"
+        and (source == "course" or cfg.pretrained != "imagenet")
+    ):
+        cfg = cfg.model_copy(update={"pretrained": "none"})
     with memory_for(f"the {cfg.name} model"):
         if source == "course":
             return MODELS.get(cfg.name)(info, cfg)
-        model = ZOOS[source](info, cfg)
+        model = ZOOS[source](info, cfg, load=weights)
         zoo.check_input(model, info, cfg.name)
         return model
 

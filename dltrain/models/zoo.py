@@ -31,16 +31,17 @@ _SCRATCH = {
 }
 
 
-def torchvision_model(info: DataInfo, cfg: ModelConfig) -> nn.Module:
+def torchvision_model(info: DataInfo, cfg: ModelConfig, load: bool = True) -> nn.Module:
     """torchvision's `get_model(cfg.name)`: with ImageNet weights (the weights enum's entry the
-    facts name), its head then replaced for the data's classes; else sized for them."""
+    facts name), its head then replaced for the data's classes; else sized for them.
+    `load=False` builds the architecture the weights would give, without them."""
     if info.channels != 3:
         raise DltrainError(
             f"{cfg.name} takes 3-channel images, the data has {info.channels}; the data layer "
             "repeats gray images to RGB for torchvision's models (models.needs_rgb)"
         )
     options = {"dropout": cfg.dropout} if cfg.dropout else {}
-    if cfg.pretrained == "imagenet":
+    if cfg.pretrained == "imagenet" and load:
         weights = get_model_weights(cfg.name)[facts.lookup(cfg.name)["weights"]]
         with torch_hub_cache(cfg.name, weights.url):
             model = _get(cfg.name, weights=weights, progress=False, **options)
@@ -48,6 +49,11 @@ def torchvision_model(info: DataInfo, cfg: ModelConfig) -> nn.Module:
         replace_head(model, info.num_classes)
         return _quicker_batchnorm(model)
     options |= _SCRATCH.get(cfg.name, {})
+    if cfg.pretrained == "imagenet":  # what torchvision's builders set for the weights
+        options |= {"transform_input": True} if cfg.name in _SCRATCH else {}
+        options |= (
+            {"image_size": facts.lookup(cfg.name)["size"]} if cfg.name.startswith("vit_") else {}
+        )
     model = _get(cfg.name, num_classes=info.num_classes, **options)
     model.head_name = find_head(model, info.num_classes)
     return load_file(_quicker_batchnorm(model), cfg)
@@ -75,7 +81,7 @@ def _get(name: str, **options) -> nn.Module:
         ) from None
 
 
-def timm_model(info: DataInfo, cfg: ModelConfig) -> nn.Module:
+def timm_model(info: DataInfo, cfg: ModelConfig, load: bool = True) -> nn.Module:
     """timm's `create_model(name, num_classes=..., in_chans=...)`, with its default weights for
     `pretrained: imagenet` (timm adapts their head and first layer itself)."""
     try:
@@ -86,7 +92,7 @@ def timm_model(info: DataInfo, cfg: ModelConfig) -> nn.Module:
     arch = cfg.name.removeprefix(facts.TIMM)
     options = {"num_classes": info.num_classes, "in_chans": info.channels}
     options |= {"drop_rate": cfg.dropout} if cfg.dropout else {}
-    if cfg.pretrained == "imagenet":
+    if cfg.pretrained == "imagenet" and load:
         with _timm_weights(cfg.name, timm.get_pretrained_cfg(arch)):
             model = timm.create_model(arch, pretrained=True, **options)
     else:
