@@ -64,6 +64,16 @@ def test_measured_facts_match_the_models(name: str):
     assert catalog.row(name) == stored
 
 
+def test_a_name_the_file_lacks_is_looked_up_in_another_library_version(monkeypatch):
+    table = facts.table()
+    models = {name: row for name, row in table["models"].items() if name != "resnet50"}
+    monkeypatch.setitem(table, "models", models)
+    assert facts.lookup("resnet50") is None  # the same torchvision: the file is the truth
+    monkeypatch.setitem(table, "versions", {**table["versions"], "torchvision": "0.1"})
+    assert facts.lookup("resnet50")["weights"] == "IMAGENET1K_V2"  # a newer one may have more
+    assert facts.lookup("resnet51") is None
+
+
 def test_course_models_keep_their_own_rows():
     assert facts.source("resnet18") == "course" and facts.source("alexnet") == "course"
     assert "resnet18" not in facts.table()["models"]
