@@ -112,10 +112,10 @@ def unknown_name(name: str) -> str | None:
 def listing(pattern: str | None = None, pretrained: bool = False) -> list[tuple[str, dict]]:
     """(name, row) of the models whose name matches the glob (`*convnext*`), in names() order;
     `pretrained`: only those with ImageNet weights. timm's rows only while timm is installed."""
-    rows = []
+    rows, timm = [], timm_installed()
     for name in names():
         row = lookup(name)
-        if row["source"] == "timm" and not timm_installed():
+        if row["source"] == "timm" and not timm:
             continue
         if pattern and not fnmatch.fnmatchcase(name, pattern):
             continue
