@@ -165,10 +165,8 @@ def test_lr_find_with_a_zoo_model(cli, tmp_path: Path, write_config):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name", ["mobilenet_v3_small", pytest.param("timm/mobilenetv3_small_050", marks=needs_timm)]
-)
-def test_two_processes_train_a_zoo_model(tmp_path: Path, name: str):
+@needs_timm
+def test_two_processes_train_a_zoo_model(tmp_path: Path, name: str = "timm/mobilenetv3_small_050"):
     import subprocess
     import sys
 
