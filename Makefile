@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint bench clean
+.PHONY: help install train test lint bench zoo clean
 
 help: ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ lint: $(STAMP) ## Check the code with ruff
 
 bench: $(STAMP) ## Run the benchmarks under bench/ (prints figures; not tests)
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+zoo: $(STAMP) ## Rewrite dltrain/models/zoo.json from the installed torchvision and timm
+	$(BIN)/python -m dltrain.models.catalog --out dltrain/models/zoo.json
 
 clean: ## Remove the virtual environment and caches (keeps runs/ and data/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

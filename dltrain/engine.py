@@ -127,6 +127,8 @@ def _facts(s: Session) -> dict:
         "processes": s.world_size,
         "precision": s.precision.name,
         "sizes": s.splits.sizes,
+        "input": [s.info.channels, *s.info.image_size],
+        "input_from": s.input_from,
     }
 
 

@@ -12,10 +12,10 @@ from datetime import datetime
 from pathlib import Path
 
 from dltrain import checkpoint
-from dltrain.data import NO_DOWNLOAD, build_splits, make_loader
+from dltrain.data import NO_DOWNLOAD, build_splits, for_model, make_loader
 from dltrain.epoch import evaluate
 from dltrain.errors import DltrainError
-from dltrain.models import needs_rgb
+from dltrain.models import model_input
 from dltrain.runtime import apply_speedups, precision_tools
 
 
@@ -39,9 +39,11 @@ def evaluate_checkpoint(
     saved = checkpoint.open_saved(path, [NO_DOWNLOAD, *overrides], purpose="eval")
     cfg, path, tta = saved.cfg, saved.path, tta or saved.cfg.eval.tta
     model, device = saved.model()
-    splits = build_splits(cfg.data, cfg.seed, rgb=needs_rgb(cfg.model))
+    wants = model_input(cfg.model)
+    data = for_model(cfg.data, wants)
+    splits = build_splits(data, cfg.seed, rgb=wants.rgb)
     saved.check_data(splits.info)
-    batches = make_loader(splits, split, cfg.data, device)
+    batches = make_loader(splits, split, data, device)
     # The same memory format and precision as training's validation, so the numbers match.
     net = apply_speedups(cfg, model, device, [batches], compile_ok=False)
     autocast = precision_tools(device, cfg.train.precision).autocast

@@ -7,13 +7,15 @@ from torch import nn
 from dltrain import checkpoint
 from dltrain.config import Config, FinetuneConfig
 from dltrain.errors import DltrainError
+from dltrain.models import facts
+from dltrain.models.weights import in_head
 
 
 def _frozen(name: str, head_name: str, freeze) -> bool:
     if freeze == "none":
         return False
     if freeze == "all_but_head":
-        return not (name == head_name or name.startswith(head_name + "."))
+        return not in_head(name, head_name)
     return any(name == prefix or name.startswith(prefix + ".") for prefix in freeze)
 
 
@@ -45,16 +47,13 @@ def apply_freeze(model: nn.Module, cfg: FinetuneConfig, epoch: int) -> int:
 def from_source(cfg: Config, source: str) -> tuple[Config, dict]:
     """The config a finetune run trains with, and its parent record.
 
-    `imagenet`: the config's own model (alexnet or resnet18) with torchvision's ImageNet
-    weights. A checkpoint: its model architecture, with its weights loaded through
+    `imagenet`: the config's own model with its library's ImageNet weights (the models
+    facts.py says have them). A checkpoint: its model architecture, with its weights loaded through
     `model.pretrained` (the head is replaced when the class count differs).
     """
     if source == "imagenet":
-        if cfg.model.name not in ("alexnet", "resnet18"):
-            raise DltrainError(
-                f"finetune --from imagenet: ImageNet weights exist for alexnet and resnet18, "
-                f"the config's model is {cfg.model.name}"
-            )
+        if problem := facts.imagenet_problem(cfg.model.name):
+            raise DltrainError(f"finetune --from imagenet: {problem}")
         model = cfg.model.model_copy(update={"pretrained": "imagenet"})
         parent = {"source": "imagenet", "model": cfg.model.name}
     else:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from dltrain.config import EmaConfig, OptimConfig, ScheduleConfig
+from dltrain.models.weights import in_head
 from dltrain.registry import OPTIMIZERS
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
@@ -25,8 +26,8 @@ def param_groups(
     `lr * head_lr_mult`. Frozen parameters are included (no gradient: the optimizer skips them)."""
     groups: dict[tuple, dict] = {}
     for module_name, module in model.named_modules():
-        in_head = head_name is not None and f"{module_name}.".startswith(f"{head_name}.")
-        lr = cfg.lr * (head_lr_mult if in_head else 1.0)
+        head = head_name is not None and in_head(module_name, head_name)
+        lr = cfg.lr * (head_lr_mult if head else 1.0)
         for name, param in module.named_parameters(recurse=False):
             exempt = cfg.no_decay_bias_norm and (name == "bias" or isinstance(module, _NORMS))
             decay = 0.0 if exempt else cfg.weight_decay

@@ -15,11 +15,11 @@ from torch import nn
 
 from dltrain import distributed
 from dltrain.config import Config
-from dltrain.data import DataInfo, Mixup, Splits, build_splits, make_loader
+from dltrain.data import DataInfo, Mixup, Splits, build_splits, for_model, make_loader
 from dltrain.early_stopping import EarlyStopping
 from dltrain.errors import ConfigError
 from dltrain.finetune import check_freeze
-from dltrain.models import build_model, count_macs, needs_rgb
+from dltrain.models import build_model, count_macs, facts, model_input
 from dltrain.optim import EMA, Schedule, build_optimizer, build_schedule
 from dltrain.runs import RunFiles, TensorBoard
 from dltrain.runtime import Precision, apply_speedups, precision_tools, start
@@ -52,6 +52,7 @@ class Session:
     mix: Mixup | None = None  # data.mixup
     notes: list[str] = field(default_factory=list)  # for the caller, before training starts
     macs: int = 0  # multiply-accumulates of one image's forward pass
+    input_from: str = ""  # what of the input the pretrained weights set (the start line says)
 
     @property
     def run_dir(self) -> Path:
@@ -86,15 +87,15 @@ def build(
     tensorboard = TensorBoard(run_dir, cfg) if cfg.logging.tensorboard and files.write else None
     device = start(cfg)
     shard = (distributed.rank(), distributed.world_size())
-    splits = build_splits(cfg.data, cfg.seed, rgb=needs_rgb(cfg.model))
-    train_batches = make_loader(splits, "train", cfg.data, device, seed=cfg.seed, shard=shard)
-    val_batches = make_loader(splits, "val", cfg.data, device, shard=shard)
+    wants = model_input(cfg.model)
+    data = for_model(cfg.data, wants)  # the pretrained weights' size and mean/std, if unset
+    splits = build_splits(data, cfg.seed, rgb=wants.rgb)
+    train_batches = make_loader(splits, "train", data, device, seed=cfg.seed, shard=shard)
+    val_batches = make_loader(splits, "val", data, device, shard=shard)
     # At most a tenth of the training split: forward only, a few % of an epoch's work.
     size = min(cfg.train.train_eval_size, -(-len(splits.train) // TRAIN_EVAL_SHARE))
     train_eval = (
-        make_loader(splits, "train_eval", cfg.data, device, size=size, shard=shard)
-        if size
-        else None
+        make_loader(splits, "train_eval", data, device, size=size, shard=shard) if size else None
     )
     model = build_model(splits.info, cfg.model, weights=not resuming).to(device)
     if parent is not None:
@@ -127,9 +128,21 @@ def build(
         Mixup(cfg.data.mixup, cfg.seed) if _mixes(cfg) else None,
         list(splits.notes),
         count_macs(model, splits.info),  # one image in eval mode, no_grad: training untouched
+        _input_from(cfg, wants),
     )
     s.notes += _notes(s, cfg.train.epochs * steps)
     return s
+
+
+def _input_from(cfg: Config, wants) -> str:
+    """What the pretrained weights' preprocessing set because the config left it open."""
+    taken = ["size"] if cfg.data.resize is None and wants.size else []
+    taken += ["mean/std"] if cfg.data.normalize == "auto" and wants.mean is not None else []
+    if not taken:
+        return ""
+    return (
+        f"{' and '.join(taken)} of the {cfg.model.name} weights ({facts.weights(cfg.model.name)})"
+    )
 
 
 def _mixes(cfg: Config) -> bool:

@@ -409,17 +409,18 @@ def test_alexnet_on_tiny_images_is_a_config_error(cli, write_config):
     result = cli("config", "show", write_config("model: {name: alexnet}\n"))
     assert result.exit_code == 2
     assert (
-        "alexnet (small_input true) needs images of at least 15 px; digits gives 8 px"
-        in result.stderr
+        "model.name: alexnet (small_input true) needs images of at least 15x15 px, the data "
+        "has 8x8; set data.resize: 15 (or more), or use cnn or resnet18" in result.stderr
     )
 
 
 def test_config_min_sizes_match_the_models():
-    from dltrain.config import ALEXNET_MIN_SIZE, DataConfig, ModelConfig
+    from dltrain.config import ModelConfig
     from dltrain.data import DataInfo
     from dltrain.models import build_model
+    from dltrain.models.facts import COURSE
 
-    for small, smallest in ALEXNET_MIN_SIZE.items():
+    for small, smallest in COURSE["alexnet"]["min_size"].items():
         cfg = ModelConfig(name="alexnet", small_input=small)
         info = DataInfo("x", ["a", "b"], 3, (smallest, smallest), [0.5] * 3, [0.5] * 3)
         model = build_model(info, cfg).eval()
@@ -429,7 +430,6 @@ def test_config_min_sizes_match_the_models():
                 model(torch.zeros(1, 3, smallest - 1, smallest - 1))
         with pytest.raises(DltrainError):
             build_model(info.with_(image_size=(smallest - 1, smallest - 1)), cfg)
-    del DataConfig
 
 
 # 11 ----------------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ def test_finetune_from_imagenet_needs_a_torchvision_model(cli, write_config):
     config = write_config(json.dumps(_config({"name": "cnn"}, classes=3)))
     result = cli("finetune", config, "--from", "imagenet")
     assert result.exit_code == 1
-    assert "ImageNet weights exist for alexnet and resnet18" in result.stderr
+    assert "finetune --from imagenet: cnn has no ImageNet weights" in result.stderr
 
 
 def test_finetune_from_imagenet_freezes_the_backbone(cli, tmp_path, monkeypatch, write_config):

@@ -217,7 +217,7 @@ def test_imagenet_cached_file_damaged(hub_cache):
 
 @pytest.mark.parametrize(
     ("name", "channels", "match"),
-    [("resnet18", 1, "need 3-channel images"), ("cnn", 3, "alexnet and resnet18, not cnn")],
+    [("resnet18", 1, "need 3-channel images"), ("cnn", 3, "cnn has no ImageNet weights")],
 )
 def test_imagenet_weights_refused(hub_cache, name: str, channels: int, match: str):
     with pytest.raises(DltrainError, match=match):

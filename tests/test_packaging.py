@@ -30,5 +30,6 @@ def test_wheel_holds_every_module(tmp_path):
     modules = {p.relative_to(REPO).as_posix() for p in (REPO / "dltrain").rglob("*.py")}
     assert "dltrain/data/core.py" in modules
     assert sorted(modules - names) == []
+    assert "dltrain/models/zoo.json" in names  # the model facts: config checking reads them
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "dltrain = dltrain.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -115,7 +115,16 @@ def test_absent_device_is_one_line(cli, digits_config, tmp_path):
     )
 
 
-@pytest.mark.parametrize("args", [["--help"], ["config", "show", "configs/digits_mlp.yaml"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["config", "show", "configs/digits_mlp.yaml"],
+        ["config", "show", "configs/digits_cnn.yaml", "--set", "model.name=efficientnet_b0"],
+        ["config", "show", "configs/digits_cnn.yaml", "--set", "model.name=timm/resnet18"],
+        ["models", "*convnext*"],
+    ],
+)
 def test_cli_start_up_does_not_import_torch(args):
     code = (
         "import sys\n"

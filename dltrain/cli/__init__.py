@@ -16,7 +16,7 @@ def _stopped_while_starting() -> None:
 
 try:
     # Each module adds its commands to `app`, in this order in --help.
-    for _module in ("train", "sweep", "views", "export", "lr_find", "summary"):
+    for _module in ("train", "sweep", "views", "export", "lr_find", "summary", "models"):
         importlib.import_module(f"dltrain.cli.{_module}")
     from dltrain.cli.app import app
 except KeyboardInterrupt:

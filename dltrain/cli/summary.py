@@ -27,15 +27,16 @@ def summary(
     """Show the model's layers: output shape, parameters and multiply-accumulates per image,
     and an estimate of a training batch's activation memory."""
     from dltrain.config import load_config
-    from dltrain.data import data_info
-    from dltrain.models import build_model, layer_summary, needs_rgb
+    from dltrain.data import data_info, for_model
+    from dltrain.models import build_model, layer_summary, model_input
     from dltrain.runtime import precision_tools, resolve_device
 
     cfg = load_config(config, overrides(set_, device))
     # The precision training would use on the config's device sizes the activations; the
     # counting itself runs on the CPU, without the weights (the shapes are the same).
     precision = precision_tools(resolve_device(cfg.device), cfg.train.precision).name
-    info = data_info(cfg.data, rgb=needs_rgb(cfg.model))
+    wants = model_input(cfg.model)
+    info = data_info(for_model(cfg.data, wants), rgb=wants.rgb)
     model = build_model(info, cfg.model, weights=False)
     figures = layer_summary(model, info, cfg.data.batch_size, precision)
     _show(cfg, info, figures)

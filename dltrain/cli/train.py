@@ -58,6 +58,8 @@ class TrainReport:
         say(
             f"run {info['run_dir']}  device {info['device']} ({info['precision']})"
             + (f" × {processes} processes" if processes > 1 else "")
+            + f"  input {'×'.join(map(str, info['input']))}"
+            + (f" ({info['input_from']})" if info["input_from"] else "")
             + f"  params {info['params']:,}  MACs {short_count(info['macs'])}/image  "
             f"train/val/test {sizes['train']}/{sizes['val']}/{sizes['test']}",
             self.console,

@@ -12,7 +12,6 @@ from dltrain.config.loading import (
     validate,
 )
 from dltrain.config.schema import (
-    ALEXNET_MIN_SIZE,
     AugmentConfig,
     CheckpointConfig,
     Config,
@@ -37,7 +36,7 @@ from dltrain.config.schema import (
 from dltrain.config.space import SPACE_FORMS, Space, parse_space
 
 __all__ = [
-    "ALEXNET_MIN_SIZE", "SPACE_FORMS", "AugmentConfig", "CheckpointConfig", "Config", "DataConfig",
+    "SPACE_FORMS", "AugmentConfig", "CheckpointConfig", "Config", "DataConfig",
     "EarlyStoppingConfig", "EmaConfig", "EvalConfig", "FakeDataConfig", "FinetuneConfig",
     "LoggingConfig", "MixupConfig", "ModelConfig",
     "NormalizeStats", "OptimConfig", "ScheduleConfig", "Section", "Space", "SweepConfig",

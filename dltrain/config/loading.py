@@ -14,9 +14,10 @@ import yaml
 from pydantic import ValidationError
 from yaml.constructor import ConstructorError
 
-from dltrain.config.schema import ALEXNET_MIN_SIZE, FIELDS, KEYS, Config, image_size
+from dltrain.config.schema import FIELDS, KEYS, Config, image_size
 from dltrain.config.space import SPACE_FORMS, parse_space
 from dltrain.errors import ConfigError, DltrainError
+from dltrain.models import facts
 
 
 class _Loader(yaml.SafeLoader):
@@ -163,6 +164,8 @@ def _describe(error: dict) -> str:
         choices = _choices(FIELDS[loc].annotation) if loc in FIELDS else []
         hint = f"; did you mean {match}?" if (match := _closest(value, choices)) else ""
         return f"{path}: {value!r} is not one of {', '.join(choices)}{hint}"
+    if kind == "value_error" and error["msg"].removeprefix("Value error, ").startswith(repr(value)):
+        return f"{path}: {error['msg'].removeprefix('Value error, ')}"  # names the value itself
     if kind == "model_type":
         return f"{path}: got {value!r}; expected a section (a mapping of keys)"
     if loc[:2] == ("sweep", "params") and len(loc) == 3:
@@ -206,21 +209,26 @@ def _cross_problems(cfg: Config | None, data: dict) -> Iterator[str]:
         )
     if model is None:
         return
-    if model.pretrained == "imagenet" and model.name not in ("alexnet", "resnet18"):
+    yield from _model_problems(model, data_section)
+
+
+def _model_problems(model, data) -> Iterator[str]:
+    """The model's facts against the config: ImageNet weights, the small-input stem, and the
+    image size (known before reading data except for an image folder without data.resize)."""
+    if model.pretrained == "imagenet" and (problem := facts.imagenet_problem(model.name)):
+        yield f"model.pretrained: {problem}"
+    if model.small_input is True and not facts.lookup(model.name).get("stem"):
         yield (
-            f"model.pretrained: imagenet weights exist for alexnet and resnet18, not "
-            f"{model.name}; use none or the path of a state-dict file"
+            f"model.small_input: only alexnet and resnet18 have a small-input stem, "
+            f"{model.name} has none; leave it at auto"
         )
-    size = image_size(data_section) if data_section is not None else None
-    if model.name == "alexnet" and size is not None:
-        small = size < 64 if model.small_input == "auto" else model.small_input
-        smallest = ALEXNET_MIN_SIZE[bool(small)]
-        if size < smallest:
-            yield (
-                f"model.name: alexnet (small_input {str(small).lower()}) needs images of at least "
-                f"{smallest} px; {data_section.dataset} gives {size} px: set data.resize, or use "
-                "cnn or resnet18"
-            )
+    size = image_size(data) if data is not None else None
+    if data is not None and data.resize is None and model.pretrained == "imagenet":
+        size = facts.model_input(model).size or size  # the weights' size
+    if size is not None and (
+        problem := facts.size_problem(model.name, model.small_input, size, size)
+    ):
+        yield f"model.name: {problem}"
 
 
 def _section(cfg: Config | None, data: dict, name: str):

@@ -7,11 +7,12 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from dltrain.registry import DATASETS, MODELS, OPTIMIZERS
+from dltrain.models import facts
+from dltrain.registry import DATASETS, OPTIMIZERS
 
 # What each field with a union type takes: its failure is this one line, not one per member.
 _UNIONS = {
-    "normalize": "dataset, none, or {mean: [...], std: [...]} of equal length",
+    "normalize": "auto, dataset, none, or {mean: [...], std: [...]} of equal length",
     "small_input": "true, false or auto",
     "freeze": "all_but_head, none, or a list of module-name prefixes",
     "class_weights": "none, balanced, or a list of weights (one per class, each >= 0)",
@@ -106,12 +107,17 @@ class DataConfig(Section):
     eval_batch_size: int | None = Field(
         None, ge=1, description="Batch size for validation and test; null = twice batch_size."
     )
-    normalize: Literal["dataset", "none"] | NormalizeStats = Field(
-        "dataset", description="dataset (its own mean/std), none, or {mean: [...], std: [...]}."
+    normalize: Literal["auto", "dataset", "none"] | NormalizeStats = Field(
+        "auto",
+        description="auto (with model.pretrained: imagenet, the weights' mean/std; else the "
+        "dataset's), dataset (its own mean/std), none, or {mean: [...], std: [...]}.",
     )
     augment: AugmentConfig = _nested(AugmentConfig, "Training-split augmentation (never val/test).")
     resize: int | None = Field(
-        None, ge=4, description="Resize images to this square size (e.g. 224); null = keep."
+        None,
+        ge=4,
+        description="Resize images to this square size (e.g. 224); null = keep (with "
+        "model.pretrained: imagenet on a torchvision or timm model: the weights' size).",
     )
     num_workers: int = Field(2, ge=0, description="imagefolder: DataLoader worker processes.")
     skip_bad_files: bool = Field(
@@ -135,7 +141,12 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    name: Literal[MODELS.choices] = Field("mlp", description="Model architecture.")
+    name: str = Field(
+        "mlp",
+        description="Model: the course's mlp, cnn, alexnet or resnet18, a torchvision "
+        "classifier (mobilenet_v3_small, efficientnet_b0, ...) or timm/<name> (extra: timm); "
+        "`dltrain models` lists them.",
+    )
     hidden: list[int] = Field(
         [256, 128], description="mlp: sizes of the hidden layers, input to output."
     )
@@ -143,15 +154,27 @@ class ModelConfig(Section):
         [32, 64, 128], description="cnn: output channels of each conv block."
     )
     dropout: float = Field(
-        0.0, ge=0.0, lt=1.0, description="mlp/cnn/alexnet: dropout probability (not resnet18)."
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Dropout probability: mlp/cnn/alexnet, timm's drop_rate, torchvision's "
+        "models that have one (not resnet18).",
     )
     batch_norm: bool = Field(False, description="mlp/cnn: batch normalization after each layer.")
     pretrained: str = Field(
-        "none", description="resnet18/alexnet: none, imagenet, or the path of a state-dict file."
+        "none",
+        description="none, imagenet (the library's default weights, for the models that have "
+        "them: dltrain models --pretrained), or the path of a state-dict file.",
     )
     small_input: bool | Literal["auto"] = Field(
         "auto", description="alexnet/resnet18: stem for 28-32 px images; auto = when under 64 px."
     )
+
+    @field_validator("name")
+    def _known_model(cls, name: str) -> str:
+        if problem := facts.unknown_name(name):
+            raise ValueError(problem)
+        return name
 
     @field_validator("hidden", "channels")
     def _positive_sizes(cls, sizes: list[int]) -> list[int]:
@@ -347,11 +370,6 @@ class SweepConfig(Section):
         description="Search space by dotted key: loguniform(lo, hi), uniform(lo, hi), "
         "int(lo, hi[, log]) or choice([a, b, ...]).",
     )
-
-
-# AlexNet's smallest input with (True) and without (False) the small-input stem, checked from the
-# config and by models.alexnet; a test runs the real layers at these sizes and one pixel less.
-ALEXNET_MIN_SIZE = {True: 15, False: 63}
 
 
 def image_size(data: DataConfig) -> int | None:

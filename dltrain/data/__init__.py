@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dltrain.config import AugmentConfig, DataConfig
+from dltrain.config import AugmentConfig, DataConfig, NormalizeStats
 from dltrain.data import datasets as _datasets  # noqa: F401 - registers the datasets
 from dltrain.data import folder as _folder
 from dltrain.data.augment import BatchAugment, Mixup, folder_transform, tta_views
@@ -35,10 +35,24 @@ __all__ = [
     "TensorSplit",
     "build_splits",
     "data_info",
+    "for_model",
     "make_loader",
     "stratified_split",
     "tta_views",
 ]
+
+
+def for_model(cfg: DataConfig, wants) -> DataConfig:
+    """The data config as the model asks for it (`wants`: a models.facts.Input): an unset
+    data.resize takes the pretrained weights' size, `normalize: auto` their mean and std (or,
+    without weights, the dataset's). What the config sets itself stays."""
+    update = {}
+    if cfg.resize is None and wants.size:
+        update["resize"] = wants.size
+    if cfg.normalize == "auto":
+        stats = wants.mean is not None
+        update["normalize"] = NormalizeStats(mean=wants.mean, std=wants.std) if stats else "dataset"
+    return cfg.model_copy(update=update)
 
 
 def _model_view(info: DataInfo, cfg: DataConfig, rgb: bool) -> DataInfo:
@@ -49,6 +63,8 @@ def _model_view(info: DataInfo, cfg: DataConfig, rgb: bool) -> DataInfo:
         info = info.with_(image_size=(cfg.resize, cfg.resize))
     if cfg.normalize == "none":
         info = info.with_(mean=[0.0] * info.channels, std=[1.0] * info.channels)
+    elif cfg.normalize == "auto":  # the model's wishes, when known, come through for_model
+        pass
     elif not isinstance(cfg.normalize, str):
         if len(cfg.normalize.mean) != info.channels:
             raise DltrainError(
