@@ -29,7 +29,7 @@ from dltrain.finetune import apply_freeze
 from dltrain.models import count_parameters
 from dltrain.runs import RunLock
 from dltrain.runtime import StopSignal
-from dltrain.session import Session, build
+from dltrain.session import Session, build, class_counts
 
 
 @dataclass
@@ -72,7 +72,12 @@ def _fit(cfg: Config, run_dir: Path, on_event: Events, resume: dict | None, pare
     started = time.perf_counter()
     if resume is not None:
         parent = resume.get("parent")
-    s = build(cfg, run_dir, parent, resuming=resume is not None)
+
+    def progress(done: int, total: int, split: str) -> None:  # an image folder's decode
+        if distributed.is_main():
+            on_event("decode", {"done": done, "total": total, "split": split})
+
+    s = build(cfg, run_dir, parent, resuming=resume is not None, progress=progress)
     emit = Channel(on_event if s.files.write else quiet)  # distributed: rank 0 alone reports
     try:
         loop = _begin(s, emit, resume)
@@ -129,6 +134,7 @@ def _facts(s: Session) -> dict:
         "sizes": s.splits.sizes,
         "input": [s.info.channels, *s.info.image_size],
         "input_from": s.input_from,
+        "class_counts": class_counts(s.splits),
     }
 
 

@@ -1,6 +1,7 @@
 """`dltrain predict`: classify image files with a checkpoint, using its own preprocessing: its
-`data_info` (channels, size, normalization) and the in-memory training path's resize, so an
-image of the right size gives the training path's tensor (up to float rounding)."""
+`data_info` (channels, size, normalization), its data.resize_mode for an image of another
+shape, and the in-memory training path's resize, so an image of the right size gives the
+training path's tensor (up to float rounding)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from dltrain import checkpoint
-from dltrain.data import DataInfo
+from dltrain.data import DataInfo, images
 from dltrain.errors import DltrainError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -35,7 +36,7 @@ def predict(
     for start in range(0, len(files), BATCH_SIZE):
         chunk = files[start : start + BATCH_SIZE]
         with torch.inference_mode():
-            logits = model(to_batch(chunk, info, torch_device))
+            logits = model(to_batch(chunk, info, torch_device, saved.cfg.data.resize_mode))
             probs, indices = logits.float().softmax(1).topk(min(topk, info.num_classes), dim=1)
         for path, prob_row, index_row in zip(chunk, probs.tolist(), indices.tolist(), strict=True):
             pairs = zip(prob_row, index_row, strict=True)
@@ -69,11 +70,15 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
     return files
 
 
-def load_image(path: Path, info: DataInfo) -> torch.Tensor:
-    """One file -> float (C, H, W) in [0, 1], with the checkpoint's channels and size."""
+def load_image(path: Path, info: DataInfo, mode: str = "crop") -> torch.Tensor:
+    """One file -> float (C, H, W) in [0, 1], with the checkpoint's channels and size; an
+    image of another shape made square first by `mode` (data.resize_mode)."""
     try:
         with Image.open(path) as image:
             image = image.convert("L" if info.channels == 1 else "RGB")
+            h, w = info.image_size
+            if h == w:
+                image = images.square(image, mode)
     except UnidentifiedImageError:
         raise DltrainError(f"{path} is not an image (PIL cannot identify its format)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
@@ -89,9 +94,11 @@ def load_image(path: Path, info: DataInfo) -> torch.Tensor:
     return x
 
 
-def to_batch(files: list[Path], info: DataInfo, device: torch.device) -> torch.Tensor:
+def to_batch(
+    files: list[Path], info: DataInfo, device: torch.device, mode: str = "crop"
+) -> torch.Tensor:
     """Files -> one normalized float batch (N, C, H, W) on `device`."""
-    x = torch.stack([load_image(path, info) for path in files]).to(device)
+    x = torch.stack([load_image(path, info, mode) for path in files]).to(device)
     mean = torch.tensor(info.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     std = torch.tensor(info.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     return (x - mean) / std

@@ -76,11 +76,16 @@ class Session:
 
 
 def build(
-    cfg: Config, run_dir: Path, parent: dict | None = None, resuming: bool = False
+    cfg: Config,
+    run_dir: Path,
+    parent: dict | None = None,
+    resuming: bool = False,
+    progress=None,
 ) -> Session:
     """Everything a run needs, from its config; under torchrun, this process's share.
     `parent` (finetune) switches on freezing checks and the head's learning rate; `resuming`
-    leaves `model.pretrained` unread (the checkpoint brings the weights)."""
+    leaves `model.pretrained` unread (the checkpoint brings the weights); `progress(done,
+    total, split)` hears an image folder's decode into memory."""
     files = RunFiles(run_dir, write=distributed.is_main())
     files.dir.mkdir(parents=True, exist_ok=True)
     # Asked-for logging that cannot work is an error before any data is read.
@@ -89,9 +94,11 @@ def build(
     shard = (distributed.rank(), distributed.world_size())
     wants = model_input(cfg.model)
     data = for_model(cfg.data, wants)  # the pretrained weights' size and mean/std, if unset
-    splits = build_splits(data, cfg.seed, rgb=wants.rgb)
-    train_batches = make_loader(splits, "train", data, device, seed=cfg.seed, shard=shard)
-    val_batches = make_loader(splits, "val", data, device, shard=shard)
+    splits = build_splits(data, cfg.seed, rgb=wants.rgb, device=device)
+    train_batches = make_loader(
+        splits, "train", data, device, seed=cfg.seed, shard=shard, progress=progress
+    )
+    val_batches = make_loader(splits, "val", data, device, shard=shard, progress=progress)
     # At most a tenth of the training split: forward only, a few % of an epoch's work.
     size = min(cfg.train.train_eval_size, -(-len(splits.train) // TRAIN_EVAL_SHARE))
     train_eval = (
@@ -168,6 +175,15 @@ def _loss(cfg: Config, splits: Splits, device: torch.device) -> nn.Module:
     )
 
 
+IMBALANCED = 5  # the largest class this many times the smallest: worth a note
+
+
+def class_counts(splits: Splits) -> dict[str, int]:
+    """Training images per class, by class name, in the classes' order."""
+    counts = torch.bincount(splits.train.labels, minlength=splits.info.num_classes)
+    return dict(zip(splits.info.class_names, counts.tolist(), strict=True))
+
+
 def _notes(s: Session, total_steps: int) -> list[str]:
     """Choices that are likely to hurt, said once at the start."""
     notes, cfg = [], s.cfg
@@ -176,6 +192,14 @@ def _notes(s: Session, total_steps: int) -> list[str]:
             "train.class_weights and data.sampler: balanced both correct for class imbalance; "
             "together they over-correct (rare classes then weigh far more than common ones): "
             "use one of them"
+        )
+    counts = class_counts(s.splits)
+    fewest, most = min(counts.values()), max(counts.values())
+    even = cfg.train.class_weights == "none" and cfg.data.sampler == "random"
+    if even and most >= IMBALANCED * max(fewest, 1):
+        notes.append(
+            f"classes are imbalanced ({fewest:,}-{most:,} training images each); consider "
+            "train.class_weights: balanced (or data.sampler: balanced)"
         )
     if s.ema is not None and (left := s.ema.leftover(total_steps)) > 0.1:
         updates = max(1, (total_steps - s.ema.start) // s.ema.every)

@@ -294,6 +294,7 @@ def test_imagefolder_with_worker_processes_matches_in_process_loading(tmp_path):
         batch_size=4,
         val_split=2,
         test_split=2,
+        cache="off",
     )
     splits = build_splits(cfg, seed=0)
     workers = cfg.model_copy(update={"num_workers": 2})

@@ -30,6 +30,14 @@ from dltrain.cli.app import (
 from dltrain.errors import DltrainError
 
 
+def per_class(counts: dict[str, int], shown: int = 20) -> str:
+    """A class histogram in one line: each class's count up to `shown` classes, else a range."""
+    if len(counts) <= shown:
+        return ", ".join(f"{name} {count:,}" for name, count in counts.items())
+    values = counts.values()
+    return f"{len(counts)} classes, {min(values):,}-{max(values):,} each"
+
+
 class TrainReport:
     """engine.fit's listener (it never asks to stop): a live bar on a terminal, one line per
     epoch otherwise; `quiet` shows notes and the summary only, `json` one object at the end."""
@@ -39,6 +47,7 @@ class TrainReport:
         self.live = console.is_terminal and mode == "normal"
         self.bar, self.last_refresh = None, 0.0
         self.handlers = {
+            "decode": self.decode,
             "start": self.start,
             "note": self.note,
             "epoch_start": self.epoch_start,
@@ -50,6 +59,28 @@ class TrainReport:
     def __call__(self, kind: str, info: dict) -> None:
         if self.mode == "normal" or kind in ("note", "end"):
             self.handlers[kind](info)
+
+    def decode(self, info: dict) -> None:
+        """An image folder decoded into memory before training: a bar with an ETA, on a
+        terminal."""
+        if not self.live:
+            return
+        from rich import progress
+
+        if self.bar is None:  # one bar per split; it goes when the split is done
+            self.bar = progress.Progress(
+                progress.TextColumn(f"decoding the {info['split']} images"),
+                progress.BarColumn(),
+                progress.MofNCompleteColumn(),
+                progress.TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("", total=info["total"])
+        self.bar.update(self.task, completed=info["done"])
+        if info["done"] >= info["total"]:
+            self.close()
 
     def start(self, info: dict) -> None:
         from dltrain.cli.summary import short_count
@@ -64,6 +95,7 @@ class TrainReport:
             f"train/val/test {sizes['train']}/{sizes['val']}/{sizes['test']}",
             self.console,
         )
+        say(f"training images per class: {per_class(info['class_counts'])}", self.console)
         self.epochs, self.batches = info["epochs"], info["batches"]
         if self.live:
             from rich import progress

@@ -119,7 +119,20 @@ class DataConfig(Section):
         description="Resize images to this square size (e.g. 224); null = keep (with "
         "model.pretrained: imagenet on a torchvision or timm model: the weights' size).",
     )
-    num_workers: int = Field(2, ge=0, description="imagefolder: DataLoader worker processes.")
+    resize_mode: Literal["crop", "squash", "pad"] = Field(
+        "crop",
+        description="How data.resize makes a square of an image of another shape: crop (shorter "
+        "side to the size, the centre cut out), squash (stretched) or pad (letterbox).",
+    )
+    cache: Literal["auto", "ram", "off"] = Field(
+        "auto",
+        description="imagefolder: ram = decode every image once into memory; off = read the "
+        "files every epoch; auto = ram when the decoded images take at most a quarter of the "
+        "memory available (on a GPU also of its free memory), else off.",
+    )
+    num_workers: int = Field(
+        2, ge=0, description="imagefolder without the cache: DataLoader worker processes."
+    )
     skip_bad_files: bool = Field(
         False, description="imagefolder: skip unreadable images with a warning instead of failing."
     )

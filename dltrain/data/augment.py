@@ -1,5 +1,5 @@
-"""Training augmentation: batch-wise on tensors for the in-memory path, torchvision transforms
-for image folders. Both take the same `data.augment` config; neither ever sees val or test.
+"""Training augmentation, batch-wise on tensors on the training device, for every dataset
+(image folders too: their files become uint8 batches first). It never sees val or test.
 Mixup/CutMix of training batches (`Mixup`) and the views of test-time augmentation
 (`tta_views`) work on the device, on batches of either path."""
 
@@ -11,8 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dltrain.config import AugmentConfig, DataConfig, MixupConfig
-from dltrain.data.core import DataInfo
+from dltrain.config import AugmentConfig, MixupConfig
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
@@ -30,16 +29,18 @@ class BatchAugment:
     """Augments a float batch (N, C, H, W) of [0, 1] pixels with per-sample random parameters,
     drawn on the CPU from the loader's generator (a few numbers per sample), so the augmentation
     is reproducible and resumable; the pixel work happens on the batch's device. Order:
-    random_resized_crop, random_crop, rotation, hflip, color_jitter."""
+    random_resized_crop, random_crop, rotation, hflip, color_jitter. The batch arrives at the
+    training `size`, except with random_resized_crop: that resamples each crop to `size` from
+    the batch as stored (an image folder's keeps a margin for it)."""
 
     def __init__(self, cfg: AugmentConfig, generator: torch.Generator):
         self.cfg = cfg
         self.generator = generator
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         c = self.cfg
         if c.random_resized_crop:
-            x = self._resized_crop(x, c.random_resized_crop)
+            x = self._resized_crop(x, c.random_resized_crop, size or tuple(x.shape[2:]))
         if c.random_crop:
             x = self._crop(x, c.random_crop)
         if c.rotation:
@@ -61,10 +62,12 @@ class BatchAugment:
         batch = torch.arange(n, device=x.device)[:, None, None]
         return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
 
-    def _sample(self, x: torch.Tensor, *theta: torch.Tensor) -> torch.Tensor:
-        """Resample `x` through per-sample 2x3 affine maps, given as six (N,) entries row by row."""
+    def _sample(self, x: torch.Tensor, *theta: torch.Tensor, size=None) -> torch.Tensor:
+        """Resample `x` through per-sample 2x3 affine maps, given as six (N,) entries row by row,
+        to `size` (default: x's own)."""
         theta = torch.stack(theta, 1).view(-1, 2, 3)
-        grid = F.affine_grid(_on(theta, x, x.dtype), list(x.shape), align_corners=False)
+        shape = [*x.shape[:2], *(size or x.shape[2:])]
+        grid = F.affine_grid(_on(theta, x, x.dtype), shape, align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     def _rotate(self, x: torch.Tensor, degrees: float) -> torch.Tensor:
@@ -75,8 +78,8 @@ class BatchAugment:
         # Rotation in pixel space, written in the grid's normalized coordinates.
         return self._sample(x, cos, -sin * h / w, zero, sin * w / h, cos, zero)
 
-    def _resized_crop(self, x: torch.Tensor, min_scale: float) -> torch.Tensor:
-        """Crop a random area (min_scale..1 of the image, aspect 3/4..4/3) and resize it back."""
+    def _resized_crop(self, x: torch.Tensor, min_scale: float, size: tuple) -> torch.Tensor:
+        """Crop a random area (min_scale..1 of the image, aspect 3/4..4/3), resized to `size`."""
         n = len(x)
         area = _uniform(n, min_scale, 1.0, self.generator)
         ratio = _uniform(n, math.log(3 / 4), math.log(4 / 3), self.generator).exp()
@@ -85,7 +88,7 @@ class BatchAugment:
         cx = _uniform(n, -1.0, 1.0, self.generator) * (1 - width)
         cy = _uniform(n, -1.0, 1.0, self.generator) * (1 - height)
         zero = torch.zeros(n)
-        return self._sample(x, width, zero, cx, zero, height, cy)
+        return self._sample(x, width, zero, cx, zero, height, cy, size=size)
 
     def _jitter(self, x: torch.Tensor, strength: float) -> torch.Tensor:
         """Brightness, contrast, then saturation (colour images), each a factor in 1 ± strength."""
@@ -108,26 +111,6 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
         return x
     weights = _on(torch.tensor([0.299, 0.587, 0.114]), x, x.dtype).view(1, 3, 1, 1)
     return (x * weights).sum(1, keepdim=True)
-
-
-def folder_transform(info: DataInfo, cfg: DataConfig, train: bool):
-    """The image-folder path, on PIL images: resize (with data.resize); for `train`, the same
-    augmentations as torchvision transforms; then a normalized tensor."""
-    from torchvision import transforms as T
-
-    aug, size = cfg.augment, info.image_size
-    scale, jitter = aug.random_resized_crop, aug.color_jitter
-    steps = [T.Resize(size)] if cfg.resize else []
-    if train:
-        steps += [
-            scale and T.RandomResizedCrop(size, scale=(scale, 1.0)),
-            aug.random_crop and T.RandomCrop(size, padding=aug.random_crop),
-            aug.rotation and T.RandomRotation(aug.rotation),
-            aug.hflip and T.RandomHorizontalFlip(),
-            jitter and T.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter),
-        ]
-    steps += [T.ToTensor(), T.Normalize(info.mean, info.std)]
-    return T.Compose([step for step in steps if step])  # an option left at 0 or false is off
 
 
 class Mixup:

@@ -61,13 +61,15 @@ class TensorSplit:
 class Splits:
     """A dataset's `info` and splits: each a TensorSplit, or a file-backed dataset with `labels`
     and `subset` (image folders). A dataset builder leaves `val` and `test` None where the
-    dataset has none; `build_splits` carves them out of train."""
+    dataset has none; `build_splits` carves them out of train. `cache`: a file-backed split
+    is decoded into a TensorSplit the first time a loader needs it (`FileSplit.in_memory`)."""
 
     info: DataInfo
     train: object
     val: object | None = None
     test: object | None = None
     notes: list[str] = field(default_factory=list)
+    cache: bool = False
 
     @property
     def sizes(self) -> dict:

@@ -13,17 +13,28 @@ import torch
 from torch.utils.data import Dataset
 
 from dltrain.config import DataConfig
-from dltrain.data.core import DataInfo, DataSource, Splits
+from dltrain.data import images
+from dltrain.data.core import DataInfo, DataSource, Splits, TensorSplit
+from dltrain.data.images import Look
 from dltrain.errors import DataNotFound, DltrainError
 from dltrain.registry import DATASETS
 
 
 class FileSplit(Dataset):
-    """(path, label) pairs; images are opened as RGB and passed through `transform`."""
+    """(path, label) pairs; an item is the file read as `look` says (`images.read`): a uint8
+    tensor of one shape for every file, so batches are stacked, then converted and augmented
+    batch-wise on the device like an in-memory split's."""
 
-    def __init__(self, samples: list[tuple[str, int]], transform=None):
+    def __init__(self, samples: list[tuple[str, int]], look: Look | None = None):
         self.samples = samples
-        self.transform = transform
+        self.look = look
+        self.decoded: TensorSplit | None = None
+
+    def in_memory(self, progress=None) -> TensorSplit:
+        """The split decoded once into memory (`decode`), kept for the next caller."""
+        if self.decoded is None:
+            self.decoded = decode(self, progress)
+        return self.decoded
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -33,15 +44,11 @@ class FileSplit(Dataset):
         return torch.tensor([label for _, label in self.samples], dtype=torch.long)
 
     def subset(self, index: torch.Tensor) -> FileSplit:
-        return FileSplit([self.samples[i] for i in index.tolist()], self.transform)
+        return FileSplit([self.samples[i] for i in index.tolist()], self.look)
 
     def __getitem__(self, i: int):
-        from PIL import Image
-
         path, label = self.samples[i]
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-        return (self.transform(image) if self.transform else image), label
+        return images.read(path, self.look), label
 
 
 def _classes(folder: Path) -> list[str]:
@@ -53,8 +60,11 @@ def _classes(folder: Path) -> list[str]:
     return names
 
 
-def _scan(folder: Path, classes: list[str], cfg: DataConfig, notes: list[str], sizes: dict):
-    """Check every file of every class folder; returns (path, label) pairs of good images."""
+def _scan(
+    folder: Path, classes: list[str], cfg: DataConfig, notes: list[str], sizes: dict, modes: dict
+):
+    """Check every file of every class folder; returns (path, label) pairs of good images.
+    `sizes` and `modes` gather the images' sizes (one file each) and PIL modes (counts)."""
     from PIL import Image
 
     extra = [name for name in _classes(folder) if name not in classes]
@@ -68,7 +78,7 @@ def _scan(folder: Path, classes: list[str], cfg: DataConfig, notes: list[str], s
         for path in sorted(p for p in files if p.is_file() and not p.name.startswith(".")):
             try:
                 with Image.open(path) as image:
-                    size = image.size
+                    size, mode = image.size, image.mode
                     image.verify()  # reads the file and checks its structure without decoding
             except Exception as err:  # noqa: BLE001 - PIL raises many kinds for bad files
                 if not cfg.skip_bad_files:
@@ -79,6 +89,7 @@ def _scan(folder: Path, classes: list[str], cfg: DataConfig, notes: list[str], s
                 notes.append(f"skipped {path}: not a readable image")
                 continue
             sizes.setdefault(size, path)
+            modes[mode] = modes.get(mode, 0) + 1
             samples.append((str(path), label))
     if not samples:
         raise DltrainError(f"imagefolder: no readable images under {folder}")
@@ -105,20 +116,32 @@ def _train_dir(cfg: DataConfig) -> Path:
     return root / "train" if (root / "train").is_dir() else root
 
 
-def _info(classes: list[str], size: tuple[int, int]) -> DataInfo:
-    """An image folder's DataInfo: RGB, normalized with ImageNet's mean and std."""
+def _info(classes: list[str], size: tuple[int, int], channels: int) -> DataInfo:
+    """An image folder's DataInfo, normalized with ImageNet's mean and std (gray: their mean)."""
+    if channels == 1:
+        return DataInfo("imagefolder", classes, 1, size, [0.449], [0.226])
     return DataInfo("imagefolder", classes, 3, size, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+
+def _channels(modes: dict, notes: list[str]) -> int:
+    """1 when every image is gray, else 3 (gray images of a mixed folder become RGB)."""
+    channels = 1 if all(images.is_gray(mode) for mode in modes) else 3
+    if len(modes) > 1:
+        counts = ", ".join(f"{mode} {count:,}" for mode, count in sorted(modes.items()))
+        kind = "gray (1 channel)" if channels == 1 else "RGB (3 channels)"
+        notes.append(f"imagefolder: the images mix PIL modes ({counts}); all are read as {kind}")
+    return channels
 
 
 def imagefolder(cfg: DataConfig) -> Splits:
     root, train_dir = Path(cfg.root), _train_dir(cfg)
     classes = _classes(train_dir)
     notes: list[str] = []
-    sizes: dict = {}
-    splits = {"train": FileSplit(_scan(train_dir, classes, cfg, notes, sizes))}
+    sizes, modes = {}, {}
+    splits = {"train": FileSplit(_scan(train_dir, classes, cfg, notes, sizes, modes))}
     for name in ("val", "test"):
         if train_dir != root and (root / name).is_dir():
-            splits[name] = FileSplit(_scan(root / name, classes, cfg, notes, sizes))
+            splits[name] = FileSplit(_scan(root / name, classes, cfg, notes, sizes, modes))
     if len(sizes) > 1 and not cfg.resize:
         examples = ", ".join(f"{p.name} {w}x{h}" for (w, h), p in list(sizes.items())[:2])
         raise DltrainError(
@@ -126,26 +149,25 @@ def imagefolder(cfg: DataConfig) -> Splits:
             "set data.resize to the size to train at"
         )
     size = (cfg.resize, cfg.resize) if cfg.resize else next(iter(sizes))[::-1]  # PIL's is (w, h)
-    info = _info(classes, size)
+    info = _info(classes, size, _channels(modes, notes))
     return Splits(info, splits["train"], splits.get("val"), splits.get("test"), notes)
 
 
 def folder_info(cfg: DataConfig) -> DataInfo:
     """What `imagefolder` gives, from the class folders' names and the size of the first image
-    that opens (none with data.resize), not from every file: the files are checked, and their
-    sizes compared, when the data is loaded."""
+    that opens (its mode says gray or colour), not from every file: the files are checked, and
+    their sizes and modes compared, when the data is loaded."""
     from PIL import Image
 
     train_dir = _train_dir(cfg)
     classes = _classes(train_dir)
-    if cfg.resize:
-        return _info(classes, (cfg.resize, cfg.resize))
     for name in classes:
         files = (train_dir / name).rglob("*")
         for path in sorted(p for p in files if p.is_file() and not p.name.startswith(".")):
             try:
                 with Image.open(path) as image:  # reads the header only
-                    return _info(classes, image.size[::-1])  # PIL's is (w, h)
+                    size = (cfg.resize, cfg.resize) if cfg.resize else image.size[::-1]
+                    return _info(classes, size, 1 if images.is_gray(image.mode) else 3)
             except Exception:  # noqa: BLE001 - PIL raises many kinds; try the next file
                 continue
     raise DltrainError(f"imagefolder: no readable images under {train_dir}")
@@ -154,50 +176,39 @@ def folder_info(cfg: DataConfig) -> DataInfo:
 DATASETS.register("imagefolder")(DataSource(imagefolder, folder_info))
 
 
-class FolderLoader:
-    """A DataLoader over a FileSplit whose batches are moved to the training device."""
+def looks(cfg: DataConfig, channels: int, train_crops: bool) -> tuple[Look, Look]:
+    """How training files and the others are read: at data.resize by data.resize_mode, in the
+    folder's own channels (a model that wants RGB gets gray repeated batch-wise). With random
+    resized crop, training files keep a margin (`images.margin_size`) for the crops."""
+    size = cfg.resize
+    train_size = images.margin_size(size) if size and train_crops else size
+    return Look(train_size, cfg.resize_mode, channels), Look(size, cfg.resize_mode, channels)
 
-    def __init__(
-        self,
-        split: FileSplit,
-        batch_size: int,
-        shuffle: bool,
-        seed: int,
-        num_workers: int,
-        device: torch.device,
-        shard: tuple[int, int] = (0, 1),
-        weights: torch.Tensor | None = None,
-    ):
-        from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
-        self.generator = torch.Generator().manual_seed(seed)
-        self.device, self.memory_format = device, torch.contiguous_format
-        rank, world = shard
-        # Each rank reads its padded share, reshuffled by set_epoch.
-        self.sampler = DistributedSampler(split, world, rank, shuffle, seed) if world > 1 else None
-        if weights is not None:  # data.sampler: balanced, drawn from this loader's generator
-            self.sampler = WeightedRandomSampler(weights, len(split), generator=self.generator)
-        self.loader = DataLoader(
-            split,
-            batch_size=batch_size,
-            shuffle=shuffle and self.sampler is None,
-            sampler=self.sampler,
-            generator=self.generator,
-            num_workers=num_workers,
-            persistent_workers=num_workers > 0,
-            pin_memory=device.type == "cuda",
-        )
+def decoded_bytes(split: FileSplit, info: DataInfo) -> int:
+    """What `decode` of the split holds: uint8 pixels, one byte per channel and pixel."""
+    look = split.look
+    h, w = (look.size, look.size) if look.size else info.image_size
+    return len(split) * look.channels * h * w
 
-    def __len__(self) -> int:
-        return len(self.loader)
 
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.sampler, "set_epoch"):  # a DistributedSampler reshuffles per epoch
-            self.sampler.set_epoch(epoch)
+def decode(split: FileSplit, progress=None) -> TensorSplit:
+    """Every file of `split` read once, as its `look` says, into one uint8 tensor: from then on
+    an in-memory split like MNIST's. Threads decode in parallel (PIL lets go of the GIL while
+    it decodes and resizes); `progress(done, total)` hears how far it got."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
 
-    def __iter__(self):
-        for images, labels in self.loader:
-            yield (
-                images.to(self.device, non_blocking=True, memory_format=self.memory_format),
-                labels.to(self.device, non_blocking=True),
-            )
+    n, look = len(split), split.look
+    first = images.read(split.samples[0][0], look)
+    pixels = torch.empty((n, *first.shape), dtype=torch.uint8)
+    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    chunk = 64 * max(workers or 1, 1)
+    with ThreadPoolExecutor(max(workers or 1, 1)) as pool:
+        for start in range(0, n, chunk):
+            paths = [path for path, _ in split.samples[start : start + chunk]]
+            for i, image in enumerate(pool.map(images.read, paths, [look] * len(paths))):
+                pixels[start + i] = image
+            if progress is not None:
+                progress(min(start + chunk, n), n)
+    return TensorSplit(pixels, split.labels)
