@@ -237,6 +237,15 @@ def _shown(value) -> str:
     return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
+def _older(config: dict) -> dict:
+    """A checkpoint's config as the version that wrote it meant it: before data.resize_mode,
+    every resize was a squash."""
+    data = config.get("data") or {}
+    if "resize_mode" not in data:
+        return {**config, "data": {**data, "resize_mode": "squash"}}
+    return config
+
+
 def open_saved(
     target: str | Path, overrides: list[str] = (), run_folder: bool = False, purpose: str = "eval"
 ) -> Saved:
@@ -250,9 +259,10 @@ def open_saved(
     else:
         path, notes = Path(target), []
         saved = load(path)
-    cfg = from_dict(saved["config"], f"{path} (config)", overrides)
+    config = _older(saved["config"])
+    cfg = from_dict(config, f"{path} (config)", overrides)
     if overrides:
-        check_changes(from_dict(saved["config"], f"{path} (config)"), cfg, purpose, str(path))
+        check_changes(from_dict(config, f"{path} (config)"), cfg, purpose, str(path))
     return Saved(path, saved, cfg, notes)
 
 

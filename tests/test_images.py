@@ -158,6 +158,14 @@ def test_a_folder_that_mixes_modes_is_read_as_rgb_with_a_note(tmp_path):
     )
 
 
+def test_cache_off_and_on_read_as_yaml_writes_them():
+    from dltrain.config import load_config
+
+    for text, expected in (("off", "off"), ("false", "off"), ("on", "ram"), ("ram", "ram")):
+        cfg = load_config("configs/digits_mlp.yaml", [f"data.cache={text}"])
+        assert cfg.data.cache == expected
+
+
 def test_cache_auto_says_what_it_chose(tmp_path, monkeypatch):
     import dltrain.data as data
 
@@ -222,3 +230,28 @@ def test_the_start_says_the_class_histogram_and_imbalance(tmp_path):
         + ["--set", "train.class_weights=balanced"],
     )
     assert balanced.exit_code == 0 and "imbalanced" not in balanced.output
+
+
+def test_a_checkpoint_from_before_resize_mode_keeps_squashing(tmp_path):
+    from dltrain.checkpoint import open_saved
+
+    write_pngs(tmp_path / "pets", {"cat": 10, "dog": 10}, size=(16, 12))
+    config = write_config(
+        tmp_path / "pets.yaml",
+        {
+            "data": {"dataset": "imagefolder", "root": str(tmp_path / "pets"), "resize": 8},
+            "model": {"name": "mlp", "hidden": [8]},
+            "train": {"epochs": 1},
+        },
+    )
+    from typer.testing import CliRunner
+
+    from dltrain.cli import app
+
+    run = tmp_path / "run"
+    assert CliRunner().invoke(app, ["train", str(config), "--out", str(run)]).exit_code == 0
+    assert open_saved(run / "best.pt").cfg.data.resize_mode == "crop"
+    saved = torch.load(run / "best.pt", weights_only=True)
+    del saved["config"]["data"]["resize_mode"]  # as a checkpoint of an earlier version
+    torch.save(saved, run / "old.pt")
+    assert open_saved(run / "old.pt").cfg.data.resize_mode == "squash"

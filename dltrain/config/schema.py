@@ -146,6 +146,11 @@ class DataConfig(Section):
         "replacement so each class comes equally often (seeded).",
     )
 
+    @field_validator("cache", mode="before")
+    def _yaml_off(cls, value):
+        # YAML reads a bare off (and no, false) as False, on/yes/true as True.
+        return {False: "off", True: "ram"}.get(value, value) if isinstance(value, bool) else value
+
     @field_validator("val_split", "test_split")
     def _fraction_or_count(cls, value: float) -> float:
         if value <= 0 or (value >= 1 and not float(value).is_integer()):
