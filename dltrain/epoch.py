@@ -239,13 +239,16 @@ def evaluate(
     details: bool = False,
     autocast=contextlib.nullcontext,
     tta: str = "none",
+    keep: Callable | None = None,
 ) -> dict:
     """Mean loss (plain cross-entropy) and accuracy over a whole split, in eval mode.
 
     With `details`, also top-5 accuracy (when there are more than 5 classes) and the confusion
     matrix (`confusion[true][predicted]` counts) as nested lists. `tta` (flip, flip+shift):
-    the logits are the mean over the views of data.tta_views. Distributed, each rank reads its
-    shard and the sums are added over the ranks: every sample counts exactly once.
+    the logits are the mean over the views of data.tta_views. `keep(images, labels, logits)`
+    hears each batch as the model received it, with its float (TTA: mean) logits: eval's
+    mistakes are chosen there, without a second pass over the split. Distributed, each rank
+    reads its shard and the sums are added over the ranks: every sample counts exactly once.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -257,6 +260,8 @@ def evaluate(
         with autocast():
             outputs = [model(view) for view in tta_views(images, tta)]
         logits = outputs[0].float() if len(outputs) == 1 else torch.stack(outputs).float().mean(0)
+        if keep is not None:
+            keep(images, labels, logits)
         loss += F.cross_entropy(logits, labels, reduction="sum").double()
         predicted = logits.argmax(1)
         correct += (predicted == labels).sum()

@@ -8,15 +8,22 @@ import csv
 import io
 import json
 import os
+from collections.abc import Callable
+from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
+
+import torch
 
 from dltrain import checkpoint
-from dltrain.data import NO_DOWNLOAD, build_splits, for_model, make_loader
+from dltrain.data import NO_DOWNLOAD, DataInfo, make_loader
 from dltrain.epoch import evaluate
 from dltrain.errors import DltrainError
-from dltrain.models import model_input
 from dltrain.runtime import apply_speedups, precision_tools
+from dltrain.session import model_data
+
+MISTAKES_SHOWN = 36  # the most confidently wrong images drawn in mistakes-<split>.png
 
 
 def metrics_path(ckpt: str | Path, split: str) -> Path:
@@ -27,27 +34,39 @@ def confusion_path(ckpt: str | Path, split: str) -> Path:
     return Path(ckpt).parent / f"confusion-{split}.csv"
 
 
+def picture_paths(ckpt: str | Path, split: str) -> tuple[Path, Path]:
+    """confusion-<split>.png and mistakes-<split>.png, beside the checkpoint."""
+    folder = Path(ckpt).parent
+    return folder / f"confusion-{split}.png", folder / f"mistakes-{split}.png"
+
+
 def evaluate_checkpoint(
-    path: str | Path, split: str, overrides: list[str] = (), tta: str | None = None
+    path: str | Path,
+    split: str,
+    overrides: list[str] = (),
+    tta: str | None = None,
+    warn: Callable[[str], None] = lambda text: None,
 ) -> dict:
     """Measure one split (`overrides`: `--set` strings, `--device` among them) and write the
     result beside the checkpoint: loss, acc, top5 (over 5 classes), `confusion[true][pred]`,
     per-class precision, recall and F1, macro-F1 and balanced accuracy; with test-time
     augmentation (`tta`, else the config's eval.tta) the same under "tta"; `test_uses`: how
     many times this run's test set has been measured. The data is read, never downloaded
-    unless `overrides` ask for it (data.download=true): see NO_DOWNLOAD."""
+    unless `overrides` ask for it (data.download=true): see NO_DOWNLOAD.
+
+    Then the pictures (`picture_paths`), from the pass without TTA as the confusion matrix:
+    a picture that cannot be drawn is one `warn` line, and the metrics are written already."""
     saved = checkpoint.open_saved(path, [NO_DOWNLOAD, *overrides], purpose="eval")
     cfg, path, tta = saved.cfg, saved.path, tta or saved.cfg.eval.tta
     model, device = saved.model()
-    wants = model_input(cfg.model)
-    data = for_model(cfg.data, wants)
-    splits = build_splits(data, cfg.seed, rgb=wants.rgb)
+    data, splits = model_data(cfg, device)
     saved.check_data(splits.info)
     batches = make_loader(splits, split, data, device)
     # The same memory format and precision as training's validation, so the numbers match.
     net = apply_speedups(cfg, model, device, [batches], compile_ok=False)
     autocast = precision_tools(device, cfg.train.precision).autocast
-    metrics = evaluate(net, batches, details=True, autocast=autocast)
+    mistakes = Mistakes()
+    metrics = evaluate(net, batches, details=True, autocast=autocast, keep=mistakes)
     names, confusion = list(splits.info.class_names), metrics["confusion"]
     per_class = class_metrics(confusion, names)
     result = {
@@ -77,6 +96,8 @@ def evaluate_checkpoint(
     writer.writerows([name, *counts] for name, counts in zip(names, confusion, strict=True))
     text = buffer.getvalue().encode()
     checkpoint.atomic_write(confusion_path(path, split), lambda handle: handle.write(text))
+    for problem in draw_pictures(result, mistakes.worst(), splits.info, path):
+        warn(problem)
     return result
 
 
@@ -125,3 +146,74 @@ def record_test_use(ckpt: Path, result: dict) -> int:
     except OSError as err:
         reason = err.strerror or err
         raise DltrainError(f"could not record the test use in {ledger}: {reason}") from None
+
+
+class Wrong(NamedTuple):
+    """Wrongly classified samples, most confident first: images as the model received them
+    (on the CPU), true and predicted classes, the predicted class's probability."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    predicted: torch.Tensor
+    probs: torch.Tensor
+
+
+class Mistakes:
+    """The `limit` most confidently wrong samples of an evaluation pass, chosen as the batches
+    go by (evaluate's `keep`): memory holds `limit` images, never the split. They stay on the
+    model's device until `worst`, so the pass takes no host sync per batch."""
+
+    def __init__(self, limit: int = MISTAKES_SHOWN):
+        self.limit, self.kept = limit, None
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor):
+        probs, predicted = logits.float().softmax(1).max(1)
+        # Right answers score -1, below any probability: dropped by `worst`.
+        score = probs.masked_fill(predicted == labels, -1.0)
+        batch = (images, labels, predicted, probs, score)
+        if self.kept is not None:
+            batch = tuple(torch.cat(pair) for pair in zip(self.kept, batch, strict=True))
+        top = batch[-1].topk(min(self.limit, len(batch[-1]))).indices
+        self.kept = tuple(part.index_select(0, top) for part in batch)
+
+    def worst(self) -> Wrong:
+        """The wrong ones kept, the most confident first."""
+        if self.kept is None:
+            return Wrong(*(torch.empty(0) for _ in range(4)))
+        wrong = self.kept[-1] >= 0
+        return Wrong(*(part[wrong].cpu() for part in self.kept[:-1]))
+
+
+def draw_pictures(result: dict, wrong: Wrong, info: DataInfo, ckpt: Path) -> list[str]:
+    """confusion-<split>.png and mistakes-<split>.png; returns a line for each that could not
+    be drawn (and removes its older version, so no stale picture stays beside new metrics)."""
+    from dltrain.plots import plot_confusion, plot_images, short_name, unnormalize
+
+    split, names = result["split"], [short_name(name) for name in result["class_names"]]
+    confusion_png, mistakes_png = picture_paths(ckpt, split)
+    title = f"{split}: accuracy {result['acc']:.4f}, {result['samples']} samples"
+    problems = []
+
+    def confusion():
+        heading = f"{title}; rows: true class, each summing to 1"
+        plot_confusion(result["confusion"], result["class_names"], heading, confusion_png)
+
+    def mistakes():
+        errors = result["samples"] - sum(row[i] for i, row in enumerate(result["confusion"]))
+        captions = [
+            f"true {names[true]} → {names[guess]} ({prob:.2f})"
+            for true, guess, prob in zip(wrong.labels, wrong.predicted, wrong.probs, strict=True)
+        ]
+        shown = f"the {len(captions)} most confident of {errors} mistakes" if errors else ""
+        images = unnormalize(wrong.images, info.mean, info.std) if captions else wrong.images
+        empty = f"no mistakes: all {result['samples']} images classified right"
+        plot_images(images, captions, f"{title}: {shown or 'no mistakes'}", mistakes_png, empty)
+
+    for path, draw in ((confusion_png, confusion), (mistakes_png, mistakes)):
+        try:
+            draw()
+        except Exception as err:  # noqa: BLE001 - the metrics are written; say so and go on
+            with suppress(OSError):
+                path.unlink(missing_ok=True)
+            problems.append(f"could not draw {path}: {err}")
+    return problems

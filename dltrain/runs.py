@@ -59,7 +59,9 @@ def new_run_dir(
                     "with --force, or choose another --run-dir"
                 )
             old = [path / name for name in RUN_FILES]
-            for stale in [*old, *path.glob("eval-*.json"), *path.glob("confusion-*.csv")]:
+            for pattern in ("eval-*.json", "confusion-*.csv", "confusion-*.png", "mistakes-*.png"):
+                old += path.glob(pattern)  # what dltrain eval wrote of the old run
+            for stale in old:
                 stale.unlink(missing_ok=True)
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from dltrain import distributed
-from dltrain.config import Config
+from dltrain.config import Config, DataConfig
 from dltrain.data import DataInfo, Mixup, Splits, build_splits, for_model, make_loader
 from dltrain.early_stopping import EarlyStopping
 from dltrain.errors import ConfigError
@@ -92,9 +92,7 @@ def build(
     tensorboard = TensorBoard(run_dir, cfg) if cfg.logging.tensorboard and files.write else None
     device = start(cfg)
     shard = (distributed.rank(), distributed.world_size())
-    wants = model_input(cfg.model)
-    data = for_model(cfg.data, wants)  # the pretrained weights' size and mean/std, if unset
-    splits = build_splits(data, cfg.seed, rgb=wants.rgb, device=device)
+    data, splits = model_data(cfg, device)
     train_batches = make_loader(
         splits, "train", data, device, seed=cfg.seed, shard=shard, progress=progress
     )
@@ -132,13 +130,23 @@ def build(
         parent,
         tensorboard,
         EMA(model, cfg.train.ema, steps) if cfg.train.ema.decay else None,
-        Mixup(cfg.data.mixup, cfg.seed) if _mixes(cfg) else None,
+        Mixup(cfg.data.mixup, cfg.seed) if mixes(cfg) else None,
         list(splits.notes),
         count_macs(model, splits.info),  # one image in eval mode, no_grad: training untouched
-        _input_from(cfg, wants),
+        _input_from(cfg, model_input(cfg.model)),
     )
     s.notes += _notes(s, cfg.train.epochs * steps)
     return s
+
+
+def model_data(cfg: Config, device: torch.device | None = None) -> tuple[DataConfig, Splits]:
+    """The data config as the model asks for it (the pretrained weights' size and mean/std
+    where the config leaves them open) and the splits built from it: what training reads,
+    for the commands that must see the same data (`dltrain show`). `device`: where an image
+    folder's cache would live (data.cache: auto weighs its free memory)."""
+    wants = model_input(cfg.model)
+    data = for_model(cfg.data, wants)
+    return data, build_splits(data, cfg.seed, rgb=wants.rgb, device=device)
 
 
 def _input_from(cfg: Config, wants) -> str:
@@ -152,7 +160,8 @@ def _input_from(cfg: Config, wants) -> str:
     )
 
 
-def _mixes(cfg: Config) -> bool:
+def mixes(cfg: Config) -> bool:
+    """Whether data.mixup mixes batches at all (a probability and an alpha above 0)."""
     mixup = cfg.data.mixup
     return bool(mixup.prob and (mixup.alpha or mixup.cutmix_alpha))
 

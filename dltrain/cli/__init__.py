@@ -1,7 +1,7 @@
 """The `dltrain` command line, by command group: app.py (the app, shared options, errors),
 train.py (train, finetune, resume and the live report), sweep.py (compare, sweep), views.py
-(eval, predict, runs, plot, config), and the tools around training: lr_find.py, summary.py,
-export.py."""
+(eval, predict, runs, plot, config), and the tools around training: show.py, lr_find.py,
+summary.py, export.py."""
 
 import importlib
 import sys
@@ -16,7 +16,7 @@ def _stopped_while_starting() -> None:
 
 try:
     # Each module adds its commands to `app`, in this order in --help.
-    for _module in ("train", "sweep", "views", "export", "lr_find", "summary", "models"):
+    for _module in ("train", "sweep", "views", "show", "export", "lr_find", "summary", "models"):
         importlib.import_module(f"dltrain.cli.{_module}")
     from dltrain.cli.app import app
 except KeyboardInterrupt:

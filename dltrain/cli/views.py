@@ -46,7 +46,10 @@ def eval_(
         raise DltrainError(f"--tta {tta!r}: expected {', '.join(TTA_MODES)}")
     from dltrain.evaluation import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(ckpt, split, overrides(set_, device), tta)
+    problems = []  # pictures that could not be drawn: after the metrics, one line each
+    metrics = evaluate_checkpoint(ckpt, split, overrides(set_, device), tta, problems.append)
+    for problem in problems:
+        say(f"warning: {problem}", err(), "yellow")
     if "tta" in metrics and metrics["dataset"] in FLIP_CHANGES_MEANING:
         say(
             f"warning: {metrics['dataset']} holds handwritten characters, which a mirror turns "
@@ -84,7 +87,7 @@ def _show_eval_details(console: Console, metrics: dict, ckpt: Path, split: str) 
     """Top-5, the per-class table, the confusion matrix (small ones) and where files went."""
     from rich import box
 
-    from dltrain.evaluation import confusion_path, metrics_path
+    from dltrain.evaluation import MISTAKES_SHOWN, confusion_path, metrics_path, picture_paths
 
     if "top5" in metrics:
         console.print(f"top-5 accuracy {metrics['top5']:.4f}")
@@ -105,6 +108,16 @@ def _show_eval_details(console: Console, metrics: dict, ckpt: Path, split: str) 
     else:
         say(f"confusion matrix ({len(names)} classes): see {csv_path}", console)
     say(f"wrote {metrics_path(ckpt, split)} and {csv_path}", console)
+    # The pictures drawn (one that failed was removed and warned about), from the pass
+    # without TTA, as the confusion matrix.
+    confusion_png, mistakes_png = picture_paths(ckpt, split)
+    plain = " (without tta)" if "tta" in metrics else ""
+    if confusion_png.exists():
+        say(f"wrote {confusion_png}: the confusion matrix per true class{plain}", console)
+    if mistakes_png.exists():
+        wrong = metrics["samples"] - sum(row[i] for i, row in enumerate(confusion))
+        shown = f"the {min(wrong, MISTAKES_SHOWN)} most confident of {wrong}" if wrong else "no"
+        say(f"wrote {mistakes_png}: {shown} mistakes{plain}", console)
 
 
 def _confusion_table(names: list[str], confusion: list[list[int]]) -> Table:
