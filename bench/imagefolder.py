@@ -12,7 +12,11 @@ training images per second, the whole process's wall time and peak RSS (wait4), 
 ratios to `fake`. Then it times the decode alone: files per second in one thread, with and
 without PIL's JPEG draft mode, and with the cache's threads.
 
+`--baseline DIR` adds a fourth way: the folder through the dltrain checked out in DIR (e.g.
+`git worktree add /tmp/before <commit>`), as it trained before data.cache existed.
+
 Run: .venv/bin/python bench/imagefolder.py [--images 2000] [--epochs 3] [--rounds 2]
+     [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -51,7 +55,9 @@ def write_jpegs(folder: Path, count: int) -> None:
         Image.fromarray(pixels).save(folder / f"c{label}" / f"{i}.jpg", quality=90)
 
 
-def config(kind: str, folder: Path, count: int, epochs: int, out: Path) -> list[str]:
+def config(
+    kind: str, folder: Path, count: int, epochs: int, out: Path, baseline: Path | None = None
+) -> list[str]:
     common = [
         f"data.batch_size={BATCH}",
         "data.augment.hflip=true",
@@ -73,20 +79,19 @@ def config(kind: str, folder: Path, count: int, epochs: int, out: Path) -> list[
             f"data.fake.image_size={SIZE}",
         ]
     else:
-        data = [
-            "data.dataset=imagefolder",
-            f"data.root={folder}",
-            f"data.resize={SIZE}",
-            f"data.cache={kind}",
-        ]
+        data = ["data.dataset=imagefolder", f"data.root={folder}", f"data.resize={SIZE}"]
+        data += [] if kind == "before" else [f"data.cache={kind}"]
     sets = [arg for item in common + data for arg in ("--set", item)]
     exe = [str(ROOT / ".venv" / "bin" / "dltrain")]
+    if kind == "before":  # the other checkout's package, this environment's libraries
+        exe = [str(ROOT / ".venv" / "bin" / "python"), "-m", "dltrain"]
     return exe + ["train", str(ROOT / "configs" / "digits_mlp.yaml"), "--out", str(out)] + sets
 
 
-def run(command: list[str]) -> tuple[float, float]:
+def run(command: list[str], cwd: Path | None = None) -> tuple[float, float]:
     started = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pipe = subprocess.PIPE
+    proc = subprocess.Popen(command, stdout=pipe, stderr=subprocess.STDOUT, text=True, cwd=cwd)
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
@@ -133,6 +138,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--baseline", type=Path, help="a checkout of dltrain before the cache")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dltrain-imagefolder-") as tmp:
         tmp = Path(tmp)
@@ -140,12 +146,15 @@ def main() -> None:
         started = time.perf_counter()
         write_jpegs(folder, args.images)
         print(f"wrote {args.images:,} JPEGs in {time.perf_counter() - started:.1f} s")
-        results: dict[str, list] = {"off": [], "ram": [], "fake": []}
+        kinds = ["off", "ram", "fake"] + (["before"] if args.baseline else [])
+        results: dict[str, list] = {kind: [] for kind in kinds}
         for round_ in range(args.rounds):
-            order = ["off", "ram", "fake"] if round_ % 2 == 0 else ["fake", "ram", "off"]
+            order = kinds if round_ % 2 == 0 else kinds[::-1]
             for kind in order:
                 out = tmp / f"run-{kind}-{round_}"
-                wall, rss = run(config(kind, folder, args.images, args.epochs, out))
+                command = config(kind, folder, args.images, args.epochs, out, args.baseline)
+                # python -m puts the working folder first on sys.path: the baseline's own.
+                wall, rss = run(command, args.baseline if kind == "before" else None)
                 seconds = epoch_seconds(out)
                 results[kind].append((seconds, wall, rss))
                 later = statistics.median(seconds[1:]) if len(seconds) > 1 else float("nan")
@@ -178,6 +187,14 @@ def main() -> None:
                 f"{later / fake[1]:.2f}x, wall {wall / fake[2]:.2f}x, peak RSS {rss / fake[3]:.2f}x"
             )
         print(f"ram / off, later epochs: {rows['ram'][1] / rows['off'][1]:.2f}x")
+        if args.baseline:
+            before = rows["before"]
+            for kind in ("off", "ram"):
+                first, later, wall, _ = rows[kind]
+                print(
+                    f"{kind} / before: first epoch {first / before[0]:.2f}x, later epochs "
+                    f"{later / before[1]:.2f}x, wall {wall / before[2]:.2f}x"
+                )
         print("\ndecode alone (files/s):")
         for what, rate in decode_rates(folder).items():
             print(f"  {what}: {rate:,.0f}")
