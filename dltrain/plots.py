@@ -342,11 +342,16 @@ def plot_images(
     """Images (N, C, H, W, values 0..1, on the CPU) in a grid, each with its caption under it;
     one channel is drawn gray, three as RGB; no images: the `empty` text. Returns (path,
     (rows, columns))."""
+    import textwrap
+
     from matplotlib.figure import Figure
 
     rows, columns = grid_shape(len(images))
-    fig = Figure(figsize=grid_inches(rows, columns), dpi=DPI, layout="constrained")
-    fig.suptitle(title)
+    width, height = grid_inches(rows, columns)
+    # A title wider than a narrow grid is wrapped (about 9 characters an inch at its size).
+    lines = textwrap.wrap(title, max(20, int(width * 9)))
+    fig = Figure(figsize=(width, height + 0.25 * (len(lines) - 1)), dpi=DPI, layout="constrained")
+    fig.suptitle("\n".join(lines))
     axes = fig.subplots(rows, columns, squeeze=False).flatten()
     for ax, image, caption in zip(axes, images, captions, strict=False):
         if image.shape[0] == 3:

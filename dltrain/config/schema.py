@@ -128,7 +128,9 @@ class DataConfig(Section):
         "auto",
         description="imagefolder: ram = decode every image once into memory; off = read the "
         "files every epoch; auto = ram when the decoded images take at most a quarter of the "
-        "memory available (on a GPU also of its free memory), else off.",
+        "memory available (on a GPU, of its free memory), else off. With "
+        "augment.random_resized_crop, training images are kept at data.resize / 0.875 "
+        "(timm's crop_pct) for the crops.",
     )
     num_workers: int = Field(
         2, ge=0, description="imagefolder without the cache: DataLoader worker processes."
