@@ -81,7 +81,8 @@ def test_schema_image_size_agrees_with_data_info():
 
 
 def test_image_folder_info_reads_one_image(tmp_path, monkeypatch):
-    """The size comes from the first image that opens; the other files are not opened."""
+    """The size and the channels (gray or colour) come from the first image that opens; the
+    other files are not opened."""
     from PIL import Image
 
     write_pngs(tmp_path, {"cat": 3, "dog": 3}, size=(10, 14))
@@ -94,7 +95,9 @@ def test_image_folder_info_reads_one_image(tmp_path, monkeypatch):
     assert [Path(p).name for p in opened] == ["0.png", "1.png"]
     opened.clear()
     resized = data_info(DataConfig(dataset="imagefolder", root=str(tmp_path), resize=32))
-    assert resized.image_size == (32, 32) and opened == []  # data.resize: no image read
+    # data.resize sets the size; the first image still says gray or colour.
+    assert resized.image_size == (32, 32) and resized.channels == 3
+    assert [Path(p).name for p in opened] == ["0.png", "1.png"]
 
 
 def test_a_missing_image_folder_is_data_not_found(tmp_path):
