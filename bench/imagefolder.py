@@ -133,6 +133,14 @@ def decode_rates(folder: Path, count: int = 300) -> dict[str, float]:
     return rates
 
 
+def ratios(rows: dict, kind: str, base: str) -> str:
+    """One line of a kind's (first epoch, later epochs, wall, peak RSS) over another's."""
+    names = ("first epoch", "later epochs", "wall", "peak RSS")
+    pairs = zip(names, rows[kind], rows[base], strict=True)
+    parts = [f"{name} {a / b:.2f}x" for name, a, b in pairs]
+    return f"{kind} / {base}: " + ", ".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000)
@@ -179,22 +187,10 @@ def main() -> None:
                 f"| {kind} | {first:.2f} | {later:.2f} | {train / later:,.0f} | {wall:.1f} | "
                 f"{rss:,.0f} |"
             )
-        fake = rows["fake"]
-        for kind in ("off", "ram"):
-            first, later, wall, rss = rows[kind]
-            print(
-                f"{kind} / fake: first epoch {first / fake[0]:.2f}x, later epochs "
-                f"{later / fake[1]:.2f}x, wall {wall / fake[2]:.2f}x, peak RSS {rss / fake[3]:.2f}x"
-            )
-        print(f"ram / off, later epochs: {rows['ram'][1] / rows['off'][1]:.2f}x")
-        if args.baseline:
-            before = rows["before"]
+        for base in ["fake"] + (["before"] if args.baseline else []):
             for kind in ("off", "ram"):
-                first, later, wall, _ = rows[kind]
-                print(
-                    f"{kind} / before: first epoch {first / before[0]:.2f}x, later epochs "
-                    f"{later / before[1]:.2f}x, wall {wall / before[2]:.2f}x"
-                )
+                print(ratios(rows, kind, base))
+        print(f"ram / off, later epochs: {rows['ram'][1] / rows['off'][1]:.2f}x")
         print("\ndecode alone (files/s):")
         for what, rate in decode_rates(folder).items():
             print(f"  {what}: {rate:,.0f}")

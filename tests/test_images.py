@@ -9,7 +9,9 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from typer.testing import CliRunner
 
+from dltrain.cli import app
 from dltrain.config import AugmentConfig, DataConfig
 from dltrain.data import build_splits, images, make_loader
 from dltrain.errors import DltrainError
@@ -22,6 +24,21 @@ CPU = torch.device("cpu")
 def write_config(path, config: dict):
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def pets(tmp_path, per_class: dict, size, **data):
+    """A folder of pets and a tiny MLP config that trains on it for one epoch."""
+    write_pngs(tmp_path / "pets", per_class, size=size)
+    config = {
+        "data": {"dataset": "imagefolder", "root": str(tmp_path / "pets"), **data},
+        "model": {"name": "mlp", "hidden": [8]},
+        "train": {"epochs": 1},
+    }
+    return write_config(tmp_path / "pets.yaml", config)
+
+
+def train(*args: str):
+    return CliRunner().invoke(app, ["train", *map(str, args)])
 
 
 def folder_cfg(root, **update) -> DataConfig:
@@ -79,11 +96,7 @@ def test_a_training_run_is_the_same_from_memory_and_from_the_files(tmp_path):
             },
         )
         runs[cache] = tmp_path / "runs" / cache
-        from typer.testing import CliRunner
-
-        from dltrain.cli import app
-
-        result = CliRunner().invoke(app, ["train", str(config), "--out", str(runs[cache])])
+        result = train(config, "--out", runs[cache])
         assert result.exit_code == 0, result.output
     assert_same_run(runs["ram"], runs["off"])
 
@@ -203,20 +216,8 @@ def test_bad_images_fail_up_front_with_their_name_whatever_the_cache(tmp_path):
 
 
 def test_the_start_says_the_class_histogram_and_imbalance(tmp_path):
-    from typer.testing import CliRunner
-
-    from dltrain.cli import app
-
-    write_pngs(tmp_path / "pets", {"cat": 60, "dog": 8}, size=(8, 8))
-    config = write_config(
-        tmp_path / "pets.yaml",
-        {
-            "data": {"dataset": "imagefolder", "root": str(tmp_path / "pets"), "val_split": 0.1},
-            "model": {"name": "mlp", "hidden": [8]},
-            "train": {"epochs": 1},
-        },
-    )
-    result = CliRunner().invoke(app, ["train", str(config), "--out", str(tmp_path / "run")])
+    config = pets(tmp_path, {"cat": 60, "dog": 8}, (8, 8), val_split=0.1)
+    result = train(config, "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
     # 68 images: test 7 (6 cat, 1 dog), val 6 (5 cat, 1 dog), train 49 + 6.
     assert "training images per class: cat 49, dog 6" in result.output
@@ -224,32 +225,16 @@ def test_the_start_says_the_class_histogram_and_imbalance(tmp_path):
     assert "train.class_weights: balanced" in result.output
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["class_counts"] == {"cat": 49, "dog": 6}
-    balanced = CliRunner().invoke(
-        app,
-        ["train", str(config), "--out", str(tmp_path / "run2")]
-        + ["--set", "train.class_weights=balanced"],
-    )
+    balanced = train(config, "--out", tmp_path / "run2", "--set", "train.class_weights=balanced")
     assert balanced.exit_code == 0 and "imbalanced" not in balanced.output
 
 
 def test_a_checkpoint_from_before_resize_mode_keeps_squashing(tmp_path):
     from dltrain.checkpoint import open_saved
 
-    write_pngs(tmp_path / "pets", {"cat": 10, "dog": 10}, size=(16, 12))
-    config = write_config(
-        tmp_path / "pets.yaml",
-        {
-            "data": {"dataset": "imagefolder", "root": str(tmp_path / "pets"), "resize": 8},
-            "model": {"name": "mlp", "hidden": [8]},
-            "train": {"epochs": 1},
-        },
-    )
-    from typer.testing import CliRunner
-
-    from dltrain.cli import app
-
     run = tmp_path / "run"
-    assert CliRunner().invoke(app, ["train", str(config), "--out", str(run)]).exit_code == 0
+    config = pets(tmp_path, {"cat": 10, "dog": 10}, (16, 12), resize=8)
+    assert train(config, "--out", run).exit_code == 0
     assert open_saved(run / "best.pt").cfg.data.resize_mode == "crop"
     saved = torch.load(run / "best.pt", weights_only=True)
     del saved["config"]["data"]["resize_mode"]  # as a checkpoint of an earlier version
