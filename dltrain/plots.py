@@ -350,7 +350,7 @@ def plot_images(
     width, height = grid_inches(rows, columns)
     # A title wider than a narrow grid is wrapped (about 9 characters an inch at its size).
     lines = textwrap.wrap(title, max(20, int(width * 9)))
-    fig = Figure(figsize=(width, height + 0.25 * (len(lines) - 1)), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")  # the grid yields room
     fig.suptitle("\n".join(lines))
     axes = fig.subplots(rows, columns, squeeze=False).flatten()
     for ax, image, caption in zip(axes, images, captions, strict=False):
