@@ -49,7 +49,7 @@ def compare(
                 )
     if (root / "compare.json").exists():
         raise DltrainError(f"{root} already holds a comparison; choose another --out")
-    split_seed = first.data.split_seed if first.data.split_seed is not None else first.seed
+    split_seed = first.data.split_seed_for(first.seed)
     folders: dict[str, list[Path]] = {}
     rows = []
     for label, cfg in configs.items():

@@ -187,7 +187,7 @@ class Mistakes:
 def draw_pictures(result: dict, wrong: Wrong, info: DataInfo, ckpt: Path) -> list[str]:
     """confusion-<split>.png and mistakes-<split>.png; returns a line for each that could not
     be drawn (and removes its older version, so no stale picture stays beside new metrics)."""
-    from dltrain.plots import plot_confusion, plot_images, short_name, unnormalize
+    from dltrain.plots import plot_confusion, plot_images, short_name
 
     split, names = result["split"], [short_name(name) for name in result["class_names"]]
     confusion_png, mistakes_png = picture_paths(ckpt, split)
@@ -205,7 +205,7 @@ def draw_pictures(result: dict, wrong: Wrong, info: DataInfo, ckpt: Path) -> lis
             for true, guess, prob in zip(wrong.labels, wrong.predicted, wrong.probs, strict=True)
         ]
         shown = f"the {len(captions)} most confident of {errors} mistakes" if errors else ""
-        images = unnormalize(wrong.images, info.mean, info.std) if captions else wrong.images
+        images = info.unnormalize(wrong.images) if captions else wrong.images
         empty = f"no mistakes: all {result['samples']} images classified right"
         plot_images(images, captions, f"{title}: {shown or 'no mistakes'}", mistakes_png, empty)
 

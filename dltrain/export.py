@@ -24,9 +24,8 @@ import torch
 from torch import nn
 
 from dltrain import __version__, checkpoint
-from dltrain.data import NO_DOWNLOAD, build_splits, for_model, make_loader
+from dltrain.data import NO_DOWNLOAD, make_loader
 from dltrain.errors import DataNotFound, DltrainError
-from dltrain.models import model_input
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".ts"}  # format -> the default file's suffix
 # Opsets torch's (dynamo) ONNX exporter writes itself: 18 is its own, 19-25 go through
@@ -180,20 +179,18 @@ def validation_pixels(saved: checkpoint.Saved, count: int = PARITY_IMAGES) -> to
     NCHW, at the model's channels and size. The split is rebuilt from the checkpoint's own
     config and data, as `dltrain eval` does; the loader's normalized batches are mapped back
     (x * std + mean), which holds for in-memory and image-folder datasets alike."""
+    from dltrain.session import model_data
+
     cfg, cpu = saved.cfg, torch.device("cpu")
-    wants = model_input(cfg.model)
-    data = for_model(cfg.data, wants)
-    splits = build_splits(data, cfg.seed, rgb=wants.rgb)
+    data, splits = model_data(cfg)
     saved.check_data(splits.info)
-    mean = torch.tensor(splits.info.mean).view(1, -1, 1, 1)
-    std = torch.tensor(splits.info.std).view(1, -1, 1, 1)
     taken, seen = [], 0
     for images, _ in make_loader(splits, "val", data, cpu):
         taken.append(images)
         seen += len(images)
         if seen >= count:
             break
-    return (torch.cat(taken)[:count] * std + mean).clamp_(0.0, 1.0).contiguous()
+    return splits.info.unnormalize(torch.cat(taken)[:count]).contiguous()
 
 
 def _example(pixels: torch.Tensor) -> torch.Tensor:

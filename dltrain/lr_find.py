@@ -44,7 +44,6 @@ MIN_POINTS = 3  # what the rules need: steepest's central difference takes 3 poi
 LR_RANGE = (1e-10, 1e3)
 
 
-
 @dataclass(frozen=True)
 class ProbeEnd:
     """One seed's probe is done: its curve and what the rules found on it (lr_find.json's)."""
@@ -286,8 +285,7 @@ def seed_configs(cfg: Config, seeds: int) -> list[Config]:
     """The config on seeds seed, seed+1, …: other batches and initialization, the same
     validation split (data.split_seed pinned), so that only the probe's noise differs.
     Trackers are off: the probe writes only its own two files."""
-    split_seed = cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
-    data = cfg.data.model_copy(update={"split_seed": split_seed})
+    data = cfg.data.model_copy(update={"split_seed": cfg.data.split_seed_for(cfg.seed)})
     cfg = trackers.off(cfg)
     return [cfg.model_copy(update={"seed": cfg.seed + k, "data": data}) for k in range(seeds)]
 

@@ -318,13 +318,6 @@ PANEL, HEADER, MIN_WIDTH = 1.6, 0.6, 6.0  # inches: one image and its caption, t
 CELL_VALUES_MAX = 20  # classes up to which the confusion picture prints its shares in cells
 
 
-def unnormalize(images, mean: list[float], std: list[float]):
-    """Normalized images (N, C, H, W) back to 0..1 for display: x * std + mean, clamped."""
-    images = images.float()
-    std = images.new_tensor(std).view(1, -1, 1, 1)
-    return (images * std + images.new_tensor(mean).view(1, -1, 1, 1)).clamp(0, 1)
-
-
 def grid_shape(count: int) -> tuple[int, int]:
     """(rows, columns) of an image grid: about as many columns as rows, columns first."""
     columns = max(1, math.ceil(math.sqrt(count)))

@@ -99,6 +99,5 @@ def to_batch(
 ) -> torch.Tensor:
     """Files -> one normalized float batch (N, C, H, W) on `device`."""
     x = torch.stack([load_image(path, info, mode) for path in files]).to(device)
-    mean = torch.tensor(info.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(info.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    mean, std = info.stats(device)
     return (x - mean) / std

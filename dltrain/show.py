@@ -63,7 +63,7 @@ def show_batch(
     import torch
 
     from dltrain.data import make_loader
-    from dltrain.plots import plot_images, short_name, unnormalize
+    from dltrain.plots import plot_images, short_name
     from dltrain.runtime import start
     from dltrain.session import model_data
 
@@ -82,7 +82,7 @@ def show_batch(
     images = torch.cat(images)
     info = splits.info
     title = f"{cfg.name}: {split} images as the model receives them (un-normalized to show)"
-    picture = unnormalize(images, info.mean, info.std)
+    picture = info.unnormalize(images)
     path, grid = plot_images(picture, [short_name(c, 20) for c in captions], title, path)
     return {
         "path": str(path),

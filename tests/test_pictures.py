@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dltrain.plots import DPI, confusion_shares, grid_inches, grid_shape, unnormalize
+from dltrain.data import DataInfo
+from dltrain.plots import DPI, confusion_shares, grid_inches, grid_shape
 from tests.conftest import DIGITS_SMALL
 
 RGB_FAKE = """\
@@ -55,9 +56,11 @@ def test_unnormalize_inverts_the_loaders_normalization_and_clamps():
     mean, std = [0.5, 0.25, 0.1], [0.2, 0.5, 0.3]
     image = torch.rand(4, 3, 5, 5)
     normalized = (image - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    torch.testing.assert_close(unnormalize(normalized, mean, std), image)
+    info = DataInfo("x", ["a"], 3, (5, 5), mean, std)
+    torch.testing.assert_close(info.unnormalize(normalized), image)
     out_of_range = torch.tensor([-10.0, 10.0]).view(1, 1, 1, 2)
-    assert unnormalize(out_of_range, [0.5], [0.2]).flatten().tolist() == [0.0, 1.0]
+    gray = DataInfo("x", ["a"], 1, (1, 2), [0.5], [0.2])
+    assert gray.unnormalize(out_of_range).flatten().tolist() == [0.0, 1.0]
 
 
 def test_confusion_rows_are_shares_of_the_true_class():
@@ -165,12 +168,12 @@ def test_shown_images_are_the_training_loaders_first_batches(write_config, tmp_p
     fed = torch.cat([first, second])[:20]
     labels = torch.cat([first_labels, second_labels])[:20]
     info = splits.info
-    torch.testing.assert_close(drawn["images"], unnormalize(fed, info.mean, info.std))
+    torch.testing.assert_close(drawn["images"], info.unnormalize(fed))
     assert drawn["captions"] == [info.class_names[i] for i in labels]
     assert shown["range"] == pytest.approx([fed.min().item(), fed.max().item()])
     # Another --seed draws another batch.
     show_batch(cfg, "train", 20, tmp_path, seed=1)
-    assert not torch.equal(drawn["images"], unnormalize(fed, info.mean, info.std))
+    assert not torch.equal(drawn["images"], info.unnormalize(fed))
 
 
 def test_show_default_folder_is_beside_the_configs_runs(cli, write_config, tmp_path, monkeypatch):

@@ -148,6 +148,10 @@ class DataConfig(Section):
         "replacement so each class comes equally often (seeded).",
     )
 
+    def split_seed_for(self, seed: int) -> int:
+        """The seed that draws the validation split: data.split_seed, else the run's."""
+        return seed if self.split_seed is None else self.split_seed
+
     @field_validator("cache", mode="before")
     def _yaml_off(cls, value):
         # YAML reads a bare off (and no, false) as False, on/yes/true as True.

@@ -90,8 +90,7 @@ def build_splits(
         keep, held = stratified_split(train.labels, cfg.test_split, TEST_SEED, "test_split")
         train, test = train.subset(keep), train.subset(held)
     if val is None:
-        split_seed = seed if cfg.split_seed is None else cfg.split_seed
-        keep, held = stratified_split(train.labels, cfg.val_split, split_seed)
+        keep, held = stratified_split(train.labels, cfg.val_split, cfg.split_seed_for(seed))
         train, val = train.subset(keep), train.subset(held)
     splits = Splits(_model_view(raw.info, cfg, rgb), train, val, test, list(raw.notes))
     if isinstance(train, _folder.FileSplit):
@@ -191,8 +190,7 @@ class Batches:
         self.augment = BatchAugment(augment, self.generator) if enabled else None
         self.device = device = device or split.images.device
         self.channels, self.size = info.channels, tuple(info.image_size)
-        self.mean = torch.tensor(info.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(info.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.mean, self.std = info.stats(device)
         # Common case, no conversion: x / 255 then (x - mean) / std as one multiply and add.
         stored = self._stored_shape(split, info)
         self.plain = self.augment is None and stored == (self.channels, *self.size)

@@ -35,6 +35,17 @@ class DataInfo:
     to_dict = asdict
     with_ = replace  # a copy with some fields changed
 
+    def stats(self, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std as float32 (1, C, 1, 1) tensors: what normalizes a batch."""
+        shape, kind = (1, -1, 1, 1), torch.float32
+        mean = torch.tensor(self.mean, dtype=kind, device=device).view(shape)
+        return mean, torch.tensor(self.std, dtype=kind, device=device).view(shape)
+
+    def unnormalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalized images (N, C, H, W) back to 0..1 pixels: x * std + mean, clamped."""
+        mean, std = self.stats(images.device)
+        return (images.float() * std + mean).clamp_(0.0, 1.0)
+
     @classmethod
     def from_dict(cls, data: dict) -> DataInfo:
         return cls(**{**data, "image_size": tuple(data["image_size"])})
