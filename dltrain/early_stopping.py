@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from dltrain.config import EarlyStoppingConfig
+from dltrain.config import EarlyStoppingConfig, lower_is_better
 
 
 class EarlyStopping:
@@ -13,8 +13,7 @@ class EarlyStopping:
 
     def __init__(self, cfg: EarlyStoppingConfig):
         self.monitor, self.patience, self.min_delta = cfg.monitor, cfg.patience, cfg.min_delta
-        auto = "min" if cfg.monitor == "val_loss" else "max"
-        self.mode = auto if cfg.mode == "auto" else cfg.mode
+        self.mode = "min" if lower_is_better(cfg.monitor, cfg.mode) else "max"
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.stopped_epoch: int | None = None  # set when patience runs out

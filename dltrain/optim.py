@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from dltrain.config import EmaConfig, OptimConfig, ScheduleConfig
+from dltrain.config import EmaConfig, OptimConfig, ScheduleConfig, lower_is_better
 from dltrain.models.weights import in_head
 from dltrain.registry import OPTIMIZERS
 
@@ -106,7 +106,7 @@ def build_schedule(
         scheduler = lr_sched.OneCycleLR(optimizer, peaks, total, pct_start=cfg.pct_start)
         return Schedule(scheduler, "step")
     if cfg.name == "plateau":
-        mode = "min" if cfg.monitor == "val_loss" else "max"
+        mode = "min" if lower_is_better(cfg.monitor) else "max"
         scheduler = lr_sched.ReduceLROnPlateau(optimizer, mode, cfg.factor, cfg.patience)
         return Schedule(scheduler, "metric", cfg.monitor)
     # cosine, with optional linear warmup, stepped per optimizer step for a smooth curve

@@ -19,7 +19,7 @@ except ImportError:  # Windows
     fcntl = None
 
 from dltrain.checkpoint import atomic_write, write_failure, write_json
-from dltrain.config import Config
+from dltrain.config import Config, lower_is_better
 from dltrain.errors import DltrainError, RunInUse
 
 RUN_FILES = tuple(
@@ -306,7 +306,7 @@ def describe_run(run_dir: str | Path) -> dict:
     # The epoch the config's early stopping would call best so far (first of equal values).
     stopping = _dig(config, "train", "early_stopping")
     monitor, mode = str(_dig(stopping, "monitor") or "val_acc"), _dig(stopping, "mode") or "auto"
-    lower = mode == "min" or (mode == "auto" and monitor.endswith("loss"))
+    lower = lower_is_better(monitor, mode)
     scored = [row for row in rows if row.get(monitor) is not None]
     top = (min if lower else max)(scored, key=lambda row: row[monitor], default={})
     best = next((row for row in rows if row["epoch"] == top.get("epoch")), {})

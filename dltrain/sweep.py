@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from dltrain.checkpoint import atomic_write
-from dltrain.config import Config, Space, parse_space, set_key, validate
+from dltrain.config import Config, Space, lower_is_better, parse_space, set_key, validate
 from dltrain.distributed import usable_cores
 from dltrain.errors import ConfigError, DltrainError, Interrupted
 from dltrain.events import EpochEnd, Event, Summary
@@ -56,7 +56,7 @@ def create(cfg: Config, folder: Path, options: dict) -> dict:
     jobs, timeout, storage (None: study.db in the folder). Returns the settings."""
     prepare(cfg, folder)
     metric = cfg.sweep.metric or cfg.train.early_stopping.monitor
-    direction = "minimize" if metric.endswith("loss") else "maximize"
+    direction = "minimize" if lower_is_better(metric) else "maximize"
     settings = {"config": cfg.model_dump(mode="json"), "metric": metric, "direction": direction}
     settings.update(study=cfg.name, **options)
     open_study(folder, settings)  # first: a storage that cannot be opened leaves no sweep.yaml

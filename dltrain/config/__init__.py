@@ -31,6 +31,7 @@ from dltrain.config.schema import (
     SweepConfig,
     TrainConfig,
     image_size,
+    lower_is_better,
     reference_markdown,
 )
 from dltrain.config.space import SPACE_FORMS, Space, parse_space
@@ -41,5 +42,6 @@ __all__ = [
     "LoggingConfig", "MixupConfig", "ModelConfig",
     "NormalizeStats", "OptimConfig", "ScheduleConfig", "Section", "Space", "SweepConfig",
     "TrainConfig", "apply_overrides", "check_changes", "from_dict", "image_size", "load_config",
-    "parse_space", "parse_yaml", "read_config_file", "reference_markdown", "set_key", "validate",
+    "lower_is_better", "parse_space", "parse_yaml", "read_config_file", "reference_markdown",
+    "set_key", "validate",
 ]  # fmt: skip

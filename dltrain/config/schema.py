@@ -396,6 +396,12 @@ class SweepConfig(Section):
     )
 
 
+def lower_is_better(metric: str, mode: str = "auto") -> bool:
+    """The one rule for which way a metric improves: a loss goes down, anything else up; an
+    explicit mode (early stopping's min or max) wins."""
+    return mode == "min" if mode != "auto" else metric.endswith("loss")
+
+
 def image_size(data: DataConfig) -> int | None:
     """The image size known without reading data (imagefolder: only through data.resize)."""
     sizes = {"digits": 8, "mnist": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
