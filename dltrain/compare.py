@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,4 +84,6 @@ def _stats(label: str, cfg: Config, summaries: list[dict]) -> dict:
 
 
 def default_root(runs: Path = Path("runs")) -> Path:
-    return runs / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    from dltrain.runs import stamped
+
+    return stamped(runs, "compare-")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import math
 import statistics
-import time
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -332,14 +331,9 @@ def summarize(curves: list[dict], cfg: Config, steps: int) -> dict:
 def new_folder(cfg: Config, out: str | Path | None = None, root: str | Path = "runs") -> Path:
     """`out`, or runs/<name>/lr-find-<time>/ (made unique) beside the config's runs; never
     a folder that holds a training run or another lr-find."""
-    from dltrain.runs import new_run_dir
+    from dltrain.runs import new_run_dir, stamped
 
-    if out is None:
-        base = Path(root) / cfg.name / f"lr-find-{time.strftime('%Y%m%d-%H%M%S')}"
-        out, n = base, 1
-        while out.exists():
-            out, n = base.with_name(f"{base.name}-{n}"), n + 1
-    out = Path(out)
+    out = stamped(Path(root) / cfg.name, "lr-find-") if out is None else Path(out)
     for name, holds in (("lr_find.json", "an lr-find"), ("config.yaml", "a training run")):
         if (out / name).exists():
             raise DltrainError(f"{out} already holds {holds}; choose another --out")

@@ -28,6 +28,16 @@ RUN_FILES = tuple(
 LOCK = ".dltrain.lock"  # held by the process training in the folder (RunLock)
 
 
+def stamped(folder: str | Path, prefix: str = "") -> Path:
+    """A new path in `folder` named by the time: <prefix><YYYYmmdd-HHMMSS>, with -1, -2, ...
+    after it when a path of that name exists (two runs started in the same second)."""
+    base = Path(folder) / f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return path
+
+
 def new_run_dir(
     cfg: Config, run_dir: str | Path | None = None, root: str | Path = "runs", force: bool = False
 ) -> Path:
@@ -36,10 +46,7 @@ def new_run_dir(
     under a run file's name (metrics.csv, ...) but no config.yaml, which dltrain writes first,
     holds someone else's files: refused even with `force`."""
     if run_dir is None:
-        base = Path(root) / cfg.name / time.strftime("%Y%m%d-%H%M%S")
-        path, n = base, 1
-        while path.exists():
-            path, n = base.with_name(f"{base.name}-{n}"), n + 1
+        path = stamped(Path(root) / cfg.name)
     else:
         path = Path(run_dir)
         if path.exists() and not path.is_dir():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -124,7 +123,7 @@ def sweep(
     The sweep's folder is --out (default runs/<name>/sweep-<time>)."""
     from dltrain import sweep as sweeps
     from dltrain.config import load_config
-    from dltrain.runs import RunLock
+    from dltrain.runs import RunLock, stamped
 
     if resume is not None:
         fixed = {"CONFIG": config, "--param": param, "--set": set_, "--device": device}
@@ -143,7 +142,7 @@ def sweep(
         if sampler not in (None, "random", "tpe"):
             raise DltrainError(f"--sampler {sampler!r}: expected random or tpe")
         cfg = load_config(config, overrides(set_, device), list(param or []))
-        folder = out_dir or Path("runs", cfg.name, time.strftime("sweep-%Y%m%d-%H%M%S"))
+        folder = out_dir or stamped(Path("runs", cfg.name), "sweep-")
         options = {"trials": trials or cfg.sweep.trials, "sampler": sampler or cfg.sweep.sampler}
         options.update(prune=prune, jobs=jobs or 1, timeout=timeout, storage=storage)
         sweeps.prepare(cfg, folder)
