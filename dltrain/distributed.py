@@ -57,14 +57,12 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def start(device_name: str) -> torch.device:
-    """Join torchrun's process group: NCCL, one GPU per process (LOCAL_RANK); gloo on the CPU."""
+def start(kind: str) -> torch.device:
+    """Join torchrun's process group: NCCL, one GPU per process (LOCAL_RANK); gloo on the CPU.
+    `kind`: the device type the config resolves to (runtime.join, its one caller)."""
     import torch
 
-    from dltrain.runtime import resolve_device
-
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    kind = resolve_device(device_name).type  # "auto" takes the GPU when there is one
     if kind == "mps":
         raise DltrainError("distributed training runs on CUDA or the CPU, not mps; use --device")
     nccl = kind == "cuda"

@@ -187,7 +187,7 @@ class Mistakes:
 def draw_pictures(result: dict, wrong: Wrong, info: DataInfo, ckpt: Path) -> list[str]:
     """confusion-<split>.png and mistakes-<split>.png; returns a line for each that could not
     be drawn (and removes its older version, so no stale picture stays beside new metrics)."""
-    from dltrain.plots import plot_confusion, plot_images, short_name
+    from dltrain.pictures import plot_confusion, plot_images, short_name
 
     split, names = result["split"], [short_name(name) for name in result["class_names"]]
     confusion_png, mistakes_png = picture_paths(ckpt, split)

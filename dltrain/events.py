@@ -108,7 +108,8 @@ class Summary:
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        return {**data, **data.pop("facts")}
+        facts = data.pop("facts")
+        return {**data, **facts}
 
 
 @dataclass(frozen=True)

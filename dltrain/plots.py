@@ -1,6 +1,6 @@
 """Learning curves as image files: one run (`curves.png`), several runs overlaid, and groups of
-runs (one config, several seeds) compared by their mean and spread; and pictures of the data:
-a batch as the model receives it (`dltrain show`), eval's confusion matrix and its mistakes.
+runs (one config, several seeds) compared by their mean and spread (pictures of the data are
+pictures.py's).
 
 matplotlib is imported inside the functions, so the CLI starts without it, and used through
 its object API (`Figure`, no pyplot): nothing is shown, no global backend is switched, any
@@ -9,7 +9,6 @@ machine can draw (headless too), and a figure is freed like any other object.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from contextlib import suppress
@@ -47,7 +46,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
             ax.axvline(stopped, color="red", ls="--", lw=1, label=f"early stop at {stopped}")
     _legend(loss_ax, _lr_axis(loss_ax, rows))
     _legend(acc_ax)
-    return _save(fig, out if out is not None else run_dir / "curves.png")
+    return save_figure(fig, out if out is not None else run_dir / "curves.png")
 
 
 def draw_curves(run_dir: str | Path) -> str | None:
@@ -77,7 +76,7 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
     val = Line2D([], [], color="black", label="val")
     train = Line2D([], [], color="black", linestyle="--", label="train")
     _legend(acc_ax, [val, train], many=len(runs) > 8)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_compare(groups: dict[str, list[str | Path]], out: str | Path) -> Path:
@@ -95,7 +94,7 @@ def plot_compare(groups: dict[str, list[str | Path]], out: str | Path) -> Path:
             ax.plot(epochs, mean, color=color, label=f"{label} (n={len(runs)})", **_dots(epochs))
             ax.fill_between(epochs, low, high, color=color, alpha=0.2, linewidth=0)
     acc_ax.legend(fontsize="small")
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_sweep(rows: list[dict], spaces: dict, metric: str, out: str | Path) -> Path:
@@ -134,7 +133,7 @@ def plot_sweep(rows: list[dict], spaces: dict, metric: str, out: str | Path) -> 
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
     fig.suptitle(f"{len(rows)} trials: best {metric} (validation) against each parameter")
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def overlay_path(run_dirs: list[str | Path]) -> Path:
@@ -257,7 +256,7 @@ def _labels(runs: list[dict]) -> list[str]:
     return labels if len(set(labels)) == len(labels) else [str(run["dir"]) for run in runs]
 
 
-def _save(fig, out: str | Path) -> Path:
+def save_figure(fig, out: str | Path) -> Path:
     """Write the figure atomically; the format follows the file's suffix (png by default)."""
     out = Path(out)
     kind = out.suffix.lower().lstrip(".") or "png"
@@ -306,100 +305,7 @@ def plot_lr_find(result: dict, out: str | Path) -> Path:
         f"lr-find {result['name']}: {len(result['seeds'])} seed(s), up to {result['steps']} "
         f"steps from {result['start']:g} to {result['end']:g}"
     )
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 _LR_CURVES = ("smoothed", "losses")  # a seed's curves in lr_find.json: smoothed and raw
-
-
-# --- images: a batch as the model sees it (dltrain show), eval's confusion and mistakes ----
-
-PANEL, HEADER, MIN_WIDTH = 1.6, 0.6, 6.0  # inches: one image and its caption, the title
-CELL_VALUES_MAX = 20  # classes up to which the confusion picture prints its shares in cells
-
-
-def grid_shape(count: int) -> tuple[int, int]:
-    """(rows, columns) of an image grid: about as many columns as rows, columns first."""
-    columns = max(1, math.ceil(math.sqrt(count)))
-    return max(1, math.ceil(count / columns)), columns
-
-
-def grid_inches(rows: int, columns: int) -> tuple[float, float]:
-    """The figure's size for a grid: PANEL per image, the title's HEADER on top."""
-    return max(columns * PANEL, MIN_WIDTH), rows * PANEL + HEADER
-
-
-def plot_images(
-    images, captions: list[str], title: str, out: str | Path, empty: str = ""
-) -> tuple[Path, tuple[int, int]]:
-    """Images (N, C, H, W, values 0..1, on the CPU) in a grid, each with its caption under it;
-    one channel is drawn gray, three as RGB; no images: the `empty` text. Returns (path,
-    (rows, columns))."""
-    import textwrap
-
-    from matplotlib.figure import Figure
-
-    rows, columns = grid_shape(len(images))
-    width, height = grid_inches(rows, columns)
-    # A title wider than a narrow grid is wrapped (about 9 characters an inch at its size).
-    lines = textwrap.wrap(title, max(20, int(width * 9)))
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")  # the grid yields room
-    fig.suptitle("\n".join(lines))
-    axes = fig.subplots(rows, columns, squeeze=False).flatten()
-    for ax, image, caption in zip(axes, images, captions, strict=False):
-        if image.shape[0] == 3:
-            ax.imshow(image.permute(1, 2, 0).numpy())
-        else:
-            ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.set(xticks=[], yticks=[])
-        ax.set_xlabel(caption, fontsize="small")
-    for ax in axes[len(images) :]:
-        ax.set_axis_off()
-    if not len(images):
-        axes[0].text(0.5, 0.5, empty, ha="center", va="center", size="large")
-    return _save(fig, out), (rows, columns)
-
-
-def confusion_shares(confusion: list[list[int]]) -> list[list[float]]:
-    """Each true class's row as shares of its samples (rows sum to 1; a class without
-    samples in the split: a row of zeros)."""
-    return [[count / sum(row) if sum(row) else 0.0 for count in row] for row in confusion]
-
-
-def plot_confusion(confusion: list[list[int]], names: list[str], title: str, out) -> Path:
-    """The confusion matrix normalized per true class, class names on both axes; the shares
-    printed in the cells for up to CELL_VALUES_MAX classes."""
-    from matplotlib.figure import Figure
-
-    shares, classes = confusion_shares(confusion), len(names)
-    side = min(max(6.0, 0.5 * classes + 2.5), 24.0)
-    fig = Figure(figsize=(side + 1.5, side), dpi=DPI, layout="constrained")
-    ax = fig.subplots()
-    shown = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(shown, ax=ax, shrink=0.8, label="share of the true class")
-    size = "small" if classes <= CELL_VALUES_MAX else max(3, 8 * CELL_VALUES_MAX / classes)
-    labels = [short_name(name) for name in names]
-    ax.set_xticks(range(classes), labels, rotation=90, fontsize=size)
-    ax.set_yticks(range(classes), labels, fontsize=size)
-    ax.set(xlabel="predicted class", ylabel="true class", title=title)
-    if classes <= CELL_VALUES_MAX:
-        for (true, predicted), share in _cells(shares):
-            color = "white" if share > 0.5 else "black"
-            font = "x-small" if classes > 10 else "small"
-            ax.text(
-                predicted, true, f"{share:.2f}", ha="center", va="center", color=color, size=font
-            )
-    return _save(fig, out)
-
-
-def _cells(shares: list[list[float]]):
-    """The non-zero cells as ((row, column), share); zeros stay blank."""
-    for true, row in enumerate(shares):
-        for predicted, share in enumerate(row):
-            if share >= 0.005:
-                yield (true, predicted), share
-
-
-def short_name(name: str, width: int = 14) -> str:
-    """A class name cut to fit under an image or beside a matrix row."""
-    return name if len(name) <= width else name[: width - 1] + "…"

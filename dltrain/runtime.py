@@ -46,12 +46,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def join(cfg: Config) -> torch.device:
+    """Under torchrun, this process's device in the process group (joined once; "auto" takes
+    the GPU when there is one)."""
+    return distributed.start(resolve_device(cfg.device).type)
+
+
 def start(cfg: Config) -> torch.device:
     """The device a run trains on (under torchrun, this process's, in the process group), with
     threads, determinism and seeds set. Every rank takes the same seed: identical initial
     weights, splits and shuffles."""
-    launched = distributed.launched()
-    device = distributed.start(cfg.device) if launched else resolve_device(cfg.device)
+    device = join(cfg) if distributed.launched() else resolve_device(cfg.device)
     set_threads()
     if cfg.train.deterministic:
         # cuBLAS needs this workspace setting to be deterministic; set before CUDA starts.

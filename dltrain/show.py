@@ -63,7 +63,7 @@ def show_batch(
     import torch
 
     from dltrain.data import make_loader
-    from dltrain.plots import plot_images, short_name
+    from dltrain.pictures import plot_images, short_name
     from dltrain.runtime import start
     from dltrain.session import model_data
 

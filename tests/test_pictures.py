@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from dltrain.data import DataInfo
-from dltrain.plots import DPI, confusion_shares, grid_inches, grid_shape
+from dltrain.pictures import confusion_shares, grid_inches, grid_shape
+from dltrain.plots import DPI
 from tests.conftest import DIGITS_SMALL
 
 RGB_FAKE = """\
@@ -145,7 +146,7 @@ def test_show_draws_a_grid_of_what_the_model_receives(
 def test_shown_images_are_the_training_loaders_first_batches(write_config, tmp_path, monkeypatch):
     """The images drawn are the batches training takes first (same seed, shuffled and
     augmented), un-normalized: rebuilt here through the same data path."""
-    from dltrain import plots
+    from dltrain import pictures as plots
     from dltrain.config import load_config
     from dltrain.data import make_loader
     from dltrain.session import model_data
@@ -222,7 +223,7 @@ def digits_run(tmp_path_factory):
 
 
 def test_eval_writes_the_confusion_and_the_most_confident_mistakes(cli, digits_run, monkeypatch):
-    from dltrain import plots
+    from dltrain import pictures as plots
 
     drawn = {}
     real = plots.plot_images
@@ -255,7 +256,7 @@ def test_eval_writes_the_confusion_and_the_most_confident_mistakes(cli, digits_r
 
 
 def test_a_picture_that_fails_is_one_warning_and_the_metrics_stay(cli, digits_run, monkeypatch):
-    from dltrain import plots
+    from dltrain import pictures as plots
 
     def broken(*args, **kwargs):
         raise RuntimeError("no fonts today")
@@ -274,7 +275,7 @@ def test_a_picture_that_fails_is_one_warning_and_the_metrics_stay(cli, digits_ru
 
 
 def test_show_mixes_training_images_as_training_does(write_config, tmp_path, monkeypatch):
-    from dltrain import plots
+    from dltrain import pictures as plots
     from dltrain.config import load_config
     from dltrain.show import show_batch
 

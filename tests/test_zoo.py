@@ -78,6 +78,9 @@ def test_course_models_keep_their_own_rows():
     assert facts.source("resnet18") == "course" and facts.source("alexnet") == "course"
     assert "resnet18" not in facts.table()["models"]
     assert facts.names()[:4] == ["mlp", "cnn", "alexnet", "resnet18"]
+    from dltrain.models.names import COURSE_NAMES  # what the catalog leaves out of zoo.json
+
+    assert tuple(facts.COURSE) == COURSE_NAMES
 
 
 # --- config checks, no torch needed -----------------------------------------------------------

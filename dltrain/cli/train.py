@@ -281,10 +281,11 @@ def _launch(ctx: typer.Context, nproc: int) -> None:
 def _run_folder(cfg, run_dir: Path | None, force: bool) -> Path:
     """The new run's folder. Under torchrun, rank 0 makes it and tells the others."""
     from dltrain.runs import new_run_dir
+    from dltrain.runtime import join
 
     if not distributed.launched():
         return new_run_dir(cfg, run_dir, force=force)
-    distributed.start(cfg.device)
+    join(cfg)
     return distributed.from_main(lambda: new_run_dir(cfg, run_dir, force=force))
 
 

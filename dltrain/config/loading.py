@@ -3,60 +3,18 @@ errors that name the dotted key, the bad value and the closest choice, all at on
 YAML -> `read_config_file` -> overrides -> `validate`; checkpoints' configs join at `from_dict`."""
 
 import copy
-import difflib
 import math
-import re
-from collections.abc import Hashable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-import yaml
 from pydantic import ValidationError
-from yaml.constructor import ConstructorError
 
+from dltrain.config.reading import closest, parse_yaml
 from dltrain.config.schema import FIELDS, KEYS, Config, image_size
 from dltrain.config.space import SPACE_FORMS, parse_space
 from dltrain.errors import ConfigError, DltrainError
 from dltrain.models import facts
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-3` as a float and refuses duplicate keys."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, Hashable):  # a list or mapping: SafeLoader's own error says so
-                continue
-            if key in seen:
-                raise ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-# YAML 1.1 (PyYAML) wants a dot in a float; YAML 1.2 and every user expect 1e-3 to be a number.
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def parse_yaml(text: str, source: str) -> Any:
-    """Parse YAML text with the safe loader; problems become a one-line ConfigError."""
-    try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
-        problem = err.problem or "invalid YAML"
-        if "could not determine a constructor" in problem:
-            tag = problem.split("tag ", 1)[-1].strip("'").replace("tag:yaml.org,2002:", "!!")
-            problem = f"tag {tag} is not allowed (dltrain reads plain YAML only; remove the tag)"
-        raise ConfigError([f"{where}: {problem}"], source) from None
-    except yaml.YAMLError as err:  # e.g. a character YAML does not allow
-        raise ConfigError([f"invalid YAML: {str(err).splitlines()[0]}"], source) from None
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -122,7 +80,7 @@ def _space_problem(data: dict, key: str, spec: str) -> str | None:
             return "the sweep section itself cannot be swept"
         if inside := [k for k in keys if k.startswith(key + ".")]:
             return f"{key} is a section; name a key in it, e.g. {inside[0]}"
-        if match := _closest(key, keys):
+        if match := closest(key, keys):
             return f"unknown config key; did you mean {match}?"
         return "unknown config key; see dltrain config reference"
     try:
@@ -143,10 +101,6 @@ def _space_problem(data: dict, key: str, spec: str) -> str | None:
     return None
 
 
-def _closest(word, options) -> str | None:
-    return next(iter(difflib.get_close_matches(str(word), [str(o) for o in options], n=1)), None)
-
-
 def _path(loc: tuple) -> str:
     """A dotted path; a key that is not plain text is shown quoted (keeps lines single)."""
     return ".".join(str(p) if str(p).isprintable() and " " not in str(p) else repr(p) for p in loc)
@@ -157,12 +111,12 @@ def _describe(error: dict) -> str:
     path = _path(loc)
     if kind == "extra_forbidden":
         keys = [p[-1] for p in FIELDS if p[:-1] == loc[:-1]]  # those of the section at loc[:-1]
-        if match := _closest(loc[-1], keys):
+        if match := closest(loc[-1], keys):
             return f"{path}: unknown key; did you mean {_path((*loc[:-1], match))}?"
         return f"{path}: unknown key; valid keys here: {', '.join(keys)}"
     if kind == "literal_error":
         choices = _choices(FIELDS[loc].annotation) if loc in FIELDS else []
-        hint = f"; did you mean {match}?" if (match := _closest(value, choices)) else ""
+        hint = f"; did you mean {match}?" if (match := closest(value, choices)) else ""
         return f"{path}: {value!r} is not one of {', '.join(choices)}{hint}"
     if kind == "value_error" and error["msg"].removeprefix("Value error, ").startswith(repr(value)):
         return f"{path}: {error['msg'].removeprefix('Value error, ')}"  # names the value itself

@@ -6,6 +6,7 @@ import re
 import sys
 from dataclasses import dataclass
 
+from dltrain.config.reading import closest, parse_yaml
 from dltrain.errors import DltrainError
 
 SPACE_KINDS = ("loguniform", "uniform", "int", "choice")
@@ -25,14 +26,12 @@ class Space:
 
 def parse_space(spec: str) -> Space:
     """`kind(arguments)`, the arguments read as YAML; ValueError says what is wrong."""
-    from dltrain.config.loading import _closest, parse_yaml  # here: loading imports this module
-
     match = re.fullmatch(r"\s*([A-Za-z_]\w*)\s*\((.*)\)\s*", spec, flags=re.DOTALL)
     if not match:
         raise ValueError(f"{spec!r} is not a search space; expected {SPACE_FORMS}")
     kind, text = match.groups()
     if kind not in SPACE_KINDS:
-        hint = f"; did you mean {close}?" if (close := _closest(kind, SPACE_KINDS)) else ""
+        hint = f"; did you mean {close}?" if (close := closest(kind, SPACE_KINDS)) else ""
         raise ValueError(f"{kind!r} is not one of {', '.join(SPACE_KINDS)}{hint}")
     try:
         args = parse_yaml(f"[{text}]", spec)

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dltrain.models.facts import COURSE, TIMM
+from dltrain.models.names import COURSE_NAMES, TIMM
 
 # What a row holds that needs the model built (on the meta device); the rest is metadata.
 MEASURED = {"torchvision": ("min_size", "fixed"), "timm": ("params",)}
@@ -36,7 +36,7 @@ def torchvision_names() -> list[str]:
     import torchvision
 
     found = torchvision.models.list_models(module=torchvision.models)
-    return [name for name in found if name not in COURSE]
+    return [name for name in found if name not in COURSE_NAMES]
 
 
 def timm_names() -> list[str]:

@@ -21,7 +21,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
-TIMM = "timm/"  # timm's models are named timm/<name>: no clash with torchvision's names
+from dltrain.models.names import TIMM  # noqa: F401 - read as facts.TIMM
+
 TIMM_EXTRA = "pip install 'dltrain[timm]'"
 SMALL_INPUT_BELOW = 64  # the course's rule: small_input auto means the small stem under 64 px
 ZOO_FILE = Path(__file__).with_name("zoo.json")
