@@ -10,6 +10,7 @@ from pathlib import Path
 from dltrain.checkpoint import write_json
 from dltrain.config import Config
 from dltrain.errors import DltrainError
+from dltrain.events import Summary
 
 
 def labels_for(paths: list[Path]) -> list[str]:
@@ -27,7 +28,7 @@ def compare(
     configs: dict[str, Config],
     seeds: int,
     root: Path,
-    on_run: Callable[[str, int, dict], None] = lambda label, seed, summary: None,
+    on_run: Callable[[str, int, Summary], None] = lambda label, seed, summary: None,
 ) -> dict:
     """Train every config with `seeds` seeds on one validation split (that of the first
     config's seed); returns per-config statistics and writes compare.json and compare.png.
@@ -70,16 +71,16 @@ def compare(
 
 
 def _stats(label: str, cfg: Config, summaries: list[dict]) -> dict:
-    accs = [s["best_metrics"]["val_acc"] for s in summaries]
+    accs = [s.best_metrics["val_acc"] for s in summaries]
     return {
         "config": label,
         "model": cfg.model.name,
-        "params": summaries[0]["params"],
+        "params": summaries[0].facts.params,
         "val_acc_mean": statistics.fmean(accs),
         "val_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
         "val_accs": accs,
-        "seconds_per_epoch": statistics.fmean(s["seconds_per_epoch"] for s in summaries),
-        "epochs": [s["epochs_run"] for s in summaries],
+        "seconds_per_epoch": statistics.fmean(s.seconds_per_epoch for s in summaries),
+        "epochs": [s.epochs_run for s in summaries],
     }
 
 

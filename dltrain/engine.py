@@ -1,30 +1,44 @@
 """The training loop: `fit` runs a Session (session.py) epoch by epoch, with one epoch's
 `train_one_epoch` and `evaluate` from epoch.py; saving.py checkpoints and restores it.
 
-The engine never prints or draws. It talks to its caller through one channel: `fit(...,
-on_event=f)` calls `f(kind, info)` with kind note, start, epoch_start, batch, epoch or end;
-a non-empty string that `f` returns asks training to stop, with that reason. Ctrl-C and
-SIGTERM come in the same way. A stop takes effect at the next optimizer step (mid-epoch, a
-resumable last.pt is written) or at the end of the epoch it was asked at.
+The engine never prints or draws. It publishes typed events (events.py) to a list of
+listeners: the caller's (`fit(..., listeners=[...])`: the CLI's report, a sweep's pruner)
+and the trackers the config asks for (trackers.py); a non-empty string a listener returns asks
+training to stop, with that reason. Ctrl-C and SIGTERM come in the same way. A stop takes
+effect at the next optimizer step (mid-epoch, a resumable last.pt is written) or at the end of
+the epoch it was asked at.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from dltrain import __version__, distributed, saving
+from dltrain import __version__, distributed, saving, trackers
 from dltrain.config import Config
 from dltrain.early_stopping import overfitting_note
-from dltrain.epoch import Channel, Events, NonFiniteLoss, Stop, evaluate, quiet, train_one_epoch
+from dltrain.epoch import Channel, NonFiniteLoss, Stop, evaluate, train_one_epoch
 from dltrain.errors import DltrainError, Interrupted
+from dltrain.events import (
+    Decode,
+    EpochEnd,
+    EpochStart,
+    Facts,
+    Listener,
+    Note,
+    RunEnd,
+    RunStart,
+    Summary,
+)
 from dltrain.finetune import apply_freeze
 from dltrain.models import count_parameters
 from dltrain.runs import RunLock
@@ -51,13 +65,13 @@ class LoopState:
 def fit(
     cfg: Config,
     run_dir: Path,
-    on_event: Events = quiet,
+    listeners: Sequence[Listener] = (),
     resume: dict | None = None,
     parent: dict | None = None,
     new: bool = False,
-) -> dict:
+) -> Summary:
     """Train per the config, writing config, metrics, summary and checkpoints to `run_dir`;
-    returns the summary. `on_event` hears the run and may stop it (the summary then says
+    returns the summary. `listeners` hear the run and may stop it (the summary then says
     "stopped" and why). `resume`: a checkpoint payload to continue from (same folder, mid-epoch
     too). `parent`: the source of a finetune run (switches on `cfg.finetune`). `new`: the
     folder was chosen as holding no run (runs.new_run_dir), and must still hold none. Raises
@@ -65,32 +79,39 @@ def fit(
     for a NaN/Inf loss or running out of memory, each recorded in summary.json first."""
     # Rank 0 holds the folder's lock from before its first write to the end (runs.RunLock).
     with RunLock(run_dir, new) if distributed.is_main() else contextlib.nullcontext():
-        return _fit(cfg, Path(run_dir), on_event, resume, parent)
+        return _fit(cfg, Path(run_dir), list(listeners), resume, parent)
 
 
-def _fit(cfg: Config, run_dir: Path, on_event: Events, resume: dict | None, parent: dict | None):
+def _fit(cfg: Config, run_dir: Path, listeners: list, resume: dict | None, parent: dict | None):
     started = time.perf_counter()
     if resume is not None:
         parent = resume.get("parent")
-
-    def progress(done: int, total: int, split: str) -> None:  # an image folder's decode
-        if distributed.is_main():
-            on_event("decode", {"done": done, "total": total, "split": split})
-
-    s = build(cfg, run_dir, parent, resuming=resume is not None, progress=progress)
-    emit = Channel(on_event if s.files.write else quiet)  # distributed: rank 0 alone reports
+    main = distributed.is_main()  # rank 0 alone reports and tracks
+    # Asked-for trackers that cannot work are an error before any data is read.
+    tracking = trackers.build(cfg, run_dir) if main else []
+    emit = Channel([*listeners, *tracking] if main else [])
     try:
+
+        def progress(done: int, total: int, split: str) -> None:  # an image folder's decode
+            emit(Decode(split, done, total))
+
+        s = build(cfg, run_dir, parent, resuming=resume is not None, progress=progress)
         loop = _begin(s, emit, resume)
         with StopSignal() as signals:
             emit.signals = signals
             _run(s, loop, emit, started)
         summary = _finish(s, loop, emit.decided, time.perf_counter() - started)
-        s.files.write_summary(summary)
+        _ended(s, emit, summary)
     finally:
-        if s.tensorboard is not None:
-            s.tensorboard.close()
-    emit("end", {"summary": summary, "run_dir": str(s.run_dir)})
+        for tracker in tracking:  # however the run ended
+            tracker.close()
     return summary
+
+
+def _ended(s: Session, emit: Channel, summary: Summary) -> None:
+    """summary.json written, then the run's end told, however it ended."""
+    s.files.write_summary(summary.to_dict())
+    emit(RunEnd(summary, s.run_dir))
 
 
 def _begin(s: Session, emit: Channel, resume: dict | None) -> LoopState:
@@ -104,38 +125,38 @@ def _begin(s: Session, emit: Channel, resume: dict | None) -> LoopState:
             loop.rows = [resume["metrics"]]
         if dropped := [row["epoch"] for row in rows if row["epoch"] > loop.epoch]:
             epochs = f"{dropped[0]}-{dropped[-1]}" if len(dropped) > 1 else f"{dropped[0]}"
-            emit("note", {"text": f"metrics.csv: dropped epoch(s) {epochs}, which no checkpoint "
-                          "holds; they are trained again"})  # fmt: skip
+            emit(Note(f"metrics.csv: dropped epoch(s) {epochs}, which no checkpoint holds; they "
+                      "are trained again"))  # fmt: skip
         s.files.rewrite_metrics(loop.rows)
         s.files.remove_temporary()  # left by a process killed while saving
         where = f"epoch {loop.epoch}"
         if loop.partial:
             where = f"epoch {loop.epoch + 1}, step {loop.partial['steps']}"
-        emit("note", {"text": f"resuming {s.run_dir} after {where}"})
+        emit(Note(f"resuming {s.run_dir} after {where}"))
     else:
         s.files.start_over()
     s.files.write_config(s.cfg)
     s.files.write_parent(s.parent)
     for note in s.notes:
-        emit("note", {"text": note})
-    start = {"run_dir": str(s.run_dir), "epochs": s.cfg.train.epochs}
-    emit("start", {**start, "batches": len(s.train_batches), **_facts(s)})
+        emit(Note(note))
+    epochs, batches = s.cfg.train.epochs, len(s.train_batches)
+    emit(RunStart(s.run_dir, s.cfg, epochs, loop.epoch + 1, batches, _facts(s)))
     return loop
 
 
-def _facts(s: Session) -> dict:
+def _facts(s: Session) -> Facts:
     """What the start line and the summary say about the run's setup."""
-    return {
-        "params": count_parameters(s.model),
-        "macs": s.macs,
-        "device": str(s.device),
-        "processes": s.world_size,
-        "precision": s.precision.name,
-        "sizes": s.splits.sizes,
-        "input": [s.info.channels, *s.info.image_size],
-        "input_from": s.input_from,
-        "class_counts": class_counts(s.splits),
-    }
+    return Facts(
+        params=count_parameters(s.model),
+        macs=s.macs,
+        device=str(s.device),
+        processes=s.world_size,
+        precision=s.precision.name,
+        sizes=s.splits.sizes,
+        input=[s.info.channels, *s.info.image_size],
+        input_from=s.input_from,
+        class_counts=class_counts(s.splits),
+    )
 
 
 def _run(s: Session, loop: LoopState, emit: Channel, started: float) -> None:
@@ -145,10 +166,10 @@ def _run(s: Session, loop: LoopState, emit: Channel, started: float) -> None:
         _epochs(s, loop, emit)
     except NonFiniteLoss as bad:
         saving.flush(s, loop)  # the epochs before it are good
-        _fail(s, loop, started, bad.step)
+        _fail(s, loop, emit, started, bad.step)
     except torch.cuda.OutOfMemoryError:
         saving.flush(s, loop)
-        _fail(s, loop, started)
+        _fail(s, loop, emit, started)
     except BaseException:  # anything else: the epochs that finished are still written
         saving.flush(s, loop)
         raise
@@ -156,7 +177,7 @@ def _run(s: Session, loop: LoopState, emit: Channel, started: float) -> None:
         saving.keep(s, loop, loop.rows[-1] if loop.rows else {}, ["last.pt"], now=True)
     saving.flush(s, loop)  # the run ends or stops: nothing waits in memory any longer
     if emit.decided is not None and emit.decided.signum is not None:
-        _interrupted(s, loop, emit.decided.signum, started)
+        _interrupted(s, loop, emit, started)
 
 
 def _epochs(s: Session, loop: LoopState, emit: Channel) -> None:
@@ -164,7 +185,7 @@ def _epochs(s: Session, loop: LoopState, emit: Channel) -> None:
     while loop.epoch < cfg.train.epochs and not s.stopper.should_stop and not emit.decided:
         epoch_start = time.perf_counter()
         start = _epoch_start(s, loop)
-        emit("epoch_start", {"epoch": loop.epoch + 1})
+        emit(EpochStart(loop.epoch + 1))
         train = train_one_epoch(
             s.net, s.train_batches, s.optimizer, s.loss_fn, cfg.train, precision=s.precision,
             stepped=stepped, mix=s.mix, emit=emit, start=start,
@@ -182,9 +203,7 @@ def _epochs(s: Session, loop: LoopState, emit: Channel) -> None:
         names += ["best.pt"] if improved and cfg.checkpoint.save_best else []
         saving.keep(s, loop, row, names, now=emit.decided is not None)
         mixed = s.mix is not None  # the training accuracy is then that of mixed batches
-        emit(
-            "epoch", {"row": row, "improved": improved, "epochs": cfg.train.epochs, "mixed": mixed}
-        )
+        emit(EpochEnd(row, improved, cfg.train.epochs, mixed))
         emit.check()  # rank 0's caller may have asked to stop: every rank hears it
 
 
@@ -259,9 +278,7 @@ def _record(s: Session, loop: LoopState, row: dict, emit: Channel) -> bool:
     note = "" if loop.overfitting else overfitting_note(loop.rows)
     if note:
         loop.overfitting = note
-        emit("note", {"text": note})
-    if s.tensorboard is not None:
-        s.tensorboard.log(row)
+        emit(Note(note))
     improved, state = distributed.from_main(
         lambda: (s.stopper.step(row[s.stopper.monitor], loop.epoch), s.stopper.state_dict())
     )
@@ -272,14 +289,15 @@ def _record(s: Session, loop: LoopState, row: dict, emit: Channel) -> bool:
     return improved
 
 
-def _interrupted(s: Session, loop: LoopState, signum: int, started: float) -> None:
+def _interrupted(s: Session, loop: LoopState, emit: Channel, started: float) -> None:
     """Record where a signal stopped training (last.pt is saved) and raise Interrupted."""
+    signum = emit.decided.signum
     if loop.partial is not None:
         where = f"epoch {loop.partial['epoch']}, step {loop.partial['steps']}"
     else:
         where = f"the end of epoch {loop.epoch}"
     reason = f"interrupted by {signal.Signals(signum).name} at {where}"
-    s.files.write_summary(_status(s, loop, "interrupted", reason, time.perf_counter() - started))
+    _ended(s, emit, _status(s, loop, "interrupted", reason, time.perf_counter() - started))
     nproc = f" --nproc {s.world_size}" if s.world_size > 1 else ""
     raise Interrupted(
         f"{reason}; saved {s.run_dir / 'last.pt'}; resume with: dltrain train --resume "
@@ -288,7 +306,7 @@ def _interrupted(s: Session, loop: LoopState, signum: int, started: float) -> No
     )
 
 
-def _fail(s: Session, loop: LoopState, started: float, step: int | None = None) -> None:
+def _fail(s: Session, loop: LoopState, emit: Channel, started: float, step: int | None = None):
     """Record why training failed and raise it: a NaN/Inf loss at `step` (agreed by all ranks)
     or, without a step, the device running out of memory (this rank alone)."""
     epoch, size = loop.epoch, s.cfg.data.batch_size
@@ -306,35 +324,35 @@ def _fail(s: Session, loop: LoopState, started: float, step: int | None = None) 
             f"try --set data.batch_size={max(1, size // 2)} (train.accumulate keeps the "
             f"effective batch); {kept}"
         )
-    s.files.write_summary(_status(s, loop, "failed", reason, time.perf_counter() - started))
+    _ended(s, emit, _status(s, loop, "failed", reason, time.perf_counter() - started))
     err = DltrainError(reason)
     err.all_ranks = step is not None
     raise err
 
 
-def _status(s: Session, loop: LoopState, status: str, reason: str, seconds: float) -> dict:
+def _status(s: Session, loop: LoopState, status: str, reason: str, seconds: float) -> Summary:
     """The summary of a run that did not finish."""
     best = s.stopper.best_epoch
-    return {
-        "name": s.cfg.name,
-        "status": status,
-        "stop_reason": reason,
-        "epochs_run": len(loop.rows),
-        "monitor": s.stopper.monitor,
-        "best_epoch": best,
-        "best_value": s.stopper.best,
-        "best_metrics": next((row for row in loop.rows if row["epoch"] == best), None),
-        **_facts(s),
-        "seconds": seconds,
-        "parent": s.parent,
-        "version": __version__,
-    }
+    return Summary(
+        name=s.cfg.name,
+        status=status,
+        stop_reason=reason,
+        epochs_run=len(loop.rows),
+        monitor=s.stopper.monitor,
+        best_epoch=best,
+        best_value=s.stopper.best,
+        best_metrics=next((row for row in loop.rows if row["epoch"] == best), None),
+        facts=_facts(s),
+        seconds=seconds,
+        parent=s.parent,
+        version=__version__,
+    )
 
 
-def _finish(s: Session, loop: LoopState, stop: Stop | None, seconds: float) -> dict:
+def _finish(s: Session, loop: LoopState, stop: Stop | None, seconds: float) -> Summary:
     """The summary of a run that ended: all its epochs, early stopping, or a caller's stop."""
     summary = _status(s, loop, "finished", "", seconds)
-    best_row, restored, handed = summary["best_metrics"], False, loop.weights
+    best_row, restored, handed = summary.best_metrics, False, loop.weights
     if s.cfg.train.early_stopping.restore_best and loop.best_weights is not None:
         s.model.load_state_dict(loop.best_weights)
         restored = s.stopper.best_epoch != loop.rows[-1]["epoch"]
@@ -347,18 +365,16 @@ def _finish(s: Session, loop: LoopState, stop: Stop | None, seconds: float) -> d
     status = "stopped_early" if s.stopper.should_stop else "finished"
     if stop is not None:
         status, reason = "stopped", stop.reason
-    return {
-        **summary,
-        "status": status,
-        "stop_reason": reason,
-        "restored_best": restored,
-        "ema_decay": s.ema.decay if s.ema is not None else None,
-        # With an EMA, "ema" or "trained": the weights best.pt holds (the better of the two at
-        # the best epoch), and those handed over (final_val): the best epoch's or the last's.
-        "best_weights": picked(best_row) if best_row else None,
-        "final_weights": handed,
-        "overfitting": loop.overfitting or None,  # the note, if training gave it
-        "final_val": {"loss": final["loss"], "acc": final["acc"]},
-        "trainable_params": sum(p.numel() for p in s.model.parameters() if p.requires_grad),
-        "seconds_per_epoch": sum(r["seconds"] for r in loop.rows) / max(1, len(loop.rows)),
-    }
+    return dataclasses.replace(
+        summary,
+        status=status,
+        stop_reason=reason,
+        restored_best=restored,
+        ema_decay=s.ema.decay if s.ema is not None else None,
+        best_weights=picked(best_row) if best_row else None,
+        final_weights=handed,
+        overfitting=loop.overfitting or None,  # the note, if training gave it
+        final_val={"loss": final["loss"], "acc": final["acc"]},
+        trainable_params=sum(p.numel() for p in s.model.parameters() if p.requires_grad),
+        seconds_per_epoch=sum(r["seconds"] for r in loop.rows) / max(1, len(loop.rows)),
+    )

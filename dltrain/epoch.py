@@ -1,5 +1,6 @@
 """One pass over the data: `train_one_epoch` and `evaluate`, plain functions returning dicts,
-and the `Channel` through which the loop talks to its caller (engine.py's docstring says how).
+and the `Channel` through which the loop talks to its listeners (engine.py's docstring says
+how).
 """
 
 from __future__ import annotations
@@ -16,14 +17,10 @@ from torch import nn
 from dltrain import distributed
 from dltrain.config import TrainConfig
 from dltrain.data import Mixup, tta_views
+from dltrain.events import BatchEnd, Event, Listener
 from dltrain.runtime import Precision, StopSignal
 
-Events = Callable[[str, dict], "str | None"]
 NAN_CHECK_EVERY = 16  # steps between host checks of the loss (each check is a device sync)
-
-
-def quiet(kind: str, info: dict) -> None:
-    """A caller that listens to nothing and never asks to stop."""
 
 
 class Stop(NamedTuple):
@@ -32,21 +29,24 @@ class Stop(NamedTuple):
 
 
 class Channel:
-    """Events go out through `channel(kind, info)`; a caller's answer (a reason) or a signal
-    asks to stop. `decided` is the stop the loop acts on: in one process as soon as it is
-    asked; distributed, once `check` has agreed it among the ranks (any rank's signal wins over
-    rank 0's caller), so that every rank stops at the same step."""
+    """Events go out through `channel(event)` to each listener in turn; a listener's answer (a
+    reason) or a signal asks to stop. `decided` is the stop the loop acts on: in one process as
+    soon as it is asked; distributed, once `check` has agreed it among the ranks (any rank's
+    signal wins over rank 0's listeners), so that every rank stops at the same step."""
 
-    def __init__(self, on_event: Events = quiet, signals: StopSignal | None = None):
-        self.on_event, self.signals = on_event, signals
+    def __init__(self, listeners: Sequence[Listener] = (), signals: StopSignal | None = None):
+        self.listeners, self.signals = list(listeners), signals
         self.asked: Stop | None = None
         self.decided: Stop | None = None
         self.single = not distributed.active()
 
-    def __call__(self, kind: str, info: dict) -> None:
-        reason = self.on_event(kind, info)
-        if self.asked is None and (reason or self._signum() is not None):
-            self._ask(reason)
+    def __call__(self, event: Event) -> None:
+        for listener in self.listeners:
+            reason = listener(event)
+            if self.asked is None and reason:
+                self._ask(reason)
+        if self.asked is None and self._signum() is not None:
+            self._ask(None)
 
     def _signum(self) -> int | None:
         return None if self.signals is None else self.signals.signum
@@ -210,7 +210,7 @@ def train_one_epoch(
             _optimizer_step(optimizer, precision.scaler, params, cfg.grad_clip, stepped)
             steps += 1
         # The step's loss as a tensor (reading it would sync the device): for lr-find.
-        emit("batch", {"step": step, "seen": tally.seen, "loss": detached})
+        emit(BatchEnd(step, tally.seen, detached))
         if full or step == total:
             tally.fold(emit)
         if boundary and step < total and emit.decided:

@@ -19,13 +19,15 @@ import copy
 import math
 import statistics
 import time
-from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dltrain import trackers
 from dltrain.config import Config
 from dltrain.errors import DltrainError
+from dltrain.events import BatchEnd, Event, Listener, Note
 
 if TYPE_CHECKING:
     from dltrain.session import Session
@@ -41,7 +43,13 @@ MIN_POINTS = 3  # what the rules need: steepest's central difference takes 3 poi
 # here has blown up long before (the default end, as fastai's, is 10).
 LR_RANGE = (1e-10, 1e3)
 
-Report = Callable[[str, dict], None]  # ("note", {"text"}) and ("seed", {the seed's curve})
+
+
+@dataclass(frozen=True)
+class ProbeEnd:
+    """One seed's probe is done: its curve and what the rules found on it (lr_find.json's)."""
+
+    curve: dict
 
 
 def min_steps() -> int:
@@ -200,12 +208,12 @@ class _Recorder:
         self.stepped = True  # this step's point is recorded at its batch event, right after
         self._set(min(len(self.losses) + 1, len(self.lrs) - 1))
 
-    def __call__(self, kind: str, info: dict) -> str | None:
+    def __call__(self, event: Event) -> str | None:
         """A non-empty answer stops the pass at this optimizer step (epoch.Channel)."""
-        if kind != "batch" or self.stopped:
+        if not isinstance(event, BatchEnd) or self.stopped:
             return None
         # One device sync per batch: the stop rules need every value as it comes.
-        self.pending.append(float(info["loss"]))
+        self.pending.append(float(event.loss))
         if not self.stepped:
             return None
         loss, self.pending, self.stepped = statistics.fmean(self.pending), [], False
@@ -244,7 +252,7 @@ def probe(s: Session, steps: int, start: float, end: float) -> dict:
     model = copy.deepcopy(s.model)
     optimizer = build_optimizer(model, s.cfg.optim, model.head_name)
     recorder = _Recorder(optimizer, s.cfg.optim.lr, ramp(start, end, steps))
-    emit, passes = Channel(recorder), 0
+    emit, passes = Channel([recorder]), 0
     try:
         while recorder.stopped is None:
             passes, before = passes + 1, len(recorder.losses)
@@ -277,14 +285,11 @@ def probe(s: Session, steps: int, start: float, end: float) -> dict:
 def seed_configs(cfg: Config, seeds: int) -> list[Config]:
     """The config on seeds seed, seed+1, …: other batches and initialization, the same
     validation split (data.split_seed pinned), so that only the probe's noise differs.
-    TensorBoard is off: the probe writes only its own two files."""
+    Trackers are off: the probe writes only its own two files."""
     split_seed = cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
     data = cfg.data.model_copy(update={"split_seed": split_seed})
-    logging = cfg.logging.model_copy(update={"tensorboard": False})
-    return [
-        cfg.model_copy(update={"seed": cfg.seed + k, "data": data, "logging": logging})
-        for k in range(seeds)
-    ]
+    cfg = trackers.off(cfg)
+    return [cfg.model_copy(update={"seed": cfg.seed + k, "data": data}) for k in range(seeds)]
 
 
 def notes(cfg: Config) -> list[str]:
@@ -350,7 +355,7 @@ def run(
     end: float = 10.0,
     seeds: int = 1,
     out: str | Path | None = None,
-    report: Report = lambda kind, info: None,
+    report: Listener = lambda event: None,
 ) -> dict:
     """The whole lr-find: `seeds` sweeps, each on a Session built by session.build as
     training builds it (with the lr-find folder as its run folder), then lr_find.json and
@@ -365,14 +370,14 @@ def run(
     curves = []
     try:
         for text in notes(cfg):
-            report("note", {"text": text})
+            report(Note(text))
         for each in seed_configs(cfg, seeds):
             s = build(each, folder)
             if not curves:  # the data's notes (e.g. a dataset's quirks): once
                 for text in s.splits.notes:
-                    report("note", {"text": text})
+                    report(Note(text))
             curves.append(probe(s, steps, start, end))
-            report("seed", curves[-1])
+            report(ProbeEnd(curves[-1]))
         summary = summarize(curves, cfg, steps)
     except BaseException:
         if not existed:

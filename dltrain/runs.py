@@ -167,31 +167,6 @@ def read_parent(folder: str | Path) -> dict | None:
     return parent
 
 
-class TensorBoard:
-    """Scalars per epoch and the config as text, in <run>/tensorboard (torch.utils.tensorboard)."""
-
-    def __init__(self, run_dir: Path, cfg: Config):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise DltrainError(
-                "logging.tensorboard: true needs the tensorboard package; install it with "
-                "pip install 'dltrain[tensorboard]' (or set logging.tensorboard: false)"
-            ) from None
-        self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
-        self.writer.add_text("config", "```yaml\n" + cfg.to_yaml() + "```")
-
-    def log(self, row: dict) -> None:
-        for key, value in row.items():
-            if key not in ("epoch", "seconds") and value is not None:
-                split, _, metric = key.rpartition("_")  # train_eval_acc -> acc/train_eval
-                self.writer.add_scalar(f"{metric}/{split}" if split else key, value, row["epoch"])
-        self.writer.flush()
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 class RunFiles:
     """A run's files; with `write=False` (ranks other than 0 of a distributed run) writes do
     nothing and reads still work."""

@@ -21,7 +21,7 @@ from dltrain.errors import ConfigError
 from dltrain.finetune import check_freeze
 from dltrain.models import build_model, count_macs, facts, model_input
 from dltrain.optim import EMA, Schedule, build_optimizer, build_schedule
-from dltrain.runs import RunFiles, TensorBoard
+from dltrain.runs import RunFiles
 from dltrain.runtime import Precision, apply_speedups, precision_tools, start
 
 TRAIN_EVAL_SHARE = 10  # the gap pass reads at most 1/10 of the training split
@@ -47,7 +47,6 @@ class Session:
     precision: Precision
     stopper: EarlyStopping
     parent: dict | None = None  # the source of a finetune run
-    tensorboard: TensorBoard | None = None
     ema: EMA | None = None  # train.ema: validated beside the trained weights each epoch
     mix: Mixup | None = None  # data.mixup
     notes: list[str] = field(default_factory=list)  # for the caller, before training starts
@@ -88,8 +87,6 @@ def build(
     total, split)` hears an image folder's decode into memory."""
     files = RunFiles(run_dir, write=distributed.is_main())
     files.dir.mkdir(parents=True, exist_ok=True)
-    # Asked-for logging that cannot work is an error before any data is read.
-    tensorboard = TensorBoard(run_dir, cfg) if cfg.logging.tensorboard and files.write else None
     device = start(cfg)
     shard = (distributed.rank(), distributed.world_size())
     data, splits = model_data(cfg, device)
@@ -128,7 +125,6 @@ def build(
         precision_tools(device, cfg.train.precision),
         EarlyStopping(cfg.train.early_stopping),
         parent,
-        tensorboard,
         EMA(model, cfg.train.ema, steps) if cfg.train.ema.decay else None,
         Mixup(cfg.data.mixup, cfg.seed) if mixes(cfg) else None,
         list(splits.notes),

@@ -27,6 +27,7 @@ from dltrain.checkpoint import atomic_write
 from dltrain.config import Config, Space, parse_space, set_key, validate
 from dltrain.distributed import usable_cores
 from dltrain.errors import ConfigError, DltrainError, Interrupted
+from dltrain.events import EpochEnd, Event, Summary
 from dltrain.runs import new_run_dir
 
 SETTINGS, STUDY, BEST = "sweep.yaml", "study.db", "best.yaml"
@@ -250,8 +251,8 @@ def run_trial(study, folder: Path, settings: dict) -> dict:
         raise
     else:
         state, reason = TrialState.COMPLETE, ""
-        if summary["status"] == "stopped":
-            state, reason = TrialState.PRUNED, summary["stop_reason"]
+        if summary.status == "stopped":
+            state, reason = TrialState.PRUNED, summary.stop_reason
     _tell(study, trial, state, summary, reason, started, settings["metric"])
     return trial_rows(study, settings, [trial.number])[0]
 
@@ -282,15 +283,15 @@ def _label(value):
     return value
 
 
-def _fit(cfg: Config, run_dir: Path, trial, metric: str) -> dict:
+def _fit(cfg: Config, run_dir: Path, trial, metric: str) -> Summary:
     """Train, reporting each epoch's metric to the study, whose pruner may stop the run; the
     run folder gets its curves.png like any run."""
     from dltrain.engine import fit
     from dltrain.plots import draw_curves
 
-    def on_event(kind: str, info: dict) -> str | None:
-        if kind == "epoch":
-            row = info["row"]
+    def pruner(event: Event) -> str | None:
+        if isinstance(event, EpochEnd):
+            row = event.row
             trial.report(row[metric], row["epoch"])
             if trial.should_prune():
                 return (
@@ -300,18 +301,18 @@ def _fit(cfg: Config, run_dir: Path, trial, metric: str) -> dict:
         return None
 
     try:
-        return fit(cfg, run_dir, on_event)
+        return fit(cfg, run_dir, [pruner])
     finally:
         draw_curves(run_dir)
 
 
-def _tell(study, trial, state, summary: dict | None, reason: str, started: float, metric: str):
+def _tell(study, trial, state, summary: Summary | None, reason: str, started: float, metric: str):
     """Record the outcome (value, epochs, seconds, reason as user attributes) and tell it."""
-    best = summary["best_metrics"][metric] if summary and summary["best_metrics"] else None
+    best = summary.best_metrics[metric] if summary and summary.best_metrics else None
     if state.name == "COMPLETE" and not (best is not None and math.isfinite(best)):
         state, reason = type(state).FAIL, f"{metric} is {best} (no finite value)"
     trial.set_user_attr("best", best)
-    trial.set_user_attr("epochs", summary["epochs_run"] if summary else 0)
+    trial.set_user_attr("epochs", summary.epochs_run if summary else 0)
     trial.set_user_attr("seconds", time.perf_counter() - started)
     trial.set_user_attr("reason", reason)
     study.tell(trial, best if state.name == "COMPLETE" else None, state=state)

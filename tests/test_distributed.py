@@ -136,7 +136,7 @@ def test_nproc_with_a_bad_config_fails_before_launching(cli, write_config):
 def test_one_process_run_is_unchanged_by_the_distributed_code(tmp_path, config):
     cfg = validate(yaml.safe_load(CONFIG))
     summary = fit(cfg, tmp_path / "run")
-    assert summary["status"] == "finished"
+    assert summary.status == "finished"
     assert not torch.distributed.is_initialized()
 
 
@@ -145,7 +145,7 @@ def test_one_process_run_is_unchanged_by_the_distributed_code(tmp_path, config):
 
 @pytest.mark.slow
 def test_two_processes_match_one_with_half_the_batch_each(tmp_path, config):
-    one = fit(validate(yaml.safe_load(CONFIG)), tmp_path / "one")
+    one = fit(validate(yaml.safe_load(CONFIG)), tmp_path / "one").to_dict()
     # No --run-dir: rank 0 names the run folder and tells rank 1 (one folder, not two).
     result = dltrain("train", config, "--nproc", "2", "--set", "data.batch_size=16", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

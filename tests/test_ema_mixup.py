@@ -13,6 +13,7 @@ from dltrain.config import EmaConfig, MixupConfig, TrainConfig, load_config
 from dltrain.data import Mixup
 from dltrain.engine import fit
 from dltrain.epoch import train_one_epoch
+from dltrain.events import BatchEnd, EpochEnd
 from dltrain.optim import EMA
 from dltrain.runs import read_metrics
 from tests.test_training import _cfg
@@ -57,20 +58,20 @@ def test_a_slow_ema_on_a_short_run_ends_as_good_as_the_trained_weights(tmp_path)
     summary = fit(cfg, tmp_path)
     rows = read_metrics(tmp_path)
     raw_best = max(row["val_acc_raw"] for row in rows)
-    assert summary["final_val"]["acc"] >= raw_best - 0.01
-    assert summary["best_metrics"]["val_acc"] >= raw_best
+    assert summary.final_val["acc"] >= raw_best - 0.01
+    assert summary.best_metrics["val_acc"] >= raw_best
     assert rows[-1]["val_acc_ema"] >= raw_best - 0.02  # the average itself warmed up
     # Without the warm-up the average is the trap it was; the better weights are still kept.
     cfg = load_config("configs/digits_cnn.yaml", [*sets, "train.ema.warmup=false"])
     cold = fit(cfg, tmp_path / "cold")
     rows = read_metrics(tmp_path / "cold")
     assert max(row["val_acc_ema"] for row in rows) < 0.8
-    assert cold["best_weights"] == "trained" and cold["final_weights"] == "trained"
+    assert cold.best_weights == "trained" and cold.final_weights == "trained"
     best = checkpoint.load(tmp_path / "cold" / "best.pt")
     assert best["ema"]["weights"] == "trained"
     for key, value in best["ema"]["trained"].items():
         assert torch.equal(best["model"][key], value)
-    assert cold["final_val"]["acc"] >= max(row["val_acc_raw"] for row in rows) - 0.01
+    assert cold.final_val["acc"] >= max(row["val_acc_raw"] for row in rows) - 0.01
 
 
 @pytest.mark.parametrize("monitor", ["val_acc", "val_loss"])
@@ -98,11 +99,11 @@ def test_ema_is_validated_and_best_pt_holds_what_validated_best(tmp_path, cli):
         {"val_acc_raw", "val_loss_raw", "val_acc_ema", "val_loss_ema"} <= set(row) for row in rows
     )
     assert any(row["val_acc_ema"] != row["val_acc_raw"] for row in rows)
-    assert summary["ema_decay"] == 0.9 and summary["best_weights"] in ("ema", "trained")
+    assert summary.ema_decay == 0.9 and summary.best_weights in ("ema", "trained")
     best = checkpoint.load(tmp_path / "best.pt")
-    assert best["epoch"] == summary["best_epoch"]
-    assert best["ema"]["weights"] == summary["best_weights"]
-    held = best["ema"]["average" if summary["best_weights"] == "ema" else "trained"]
+    assert best["epoch"] == summary.best_epoch
+    assert best["ema"]["weights"] == summary.best_weights
+    held = best["ema"]["average" if summary.best_weights == "ema" else "trained"]
     assert all(torch.equal(best["model"][k], v) for k, v in held.items())
     assert any(
         not torch.equal(best["ema"]["average"][k], v) for k, v in best["ema"]["trained"].items()
@@ -111,7 +112,7 @@ def test_ema_is_validated_and_best_pt_holds_what_validated_best(tmp_path, cli):
     result = cli("eval", "--ckpt", tmp_path / "best.pt", "--json")
     assert result.exit_code == 0, result.output
     measured = json.loads(result.stdout)
-    assert measured["acc"] == pytest.approx(summary["best_metrics"]["val_acc"], abs=1e-9)
+    assert measured["acc"] == pytest.approx(summary.best_metrics["val_acc"], abs=1e-9)
 
 
 def test_the_summary_says_which_weights_best_pt_holds(cli, digits_config, tmp_path):
@@ -208,17 +209,18 @@ def test_ema_mixup_and_balanced_sampler_resume_exactly(tmp_path, cli, how):
     cfg = _cfg(**ON, **{"data.sampler": "balanced"})
     fit(cfg, tmp_path / "whole")
 
-    def on_event(kind, info):
-        if how == "stopped mid-epoch" and kind == "batch" and info["step"] == 7:
+    def listener(event):
+        if how == "stopped mid-epoch" and isinstance(event, BatchEnd) and event.step == 7:
             return "a caller stops in epoch 1, at step 7"
-        if how == "killed after an epoch" and kind == "epoch" and info["row"]["epoch"] == 2:
+        second = isinstance(event, EpochEnd) and event.row["epoch"] == 2
+        if how == "killed after an epoch" and second:
             raise Killed  # the process dies with epoch 2 saved: what SIGKILL leaves
 
     if how == "killed after an epoch":
         with pytest.raises(Killed):
-            fit(cfg, tmp_path / "parts", on_event)
+            fit(cfg, tmp_path / "parts", [listener])
     else:
-        assert fit(cfg, tmp_path / "parts", on_event)["status"] == "stopped"
+        assert fit(cfg, tmp_path / "parts", [listener]).status == "stopped"
         assert checkpoint.load(tmp_path / "parts" / "last.pt")["partial"]["steps"] == 7
     result = cli("train", "--resume", tmp_path / "parts")
     assert result.exit_code == 0, result.output

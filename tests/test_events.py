@@ -14,37 +14,39 @@ import torch
 from dltrain import checkpoint, saving
 from dltrain.engine import fit
 from dltrain.errors import DltrainError
+from dltrain.events import BatchEnd, EpochEnd, EpochStart
 from dltrain.runs import read_metrics
 from tests.test_training import _cfg
 
 
-def _stop_at(kind: str, epoch: int, step: int = 0, reason: str = "enough, says the caller"):
+def _stop_at(kind: type, epoch: int, step: int = 0, reason: str = "enough, says the caller"):
+    """A listener that asks to stop at `kind` (BatchEnd or EpochEnd) of `epoch` (its `step`)."""
     seen = {"epoch": 0}
 
-    def on_event(event, info):
-        if event == "epoch_start":
-            seen["epoch"] = info["epoch"]
-        at_step = event == "batch" and info["step"] == step
-        at_epoch = event == "epoch" and info["row"]["epoch"] == epoch
-        if kind == event and seen["epoch"] == epoch and (at_step or at_epoch):
+    def listener(event):
+        if isinstance(event, EpochStart):
+            seen["epoch"] = event.epoch
+        at_step = isinstance(event, BatchEnd) and event.step == step
+        at_epoch = isinstance(event, EpochEnd) and event.row["epoch"] == epoch
+        if isinstance(event, kind) and seen["epoch"] == epoch and (at_step or at_epoch):
             return reason
         return None
 
-    return on_event
+    return [listener]
 
 
 def test_a_caller_stops_at_the_end_of_an_epoch(tmp_path):
-    summary = fit(_cfg(), tmp_path, _stop_at("epoch", 2))
-    assert summary["status"] == "stopped" and summary["stop_reason"] == "enough, says the caller"
-    assert summary["epochs_run"] == 2 and [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
+    summary = fit(_cfg(), tmp_path, _stop_at(EpochEnd, 2))
+    assert summary.status == "stopped" and summary.stop_reason == "enough, says the caller"
+    assert summary.epochs_run == 2 and [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
     assert checkpoint.load(tmp_path / "last.pt")["partial"] is None
 
 
 def test_a_caller_stops_mid_epoch_and_the_run_resumes_exactly(tmp_path, cli):
     cfg = _cfg()
     fit(cfg, tmp_path / "whole")
-    summary = fit(cfg, tmp_path / "parts", _stop_at("batch", 3, step=5))
-    assert summary["status"] == "stopped" and summary["epochs_run"] == 2
+    summary = fit(cfg, tmp_path / "parts", _stop_at(BatchEnd, 3, step=5))
+    assert summary.status == "stopped" and summary.epochs_run == 2
     saved = checkpoint.load(tmp_path / "parts" / "last.pt")
     assert saved["epoch"] == 2 and saved["partial"]["epoch"] == 3
     assert saved["partial"]["steps"] == 5
@@ -159,7 +161,7 @@ def test_checkpoints_wait_in_memory_and_are_written_at_the_end(tmp_path, monkeyp
     writes = _writes(monkeypatch)
     wander = {"optim.lr": 0.05, "schedule.name": "none", "train.epochs": 6}
     summary = fit(_cfg(**wander, **{"checkpoint.interval": 1000}), tmp_path / "kept")
-    best = summary["best_epoch"]
+    best = summary.best_epoch
     assert best != 6, "pick a config whose last epoch is not the best"
     # best.pt is staged under its epoch, then last.pt commits (saving.flush)
     assert writes == [(f".best-{best}.pt", best), ("last.pt", 6)]
@@ -183,24 +185,25 @@ def test_checkpoints_wait_in_memory_and_are_written_at_the_end(tmp_path, monkeyp
 def test_a_stop_or_a_failure_writes_what_waits(tmp_path, monkeypatch):
     writes = _writes(monkeypatch)
     cfg = _cfg(**{"checkpoint.interval": 1000})
-    assert fit(cfg, tmp_path / "stopped", _stop_at("epoch", 2))["status"] == "stopped"
+    assert fit(cfg, tmp_path / "stopped", _stop_at(EpochEnd, 2)).status == "stopped"
     assert checkpoint.load(tmp_path / "stopped" / "last.pt")["epoch"] == 2
     assert ("last.pt", 2) in writes or ("last.pt", 2, "best.pt") in writes
 
-    def nan_in_epoch_3(kind, info):
-        if kind == "batch" and info["step"] == 1 and len(read_metrics(tmp_path / "nan")) == 2:
-            info["loss"].fill_(float("nan"))  # the tally's copy: the fold finds it
+    def nan_in_epoch_3(event):
+        third = len(read_metrics(tmp_path / "nan")) == 2
+        if isinstance(event, BatchEnd) and event.step == 1 and third:
+            event.loss.fill_(float("nan"))  # the tally's copy: the fold finds it
 
     with pytest.raises(DltrainError, match="checkpoints hold epoch 2"):
-        fit(cfg, tmp_path / "nan", nan_in_epoch_3)
+        fit(cfg, tmp_path / "nan", [nan_in_epoch_3])
     assert checkpoint.load(tmp_path / "nan" / "last.pt")["epoch"] == 2
 
-    def bug_in_epoch_3(kind, info):
-        if kind == "epoch_start" and info["epoch"] == 3:
+    def bug_in_epoch_3(event):
+        if isinstance(event, EpochStart) and event.epoch == 3:
             raise RuntimeError("a caller's bug")
 
     with pytest.raises(RuntimeError, match="a caller's bug"):
-        fit(cfg, tmp_path / "bug", bug_in_epoch_3)
+        fit(cfg, tmp_path / "bug", [bug_in_epoch_3])
     assert checkpoint.load(tmp_path / "bug" / "last.pt")["epoch"] == 2
 
 

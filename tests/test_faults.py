@@ -22,6 +22,7 @@ from dltrain import checkpoint
 from dltrain.config import validate
 from dltrain.engine import fit
 from dltrain.errors import DltrainError
+from dltrain.events import BatchEnd
 from dltrain.runs import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -536,12 +537,13 @@ def test_split_that_empties_a_class_is_an_error():
 
 # 13 ----------------------------------------------------------------------------------------
 def test_cuda_out_of_memory_suggests_smaller_batch(tmp_path):
-    def progress(event, info):
-        if event == "batch" and info["step"] == 5 and (tmp_path / "best.pt").exists():
+    def progress(event):
+        at_5 = isinstance(event, BatchEnd) and event.step == 5
+        if at_5 and (tmp_path / "best.pt").exists():
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     with pytest.raises(DltrainError) as caught:
-        fit(_small(), tmp_path, on_event=progress)
+        fit(_small(), tmp_path, [progress])
     message = str(caught.value)
     assert "ran out of memory in epoch 2 with data.batch_size=64" in message
     assert "--set data.batch_size=32" in message

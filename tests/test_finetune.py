@@ -7,6 +7,7 @@ import torch
 
 from dltrain.config import validate
 from dltrain.engine import fit
+from dltrain.events import EpochEnd
 from dltrain.finetune import from_source
 
 FAKE = {
@@ -63,9 +64,9 @@ def test_frozen_backbone_is_bit_identical_and_head_is_new(tmp_path, source, name
         else:  # frozen weights and frozen BatchNorm statistics are untouched
             assert torch.equal(value, src[key]), key
     assert tuned["model"][f"{head}.weight"].shape[0] == 4
-    assert summary["parent"]["checkpoint"] == str(src_path)
-    assert summary["parent"]["classes"] == 10
-    assert summary["trainable_params"] == tuned["model"][f"{head}.weight"].numel() + 4
+    assert summary.parent["checkpoint"] == str(src_path)
+    assert summary.parent["classes"] == 10
+    assert summary.trainable_params == tuned["model"][f"{head}.weight"].numel() + 4
 
 
 def test_unfreeze_at_epoch_trains_everything_from_then_on(tmp_path, source):
@@ -76,12 +77,12 @@ def test_unfreeze_at_epoch_trains_everything_from_then_on(tmp_path, source):
     cfg, parent = from_source(cfg, str(src_path))
     after_epoch = {}
 
-    def capture(event, info):
-        if event == "epoch":
+    def capture(event):
+        if isinstance(event, EpochEnd):
             payload = torch.load(tmp_path / "ft" / "last.pt", weights_only=True)
-            after_epoch[info["row"]["epoch"]] = payload["model"]
+            after_epoch[event.row["epoch"]] = payload["model"]
 
-    fit(cfg, tmp_path / "ft", on_event=capture, parent=parent)
+    fit(cfg, tmp_path / "ft", [capture], parent=parent)
     key = "features.1.weight"
     assert torch.equal(after_epoch[1][key], src[key])
     assert not torch.equal(after_epoch[2][key], src[key])

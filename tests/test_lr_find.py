@@ -10,6 +10,7 @@ import torch
 from dltrain import lr_find
 from dltrain.config import Config, load_config
 from dltrain.errors import DltrainError
+from dltrain.events import BatchEnd
 from dltrain.session import build
 
 BETA = lr_find.BETA
@@ -35,7 +36,7 @@ def test_recorder_sets_each_groups_rate_and_keeps_its_ratio():
     for _ in lrs:
         seen.append([group["lr"] for group in optimizer.param_groups])
         recorder.after_step()
-        recorder("batch", {"loss": torch.tensor(1.0), "step": 1})
+        recorder(BatchEnd(1, 8, torch.tensor(1.0)))
     assert [body for body, _ in seen] == pytest.approx(lrs)
     assert [head for _, head in seen] == pytest.approx([10 * lr for lr in lrs])
     assert recorder.stopped == "steps" and len(recorder.losses) == 4
@@ -93,7 +94,7 @@ def _feed(losses, steps=50):
     answers = []
     for loss in losses:
         recorder.after_step()
-        answers.append(recorder("batch", {"loss": torch.tensor(loss), "step": 1}))
+        answers.append(recorder(BatchEnd(1, 8, torch.tensor(loss))))
         if answers[-1]:
             break
     return recorder, answers

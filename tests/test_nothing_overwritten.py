@@ -11,6 +11,7 @@ import pytest
 from dltrain import checkpoint
 from dltrain.config import validate
 from dltrain.engine import fit
+from dltrain.events import BatchEnd, EpochStart
 from tests.test_faults import start
 
 CONFIG = """\
@@ -196,14 +197,14 @@ def test_eval_of_a_mid_epoch_checkpoint_says_where_it_is(cli, tmp_path):
     cfg = validate({**_config(), "train": {"epochs": 2}})
     seen = {"epoch": 0}
 
-    def stop_mid_epoch_2(kind: str, info: dict):
-        if kind == "epoch_start":
-            seen["epoch"] = info["epoch"]
-        if kind == "batch" and seen["epoch"] == 2 and info["step"] == 5:
+    def stop_mid_epoch_2(event):
+        if isinstance(event, EpochStart):
+            seen["epoch"] = event.epoch
+        if isinstance(event, BatchEnd) and seen["epoch"] == 2 and event.step == 5:
             return "a test stops here"
         return None
 
-    fit(cfg, tmp_path / "r", stop_mid_epoch_2)
+    fit(cfg, tmp_path / "r", [stop_mid_epoch_2])
     saved = checkpoint.load(tmp_path / "r" / "last.pt")
     assert saved["epoch"] == 1 and saved["partial"]["epoch"] == 2
     steps = saved["partial"]["steps"]

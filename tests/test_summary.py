@@ -161,18 +161,18 @@ def test_training_is_bit_identical_with_and_without_the_count(tmp_path, monkeypa
     with_count = fit(validate(RUN), tmp_path / "with")
     monkeypatch.setattr(sessions, "count_macs", lambda model, info: 0)
     without = fit(validate(RUN), tmp_path / "without")
-    assert with_count["macs"] == 1 * 8 * 9 * 8 * 8 + 8 * 16 * 9 * 4 * 4 + 16 * 2 * 2 * 10
-    assert without["macs"] == 0
+    assert with_count.facts.macs == 1 * 8 * 9 * 8 * 8 + 8 * 16 * 9 * 4 * 4 + 16 * 2 * 2 * 10
+    assert without.facts.macs == 0
 
     def runs(folder):
         return [{k: v for k, v in row.items() if k != "seconds"} for row in read_metrics(folder)]
 
     assert runs(tmp_path / "with") == runs(tmp_path / "without")
-    assert with_count["final_val"] == without["final_val"]
+    assert with_count.final_val == without.final_val
     weights = [torch.load(tmp_path / d / "last.pt")["model"] for d in ("with", "without")]
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
     saved = json.loads((tmp_path / "with" / "summary.json").read_text())
-    assert saved["macs"] == with_count["macs"]
+    assert saved["macs"] == with_count.facts.macs
 
 
 def test_summary_command_prints_the_table_and_totals(cli):

@@ -9,6 +9,7 @@ from torch import nn
 from dltrain.config import Config, OptimConfig, ScheduleConfig, TrainConfig, validate
 from dltrain.engine import fit
 from dltrain.epoch import train_one_epoch
+from dltrain.events import EpochEnd
 from dltrain.optim import build_optimizer, build_schedule, param_groups, warmup_steps
 from dltrain.runs import read_metrics
 
@@ -165,12 +166,12 @@ def _cfg(**changes):
 @pytest.mark.parametrize("precision", ["32", "bf16"])
 def test_precisions_train_on_cpu(tmp_path, precision):
     summary = fit(_cfg(**{"train.precision": precision, "train.epochs": 2}), tmp_path)
-    assert summary["precision"] == {"32": "float32", "bf16": "bfloat16"}[precision]
-    assert summary["best_metrics"]["val_acc"] > 0.5
+    assert summary.facts.precision == {"32": "float32", "bf16": "bfloat16"}[precision]
+    assert summary.best_metrics["val_acc"] > 0.5
 
 
 def test_auto_precision_is_fp32_on_cpu(tmp_path):
-    assert fit(_cfg(**{"train.epochs": 1}), tmp_path)["precision"] == "float32"
+    assert fit(_cfg(**{"train.epochs": 1}), tmp_path).facts.precision == "float32"
 
 
 @pytest.mark.parametrize("restore", [True, False])
@@ -187,13 +188,13 @@ def test_restore_best_hands_over_the_best_epoch(tmp_path, restore):
     )
     summary = fit(cfg, tmp_path)
     rows = read_metrics(tmp_path)
-    assert summary["best_epoch"] != rows[-1]["epoch"], "pick a config whose last epoch is worse"
-    best = rows[summary["best_epoch"] - 1]
+    assert summary.best_epoch != rows[-1]["epoch"], "pick a config whose last epoch is worse"
+    best = rows[summary.best_epoch - 1]
     expected = best if restore else rows[-1]
-    assert summary["final_val"]["loss"] == pytest.approx(expected["val_loss"], rel=1e-9)
-    assert summary["restored_best"] is restore
+    assert summary.final_val["loss"] == pytest.approx(expected["val_loss"], rel=1e-9)
+    assert summary.restored_best is restore
     best_pt = torch.load(tmp_path / "best.pt", weights_only=True)
-    assert best_pt["epoch"] == summary["best_epoch"]
+    assert best_pt["epoch"] == summary.best_epoch
 
 
 def test_checkpoints_hold_everything_and_load_weights_only(tmp_path):
@@ -228,16 +229,16 @@ def test_best_pt_is_last_pt_of_its_epoch_and_survives_later_epochs(tmp_path, mon
     (some file systems), best.pt is a copy with the same bytes."""
     seen = []
 
-    def progress(event, info):
-        if event == "epoch":
+    def progress(event):
+        if isinstance(event, EpochEnd):
             last, best = tmp_path / "last.pt", tmp_path / "best.pt"
-            seen.append((info["improved"], best.exists() and last.samefile(best)))
+            seen.append((event.improved, best.exists() and last.samefile(best)))
 
     cfg = _cfg(**{"optim.lr": 0.05, "schedule.name": "none", "train.epochs": 6})
-    summary = fit(cfg, tmp_path, on_event=progress)
+    summary = fit(cfg, tmp_path, [progress])
     assert [same for _, same in seen] == [improved for improved, _ in seen]
     assert not seen[-1][0], "pick a config whose last epoch is not the best"
-    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == summary["best_epoch"]
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == summary.best_epoch
     assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 6
 
     def no_links(*args):
@@ -256,18 +257,18 @@ class Interrupt(Exception):
 
 
 def _stop_after(epoch):
-    def progress(event, info):
-        if event == "epoch" and info["row"]["epoch"] == epoch:
+    def progress(event):
+        if isinstance(event, EpochEnd) and event.row["epoch"] == epoch:
             raise Interrupt
 
-    return progress
+    return [progress]
 
 
 def test_resume_equals_uninterrupted(tmp_path, cli):
     cfg = _cfg()
     fit(cfg, tmp_path / "whole")
     with pytest.raises(Interrupt):
-        fit(cfg, tmp_path / "parts", on_event=_stop_after(2))
+        fit(cfg, tmp_path / "parts", _stop_after(2))
     # Simulate the crash losing an epoch's metrics row written after the checkpoint.
     assert [r["epoch"] for r in read_metrics(tmp_path / "parts")] == [1, 2]
     result = cli("train", "--resume", tmp_path / "parts")
@@ -299,14 +300,14 @@ def test_resume_keeps_early_stopping_state(tmp_path, cli):
         }
     )
     whole = fit(cfg, tmp_path / "whole")
-    assert whole["status"] == "stopped_early"
-    stop = whole["epochs_run"]
+    assert whole.status == "stopped_early"
+    stop = whole.epochs_run
     with pytest.raises(Interrupt):
-        fit(cfg, tmp_path / "parts", on_event=_stop_after(stop - 1))
+        fit(cfg, tmp_path / "parts", _stop_after(stop - 1))
     result = cli("train", "--resume", tmp_path / "parts" / "last.pt")
     assert result.exit_code == 0, result.output
     parts = json.loads((tmp_path / "parts" / "summary.json").read_text())
-    assert parts["epochs_run"] == stop and parts["stop_reason"] == whole["stop_reason"]
+    assert parts["epochs_run"] == stop and parts["stop_reason"] == whole.stop_reason
     assert "stopped at epoch" in result.stdout
     again = cli("train", "--resume", tmp_path / "parts")
     assert again.exit_code == 0 and "nothing to resume" in again.stderr

@@ -61,12 +61,15 @@ def lr_find(
     _show(result)
 
 
-def _report(kind: str, info: dict) -> None:
-    if kind == "note":
-        note(info["text"])
+def _report(event) -> None:
+    from dltrain.events import Note
+
+    if isinstance(event, Note):
+        note(event.text)
         return
-    found = ", ".join(f"{rule} {_lr(info[rule])}" for rule in ("valley", "steepest"))
-    say(f"seed {info['seed']}: {found} ({info['why']})", err())
+    curve = event.curve  # lr_find.ProbeEnd
+    found = ", ".join(f"{rule} {_lr(curve[rule])}" for rule in ("valley", "steepest"))
+    say(f"seed {curve['seed']}: {found} ({curve['why']})", err())
 
 
 def _lr(value: float | None) -> str:

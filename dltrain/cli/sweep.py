@@ -52,9 +52,9 @@ def compare(
     }
     root = new_run_dir(next(iter(loaded.values())), out_dir or default_root())
 
-    def on_run(label: str, seed: int, summary: dict) -> None:
-        acc = summary["best_metrics"]["val_acc"]
-        epochs, seconds = summary["epochs_run"], summary["seconds"]
+    def on_run(label: str, seed: int, summary) -> None:  # an events.Summary
+        acc = summary.best_metrics["val_acc"]
+        epochs, seconds = summary.epochs_run, summary.seconds
         say(f"{label} seed {seed}: best val acc {acc:.4f} ({epochs} epochs, {seconds:.1f}s)", err())
 
     result = run_compare(loaded, seeds, root, on_run)

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dltrain import distributed
+from dltrain import distributed, events
 from dltrain.cli.app import (
     DeviceOption,
     ForceOption,
@@ -47,20 +47,20 @@ class TrainReport:
         self.live = console.is_terminal and mode == "normal"
         self.bar, self.last_refresh = None, 0.0
         self.handlers = {
-            "decode": self.decode,
-            "start": self.start,
-            "note": self.note,
-            "epoch_start": self.epoch_start,
-            "batch": self.batch,
-            "epoch": self.epoch,
-            "end": self.end,
+            events.Decode: self.decode,
+            events.RunStart: self.start,
+            events.Note: self.note,
+            events.EpochStart: self.epoch_start,
+            events.BatchEnd: self.batch,
+            events.EpochEnd: self.epoch,
+            events.RunEnd: self.end,
         }
 
-    def __call__(self, kind: str, info: dict) -> None:
-        if self.mode == "normal" or kind in ("note", "end"):
-            self.handlers[kind](info)
+    def __call__(self, event: events.Event) -> None:
+        if self.mode == "normal" or isinstance(event, events.Note | events.RunEnd):
+            self.handlers[type(event)](event)
 
-    def decode(self, info: dict) -> None:
+    def decode(self, event: events.Decode) -> None:
         """An image folder decoded into memory before training: a bar with an ETA, on a
         terminal."""
         if not self.live:
@@ -69,7 +69,7 @@ class TrainReport:
 
         if self.bar is None:  # one bar per split; it goes when the split is done
             self.bar = progress.Progress(
-                progress.TextColumn(f"decoding the {info['split']} images"),
+                progress.TextColumn(f"decoding the {event.split} images"),
                 progress.BarColumn(),
                 progress.MofNCompleteColumn(),
                 progress.TimeRemainingColumn(),
@@ -77,26 +77,27 @@ class TrainReport:
                 transient=True,
             )
             self.bar.start()
-            self.task = self.bar.add_task("", total=info["total"])
-        self.bar.update(self.task, completed=info["done"])
-        if info["done"] >= info["total"]:
+            self.task = self.bar.add_task("", total=event.total)
+        self.bar.update(self.task, completed=event.done)
+        if event.done >= event.total:
             self.close()
 
-    def start(self, info: dict) -> None:
+    def start(self, event: events.RunStart) -> None:
         from dltrain.cli.summary import short_count
 
-        sizes, processes = info["sizes"], info["processes"]
+        facts = event.facts
+        sizes, processes = facts.sizes, facts.processes
         say(
-            f"run {info['run_dir']}  device {info['device']} ({info['precision']})"
+            f"run {event.run_dir}  device {facts.device} ({facts.precision})"
             + (f" × {processes} processes" if processes > 1 else "")
-            + f"  input {'×'.join(map(str, info['input']))}"
-            + (f" ({info['input_from']})" if info["input_from"] else "")
-            + f"  params {info['params']:,}  MACs {short_count(info['macs'])}/image  "
+            + f"  input {'×'.join(map(str, facts.input))}"
+            + (f" ({facts.input_from})" if facts.input_from else "")
+            + f"  params {facts.params:,}  MACs {short_count(facts.macs)}/image  "
             f"train/val/test {sizes['train']}/{sizes['val']}/{sizes['test']}",
             self.console,
         )
-        say(f"training images per class: {per_class(info['class_counts'])}", self.console)
-        self.epochs, self.batches = info["epochs"], info["batches"]
+        say(f"training images per class: {per_class(facts.class_counts)}", self.console)
+        self.epochs, self.batches = event.epochs, event.batches
         if self.live:
             from rich import progress
 
@@ -112,35 +113,35 @@ class TrainReport:
             )
             self.bar.start()
 
-    def note(self, info: dict) -> None:
-        note(info["text"])
+    def note(self, event: events.Note) -> None:
+        note(event.text)
 
-    def epoch_start(self, info: dict) -> None:
+    def epoch_start(self, event: events.EpochStart) -> None:
         self.epoch_started = time.perf_counter()
         if self.bar is not None:
             self.task = self.bar.add_task(
-                "", total=self.batches, epoch=info["epoch"], epochs=self.epochs, rate=""
+                "", total=self.batches, epoch=event.epoch, epochs=self.epochs, rate=""
             )
 
-    def batch(self, info: dict) -> None:
+    def batch(self, event: events.BatchEnd) -> None:
         now = time.perf_counter()
         # A few refreshes a second are enough for a human; more would slow short steps.
         if self.bar is None or now - self.last_refresh < 0.2:
             return
         self.last_refresh = now
-        rate = info["seen"] / max(now - self.epoch_started, 1e-9)
-        self.bar.update(self.task, completed=info["step"], rate=f"{rate:,.0f} samples/s")
+        rate = event.seen / max(now - self.epoch_started, 1e-9)
+        self.bar.update(self.task, completed=event.step, rate=f"{rate:,.0f} samples/s")
 
-    def epoch(self, info: dict) -> None:
-        row = info["row"]
+    def epoch(self, event: events.EpochEnd) -> None:
+        row = event.row
         if self.bar is not None:
             self.bar.remove_task(self.task)
-        mark = "  *best" if info["improved"] else ""
+        mark = "  *best" if event.improved else ""
         gap = f"  gap {row['gap']:+.4f}" if row.get("gap") is not None else ""
-        mixed = " (mixed)" if info.get("mixed") else ""
+        mixed = " (mixed)" if event.mixed else ""
         raw = _other(row)
         say(
-            f"epoch {row['epoch']}/{info['epochs']}  train_loss {row['train_loss']:.4f}  "
+            f"epoch {row['epoch']}/{event.epochs}  train_loss {row['train_loss']:.4f}  "
             f"train_acc {row['train_acc']:.4f}{mixed}  val_loss {row['val_loss']:.4f}  "
             f"val_acc {row['val_acc']:.4f}{raw}{gap}  {row['seconds']:.2f}s{mark}",
             self.console,
@@ -151,21 +152,24 @@ class TrainReport:
             self.bar.stop()
             self.bar = None
 
-    def end(self, info: dict) -> None:
+    def end(self, event: events.RunEnd) -> None:
         self.close()
-        summary, best = info["summary"], info["summary"]["best_metrics"]
+        summary = event.summary
+        if summary.status in ("failed", "interrupted"):
+            return  # the error line says why, once the engine raises it
         if self.mode == "json":
-            print(json.dumps({**summary, "run_dir": info["run_dir"]}))
+            print(json.dumps({**summary.to_dict(), "run_dir": str(event.run_dir)}))
             return
-        restored = "best epoch restored" if summary["restored_best"] else "last epoch"
-        if summary.get("final_weights"):
-            restored += ", " + WEIGHTS[summary["final_weights"]]
+        restored = "best epoch restored" if summary.restored_best else "last epoch"
+        if summary.final_weights:
+            restored += ", " + WEIGHTS[summary.final_weights]
         rows = [
-            ("status", summary["status"].replace("_", " ")),
-            ("why", summary["stop_reason"]),
-            ("best epoch", f"{summary['best_epoch']} of {summary['epochs_run']}"),
+            ("status", summary.status.replace("_", " ")),
+            ("why", summary.stop_reason),
+            ("best epoch", f"{summary.best_epoch} of {summary.epochs_run}"),
         ]
-        best = best or {}  # a checkpoint gone on in a new folder: its best row may be elsewhere
+        # A checkpoint gone on in a new folder: its best row may be elsewhere.
+        best = summary.best_metrics or {}
         if best:
             rows.append(("val accuracy", f"{best['val_acc']:.4f}"))
             rows.append(("val loss", f"{best['val_loss']:.4f}"))
@@ -174,19 +178,19 @@ class TrainReport:
             rows.append(("train accuracy, eval mode", f"{best['train_eval_acc']:.4f}"))
             rows.append(("train-val gap", f"{best['gap']:+.4f}"))
         rows += [
-            ("overfitting", summary.get("overfitting")),
+            ("overfitting", summary.overfitting),
             ("best.pt holds", _best_holds(summary)),
-            ("final val accuracy", f"{summary['final_val']['acc']:.4f} ({restored})"),
-            ("seconds per epoch", f"{summary['seconds_per_epoch']:.2f}"),
-            ("run folder", info["run_dir"]),
+            ("final val accuracy", f"{summary.final_val['acc']:.4f} ({restored})"),
+            ("seconds per epoch", f"{summary.seconds_per_epoch:.2f}"),
+            ("run folder", str(event.run_dir)),
         ]
         table = Table(title="summary", show_header=False)
         for name, value in rows:
             if value:
                 table.add_row(name, value)
         self.console.print(table)
-        if summary["stop_reason"]:
-            say(summary["stop_reason"], self.console)
+        if summary.stop_reason:
+            say(summary.stop_reason, self.console)
 
 
 WEIGHTS = {"ema": "the EMA average", "trained": "the trained weights"}
@@ -203,16 +207,16 @@ def _other(row: dict) -> str:
     return f" [{taken}; {other.replace('raw', 'trained')} {row[f'val_acc_{other}']:.4f}]"
 
 
-def _best_holds(summary: dict) -> str | None:
+def _best_holds(summary: events.Summary) -> str | None:
     """With an EMA: which weights best.pt holds, and by how much they validated better."""
-    best, row = summary.get("best_weights"), summary["best_metrics"]
+    best, row = summary.best_weights, summary.best_metrics
     if best is None:
         return None
-    metric = summary["monitor"].removeprefix("val_")
+    metric = summary.monitor.removeprefix("val_")
     gap = abs(row[f"val_{metric}_ema"] - row[f"val_{metric}_raw"])
     what = "higher loss" if metric == "loss" else "lower"
     other = "the trained weights" if best == "ema" else "the EMA"
-    return f"{WEIGHTS[best]} (decay {summary['ema_decay']:g}; {other} validated {gap:.4f} {what})"
+    return f"{WEIGHTS[best]} (decay {summary.ema_decay:g}; {other} validated {gap:.4f} {what})"
 
 
 def _mode(quiet: bool, as_json: bool) -> str:
@@ -292,7 +296,7 @@ def run(cfg, folder: Path, mode: str = "normal", **kwargs) -> None:
 
     report, owned = TrainReport(out(), mode), True
     try:
-        fit(cfg, folder, report, **kwargs)
+        fit(cfg, folder, [report], **kwargs)
     except RunInUse:
         owned = False  # another process's run: nothing of this one is drawn there
         raise

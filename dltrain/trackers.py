@@ -1,0 +1,55 @@
+"""Trackers: listeners that copy a run to where its user follows runs (TensorBoard today).
+
+Each is used only when its `logging` key is set, never because a package is installed; a
+missing package is one line naming the extra, before any data is read. Rank 0 alone tracks.
+The run folder stays the source of truth: a tracker that fails mid-run says so once and
+training goes on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dltrain.config import Config
+from dltrain.errors import DltrainError
+from dltrain.events import EpochEnd, Event, RunEnd
+
+
+class TensorBoard:
+    """Scalars per epoch and the config as text, in <run>/tensorboard (torch.utils.tensorboard)."""
+
+    def __init__(self, run_dir: Path, cfg: Config):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise DltrainError(
+                "logging.tensorboard: true needs the tensorboard package; install it with "
+                "pip install 'dltrain[tensorboard]' (or set logging.tensorboard: false)"
+            ) from None
+        self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        self.writer.add_text("config", "```yaml\n" + cfg.to_yaml() + "```")
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, EpochEnd):
+            row = event.row
+            for key, value in row.items():
+                if key not in ("epoch", "seconds") and value is not None:
+                    split, _, metric = key.rpartition("_")  # train_eval_acc -> acc/train_eval
+                    name = f"{metric}/{split}" if split else key
+                    self.writer.add_scalar(name, value, row["epoch"])
+            self.writer.flush()
+        elif isinstance(event, RunEnd):
+            self.close()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def build(cfg: Config, run_dir: Path) -> list:
+    """The trackers the config asks for (each has `close()`, called however the run ends)."""
+    return [TensorBoard(run_dir, cfg)] if cfg.logging.tensorboard else []
+
+
+def off(cfg: Config) -> Config:
+    """The config with every tracker off (lr-find's probes write only their own files)."""
+    return cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"tensorboard": False})})
