@@ -44,7 +44,6 @@ MIN_POINTS = 3  # what the rules need: steepest's central difference takes 3 poi
 LR_RANGE = (1e-10, 1e3)
 
 
-
 @dataclass(frozen=True)
 class ProbeEnd:
     """One seed's probe is done: its curve and what the rules found on it (lr_find.json's)."""
