@@ -23,6 +23,7 @@ from dltrain.config.schema import (
     FinetuneConfig,
     LoggingConfig,
     MixupConfig,
+    MlflowConfig,
     ModelConfig,
     NormalizeStats,
     OptimConfig,
@@ -30,6 +31,7 @@ from dltrain.config.schema import (
     Section,
     SweepConfig,
     TrainConfig,
+    WandbConfig,
     image_size,
     reference_markdown,
 )
@@ -38,8 +40,9 @@ from dltrain.config.space import SPACE_FORMS, Space, parse_space
 __all__ = [
     "SPACE_FORMS", "AugmentConfig", "CheckpointConfig", "Config", "DataConfig",
     "EarlyStoppingConfig", "EmaConfig", "EvalConfig", "FakeDataConfig", "FinetuneConfig",
-    "LoggingConfig", "MixupConfig", "ModelConfig",
+    "LoggingConfig", "MixupConfig", "MlflowConfig", "ModelConfig",
     "NormalizeStats", "OptimConfig", "ScheduleConfig", "Section", "Space", "SweepConfig",
-    "TrainConfig", "apply_overrides", "check_changes", "from_dict", "image_size", "load_config",
-    "parse_space", "parse_yaml", "read_config_file", "reference_markdown", "set_key", "validate",
+    "TrainConfig", "WandbConfig", "apply_overrides", "check_changes", "from_dict", "image_size",
+    "load_config", "parse_space", "parse_yaml", "read_config_file", "reference_markdown", "set_key",
+    "validate",
 ]  # fmt: skip

@@ -1,17 +1,11 @@
-"""Trackers: listeners that copy a run to where its user follows runs (TensorBoard today).
-
-Each is used only when its `logging` key is set, never because a package is installed; a
-missing package is one line naming the extra, before any data is read. Rank 0 alone tracks.
-The run folder stays the source of truth: a tracker that fails mid-run says so once and
-training goes on.
-"""
+"""TensorBoard (logging.tensorboard, extra: tensorboard)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from dltrain.config import Config
-from dltrain.errors import DltrainError
+from dltrain.errors import MissingExtra
 from dltrain.events import EpochEnd, Event, RunEnd
 
 
@@ -22,7 +16,7 @@ class TensorBoard:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise DltrainError(
+            raise MissingExtra(
                 "logging.tensorboard: true needs the tensorboard package; install it with "
                 "pip install 'dltrain[tensorboard]' (or set logging.tensorboard: false)"
             ) from None
@@ -43,13 +37,3 @@ class TensorBoard:
 
     def close(self) -> None:
         self.writer.close()
-
-
-def build(cfg: Config, run_dir: Path) -> list:
-    """The trackers the config asks for (each has `close()`, called however the run ends)."""
-    return [TensorBoard(run_dir, cfg)] if cfg.logging.tensorboard else []
-
-
-def off(cfg: Config) -> Config:
-    """The config with every tracker off (lr-find's probes write only their own files)."""
-    return cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"tensorboard": False})})
