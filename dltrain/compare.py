@@ -33,7 +33,7 @@ def compare(
     config's seed); returns per-config statistics and writes compare.json and compare.png.
     A comparison is fair only on the same data and split: configs that differ there fail."""
     from dltrain.engine import fit
-    from dltrain.plots import draw_curves, plot_compare
+    from dltrain.plots import plot_compare
 
     if seeds < 1:
         raise DltrainError(f"--seeds must be at least 1 (got {seeds})")
@@ -56,10 +56,7 @@ def compare(
         for seed in range(cfg.seed, cfg.seed + seeds):
             data = cfg.data.model_copy(update={"split_seed": split_seed})
             folder = root / label / f"seed-{seed}"
-            try:
-                summaries.append(fit(cfg.model_copy(update={"seed": seed, "data": data}), folder))
-            finally:
-                draw_curves(folder)
+            summaries.append(fit(cfg.model_copy(update={"seed": seed, "data": data}), folder))
             folders[label].append(folder)
             on_run(label, seed, summaries[-1])
         rows.append(_stats(label, cfg, summaries))

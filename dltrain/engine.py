@@ -1,9 +1,10 @@
 """The training loop: `fit` runs a Session (session.py) epoch by epoch, with one epoch's
 `train_one_epoch` and `evaluate` from epoch.py; saving.py checkpoints and restores it.
 
-The engine never prints or draws. It publishes typed events (events.py) to a list of
+The engine never prints; it draws one thing, the run's curves.png, as the run ends (before
+RunEnd, so that trackers can keep a copy). It publishes typed events (events.py) to a list of
 listeners: the caller's (`fit(..., listeners=[...])`: the CLI's report, a sweep's pruner)
-and the trackers the config asks for (trackers.py); a non-empty string a listener returns asks
+and the trackers the config asks for (trackers/); a non-empty string a listener returns asks
 training to stop, with that reason. Ctrl-C and SIGTERM come in the same way. A stop takes
 effect at the next optimizer step (mid-epoch, a resumable last.pt is written) or at the end of
 the epoch it was asked at.
@@ -86,9 +87,10 @@ def _fit(cfg: Config, run_dir: Path, listeners: list, resume: dict | None, paren
     started = time.perf_counter()
     if resume is not None:
         parent = resume.get("parent")
-    main = distributed.is_main()  # rank 0 alone reports and tracks
-    # Asked-for trackers that cannot work are an error before any data is read.
-    tracking = trackers.build(cfg, run_dir) if main else []
+    main = distributed.is_main()  # rank 0 alone reports, draws and tracks
+    # Asked-for trackers that cannot work are an error before any data is read; one that
+    # fails later says so in a note (emit exists by the time any tracker speaks).
+    tracking = trackers.build(cfg, run_dir, warn=lambda text: emit(Note(text))) if main else []
     emit = Channel([*listeners, *tracking] if main else [])
     try:
 
@@ -103,15 +105,28 @@ def _fit(cfg: Config, run_dir: Path, listeners: list, resume: dict | None, paren
         summary = _finish(s, loop, emit.decided, time.perf_counter() - started)
         _ended(s, emit, summary)
     finally:
+        if main and not emit.ended:  # raised before its end was told: curves all the same
+            _draw(run_dir, emit)
         for tracker in tracking:  # however the run ended
             tracker.close()
     return summary
 
 
 def _ended(s: Session, emit: Channel, summary: Summary) -> None:
-    """summary.json written, then the run's end told, however it ended."""
+    """summary.json written and curves.png drawn, then the run's end told, however it ended."""
     s.files.write_summary(summary.to_dict())
+    if distributed.is_main():
+        _draw(s.run_dir, emit)
     emit(RunEnd(summary, s.run_dir))
+
+
+def _draw(run_dir: Path, emit: Channel) -> None:
+    """curves.png of the epochs metrics.csv holds; a plotting problem is a note, never a
+    failure of the run."""
+    from dltrain.plots import draw_curves  # matplotlib: only once a run ends
+
+    if problem := draw_curves(run_dir):
+        emit(Note(problem))
 
 
 def _begin(s: Session, emit: Channel, resume: dict | None) -> LoopState:

@@ -17,7 +17,7 @@ from torch import nn
 from dltrain import distributed
 from dltrain.config import TrainConfig
 from dltrain.data import Mixup, tta_views
-from dltrain.events import BatchEnd, Event, Listener
+from dltrain.events import BatchEnd, Event, Listener, RunEnd
 from dltrain.runtime import Precision, StopSignal
 
 NAN_CHECK_EVERY = 16  # steps between host checks of the loss (each check is a device sync)
@@ -39,8 +39,10 @@ class Channel:
         self.asked: Stop | None = None
         self.decided: Stop | None = None
         self.single = not distributed.active()
+        self.ended = False  # RunEnd has gone out
 
     def __call__(self, event: Event) -> None:
+        self.ended = self.ended or isinstance(event, RunEnd)
         for listener in self.listeners:
             reason = listener(event)
             if self.asked is None and reason:

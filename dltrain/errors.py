@@ -31,6 +31,13 @@ class RunInUse(DltrainError):
     exit_code = 2
 
 
+class MissingExtra(DltrainError):
+    """The config asks for something whose package is not installed (a tracker): the line
+    names the extra to install. Found before any data is read."""
+
+    exit_code = 2
+
+
 class DataNotFound(DltrainError):
     """A dataset is not where the config points and was not downloaded: the one data error
     that a command able to do without the data (export's parity check) may catch."""

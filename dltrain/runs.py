@@ -23,7 +23,8 @@ from dltrain.config import Config, lower_is_better
 from dltrain.errors import DltrainError, RunInUse
 
 RUN_FILES = tuple(
-    "config.yaml parent.json metrics.csv summary.json last.pt best.pt test_ledger.jsonl".split()
+    "config.yaml parent.json metrics.csv summary.json last.pt best.pt test_ledger.jsonl "
+    "trackers.json".split()
 )
 LOCK = ".dltrain.lock"  # held by the process training in the folder (RunLock)
 
@@ -231,10 +232,21 @@ class RunFiles:
         """A run that starts from epoch 0 has no rows and no summary yet (a run killed
         before its first checkpoint, started again in its folder, leaves none behind)."""
         if self.write:
-            for name in ("metrics.csv", "summary.json"):
+            # trackers.json too: a new run is a new tracker run, not the old one continued.
+            for name in ("metrics.csv", "summary.json", "trackers.json"):
                 (self.dir / name).unlink(missing_ok=True)
             for staged in self.dir.glob(".best-*.pt"):  # a killed run's saving.flush
                 staged.unlink(missing_ok=True)
+
+    def read_trackers(self) -> dict:
+        """trackers.json: the tracker runs (MLflow, W&B) this run reports to, by tracker, so
+        that a resume continues them; a damaged file counts as none (new tracker runs)."""
+        return _read_mapping(self.dir / "trackers.json", "json", []) or {}
+
+    def write_tracker(self, name: str, ids: dict) -> None:
+        """Keep the ids of the tracker run `name` started (written as it starts)."""
+        if self.write:
+            write_json(self.dir / "trackers.json", {**self.read_trackers(), name: ids})
 
     def write_summary(self, summary: dict) -> None:
         if not self.write:

@@ -285,9 +285,8 @@ def _label(value):
 
 def _fit(cfg: Config, run_dir: Path, trial, metric: str) -> Summary:
     """Train, reporting each epoch's metric to the study, whose pruner may stop the run; the
-    run folder gets its curves.png like any run."""
+    run folder gets its curves.png like any run (fit draws it)."""
     from dltrain.engine import fit
-    from dltrain.plots import draw_curves
 
     def pruner(event: Event) -> str | None:
         if isinstance(event, EpochEnd):
@@ -300,10 +299,7 @@ def _fit(cfg: Config, run_dir: Path, trial, metric: str) -> Summary:
                 )
         return None
 
-    try:
-        return fit(cfg, run_dir, [pruner])
-    finally:
-        draw_curves(run_dir)
+    return fit(cfg, run_dir, [pruner])
 
 
 def _tell(study, trial, state, summary: Summary | None, reason: str, started: float, metric: str):

@@ -290,22 +290,14 @@ def _run_folder(cfg, run_dir: Path | None, force: bool) -> Path:
 
 
 def run(cfg, folder: Path, mode: str = "normal", **kwargs) -> None:
-    """engine.fit with the live report; then the run's curves.png (rank 0)."""
+    """engine.fit with the live report (fit draws the run's curves.png as it ends)."""
     from dltrain.engine import fit
-    from dltrain.errors import RunInUse
-    from dltrain.plots import draw_curves
 
-    report, owned = TrainReport(out(), mode), True
+    report = TrainReport(out(), mode)
     try:
         fit(cfg, folder, [report], **kwargs)
-    except RunInUse:
-        owned = False  # another process's run: nothing of this one is drawn there
-        raise
     finally:
         report.close()
-        problem = draw_curves(folder) if owned and distributed.is_main() else None
-        if problem:
-            note(problem)
 
 
 def _resume(target: Path, config: Path | None, run_dir: Path | None, changes: list[str], mode):

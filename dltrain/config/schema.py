@@ -2,7 +2,7 @@
 one-line description (`dltrain config reference`, `dltrain config schema`). Extra keys are
 forbidden everywhere. Torch-free: `dltrain config show` stays fast."""
 
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -360,9 +360,40 @@ class EvalConfig(Section):
     )
 
 
+class MlflowConfig(Section):
+    tracking_uri: str | None = Field(
+        None,
+        description="Where MLflow keeps runs: http://host:port, sqlite:///path/mlflow.db, a "
+        "folder; null = MLflow's default (MLFLOW_TRACKING_URI, else ./mlruns).",
+    )
+    experiment: str | None = Field(None, description="Experiment name; null = the run's name.")
+    run_name: str | None = Field(None, description="MLflow run name; null = the run folder's name.")
+
+
+class WandbConfig(Section):
+    project: str | None = Field(None, description="W&B project; null = the run's name.")
+    entity: str | None = Field(None, description="W&B team or user; null = your default entity.")
+    mode: Literal["online", "offline", "disabled"] = Field(
+        "online",
+        description="online, offline (files in <run>/wandb, to `wandb sync` later) or disabled.",
+    )
+    tags: list[str] = Field([], description="Tags of the W&B run.")
+
+
 class LoggingConfig(Section):
     tensorboard: bool = Field(
         False, description="Write TensorBoard scalars to <run>/tensorboard (extra: tensorboard)."
+    )
+    # Off unless set: an installed package never switches a tracker on by itself.
+    mlflow: MlflowConfig | None = Field(
+        None,
+        description="Track the run in MLflow (extra: mlflow); null = off, {} = on with the "
+        "defaults below.",
+    )
+    wandb: WandbConfig | None = Field(
+        None,
+        description="Track the run in Weights & Biases (extra: wandb); null = off, {} = on with "
+        "the defaults below.",
     )
 
 
@@ -437,18 +468,31 @@ class Config(Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+def _section_of(annotation) -> type[BaseModel] | None:
+    """The section a field holds: `Section`, or `Section | None` (a section off by default)."""
+    members = [m for m in get_args(annotation) if m is not type(None)] or [annotation]
+    if len(members) == 1 and isinstance(members[0], type) and issubclass(members[0], BaseModel):
+        return members[0]
+    return None
+
+
 def _fields(model: type[BaseModel], parent: tuple = ()):
     """(path, field, whether it is a section) of every field; a section before the fields in it."""
     for name, field in model.model_fields.items():
-        section = isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
-        yield (*parent, name), field, section
-        if section:
-            yield from _fields(field.annotation, (*parent, name))
+        section = _section_of(field.annotation)
+        yield (*parent, name), field, section is not None
+        if section is not None:
+            yield from _fields(section, (*parent, name))
 
 
-# Every field by its path, sections too; and the fields that hold values, by dotted key.
+# Every field by its path, sections too; and the fields that hold values, by dotted key (a
+# section that is null by default holds one too: null, off).
 FIELDS = {path: field for path, field, _ in _fields(Config)}
-KEYS = {".".join(path): field for path, field, section in _fields(Config) if not section}
+KEYS = {
+    ".".join(path): field
+    for path, field, section in _fields(Config)
+    if not section or field.default is None
+}
 
 
 def reference_markdown() -> str:
