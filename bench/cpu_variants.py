@@ -18,9 +18,9 @@ from torch import nn
 
 from dltrain.config import DataConfig, ModelConfig, TrainConfig
 from dltrain.data import build_splits, make_loader
-from dltrain.epoch import train_one_epoch
 from dltrain.models import build_model
-from dltrain.runtime import set_threads
+from dltrain.training.epoch import train_one_epoch
+from dltrain.training.runtime import set_threads
 
 VARIANTS = {
     "plain": (False, False),

@@ -20,10 +20,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dltrain import optim, session  # noqa: E402
+from dltrain import optim  # noqa: E402
 from dltrain.config import load_config  # noqa: E402
-from dltrain.engine import fit  # noqa: E402
-from dltrain.runs import read_metrics  # noqa: E402
+from dltrain.reporting.runs import read_metrics  # noqa: E402
+from dltrain.training import session  # noqa: E402
+from dltrain.training.engine import fit  # noqa: E402
 
 
 class AveragedStatistics(optim.EMA):

@@ -2,7 +2,7 @@
 `fit` for resnet18 (3x3 stem for 32 px) and the course's CIFAR CNN on CIFAR-shaped data.
 
 The script writes 50,000 CIFAR-10-format training images (pickled batches, random colours
-per class) and trains on them through `dltrain.engine.fit` with device and precision `auto`
+per class) and trains on them through `dltrain.training.engine.fit` with device and precision `auto`
 (bf16 autocast on a CUDA device that supports it), 5,000 of them held out for validation as
 in configs/cifar_cnn.yaml, with that config's crop + flip augmentation. Figures come from
 the last epoch (the first one also pays for torch.compile, cuDNN autotuning and warm-up):
@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 from dltrain.config import validate  # noqa: E402
 from dltrain.data import build_splits  # noqa: E402
-from dltrain.engine import fit  # noqa: E402
 from dltrain.models import build_model  # noqa: E402
+from dltrain.training.engine import fit  # noqa: E402
 from tests.formats import write_cifar  # noqa: E402
 
 MODELS = {

@@ -100,7 +100,7 @@ def run(command: list[str], cwd: Path | None = None) -> tuple[float, float]:
 
 
 def epoch_seconds(run_dir: Path) -> list[float]:
-    from dltrain.runs import read_metrics
+    from dltrain.reporting.runs import read_metrics
 
     return [row["seconds"] for row in read_metrics(run_dir)]
 

@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dltrain.config import validate  # noqa: E402
-from dltrain.engine import fit  # noqa: E402
-from dltrain.evaluation import evaluate_checkpoint  # noqa: E402
+from dltrain.tools.evaluation import evaluate_checkpoint  # noqa: E402
+from dltrain.training.engine import fit  # noqa: E402
 
 WAYS = {
     "none": {},

@@ -6,7 +6,7 @@ epochs, three ways, alternated in rounds so machine drift hits all alike:
                DataLoader(batch_size, shuffle=True), zero_grad / forward / loss / backward / step
   (b) hand:    the images preloaded as one normalized float tensor; batches cut by slicing a
                shuffled index tensor (no per-sample Dataset, no collate)
-  (c) dltrain: `dltrain.engine.fit` with the equivalent config; it carves its validation
+  (c) dltrain: `dltrain.training.engine.fit` with the equivalent config; it carves its validation
                split out of the files, validates and writes checkpoints every epoch
 Workloads: the course's MNIST MLP (784-200-10, Adam 3e-4, batch 32) and the course's CIFAR
 CNN (cnn 32-64-128, dropout 0.2, Adam 3e-4, batch 128), both built by
@@ -56,8 +56,8 @@ sys.path.insert(0, str(ROOT))
 
 from dltrain.config import validate  # noqa: E402
 from dltrain.data import DataInfo, build_splits  # noqa: E402
-from dltrain.engine import fit  # noqa: E402
 from dltrain.models import build_model  # noqa: E402
+from dltrain.training.engine import fit  # noqa: E402
 from tests.formats import digits_as_mnist, dump, write_cifar, write_idx  # noqa: E402
 
 SEED = 0

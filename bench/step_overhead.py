@@ -3,7 +3,7 @@ that the step is almost all overhead.
 
 Both train a one-layer model (784 -> 10, SGD) on MNIST-shaped random data at batch 32 for
 one epoch, alternated over rounds in one process: (b) a hand loop over a preloaded,
-pre-normalized float tensor (batches by advanced indexing), (c) `dltrain.engine.
+pre-normalized float tensor (batches by advanced indexing), (c) `dltrain.training.engine.
 train_one_epoch` over dltrain's uint8 `Batches` (gather, normalize, loss/logit bookkeeping,
 NaN watch, the event channel). Prints microseconds per step for each, median over rounds.
 
@@ -21,7 +21,7 @@ from torch import nn
 
 from dltrain.config import validate
 from dltrain.data import Batches, DataInfo, TensorSplit
-from dltrain.epoch import Channel, train_one_epoch
+from dltrain.training.epoch import Channel, train_one_epoch
 
 N, BATCH = 32_000, 32
 MEAN, STD = 0.1307, 0.3081

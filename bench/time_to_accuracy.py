@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 from dltrain.config import Config, load_config  # noqa: E402
 from dltrain.data import build_splits  # noqa: E402
-from dltrain.engine import fit  # noqa: E402
 from dltrain.models import build_model  # noqa: E402
+from dltrain.training.engine import fit  # noqa: E402
 
 CONFIG = ROOT / "configs/digits_mlp.yaml"
 

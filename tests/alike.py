@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dltrain.runs import read_metrics
+from dltrain.reporting.runs import read_metrics
 
 ROW_KEYS = ("train_loss", "val_loss", "val_acc", "val_acc_ema", "val_acc_raw", "lr")
 SUMMARY_KEYS = ("status", "best_epoch", "epochs_run", "restored_best", "best_weights")

@@ -8,8 +8,8 @@ import shutil
 import pytest
 import torch
 
-from dltrain import checkpoint
 from dltrain.errors import DltrainError
+from dltrain.training import checkpoint
 from tests.test_faults import run
 
 CONFIG = """\
@@ -224,12 +224,12 @@ def test_ctrl_c_while_importing_is_one_line_and_130(trained, when, says):
 
 
 def test_ctrl_c_during_eval_says_nothing_was_written(cli, trained, monkeypatch):
-    import dltrain.evaluation
+    import dltrain.tools.evaluation
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dltrain.evaluation, "evaluate", interrupted)
+    monkeypatch.setattr(dltrain.tools.evaluation, "evaluate", interrupted)
     before = files(trained)
     result = cli("eval", "--ckpt", trained / "best.pt")
     assert result.exit_code == 130

@@ -7,7 +7,7 @@ import yaml
 
 from dltrain.config import Config, load_config
 from dltrain.config.loading import from_dict
-from dltrain.config.schema import KEYS
+from dltrain.config.reference import KEYS
 from dltrain.errors import ConfigError
 
 # (YAML text, --set overrides, lines the error output must contain)

@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dltrain import checkpoint
 from dltrain.config import validate
-from dltrain.engine import fit
 from dltrain.errors import DltrainError
-from dltrain.runs import describe_run, read_metrics
+from dltrain.reporting.listing import describe_run
+from dltrain.reporting.runs import read_metrics
+from dltrain.training import checkpoint
+from dltrain.training.engine import fit
 from tests import alike
 from tests.alike import assert_same_run
 from tests.test_faults import run
@@ -61,9 +62,9 @@ def reference(tmp_path_factory) -> dict[int, Path]:
 
 
 def kill_at(function: str, name: str, when: str) -> str:
-    """Hook source: SIGKILL the child `when` ("before"/"after") `dltrain.checkpoint.<function>`
-    (or os.replace) is called with a last argument whose file name is `name` (a prefix)."""
-    module = "os" if function == "replace" else "dltrain.checkpoint"
+    """Hook source: SIGKILL the child `when` ("before"/"after") `dltrain.files.<function>` (or
+    os.replace) is called with a last argument whose file name is `name` (a prefix)."""
+    module = "os" if function == "replace" else "dltrain.files"
     return f"""
 import importlib, os, signal
 from pathlib import Path

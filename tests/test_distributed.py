@@ -18,11 +18,11 @@ import torch
 import yaml
 from torch import nn
 
-from dltrain import distributed
 from dltrain.config import validate
 from dltrain.data import Batches, DataInfo, TensorSplit, build_splits, make_loader
-from dltrain.engine import fit
 from dltrain.errors import DltrainError
+from dltrain.training import distributed
+from dltrain.training.engine import fit
 from tests.formats import write_pngs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -319,8 +319,8 @@ def test_image_folder_in_two_processes(tmp_path):
 def test_mid_epoch_checkpoint_of_another_process_count_replays_the_epoch(tmp_path):
     """Resuming a 2-process mid-epoch checkpoint in 1 process: the epoch's data is read again
     from its start, and the mid-epoch weights are not taken for the best epoch's."""
-    from dltrain import engine, saving
-    from dltrain import session as sessions
+    from dltrain.training import engine, saving
+    from dltrain.training import session as sessions
 
     cfg = validate(yaml.safe_load(CONFIG))
     s = sessions.build(cfg, tmp_path)

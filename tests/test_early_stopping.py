@@ -3,7 +3,7 @@
 import pytest
 
 from dltrain.config import EarlyStoppingConfig
-from dltrain.early_stopping import EarlyStopping
+from dltrain.training.early_stopping import EarlyStopping
 
 NAN = float("nan")
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from dltrain import checkpoint
 from dltrain.config import EmaConfig, MixupConfig, TrainConfig, load_config
 from dltrain.data import Mixup
-from dltrain.engine import fit
-from dltrain.epoch import train_one_epoch
-from dltrain.events import BatchEnd, EpochEnd
 from dltrain.optim import EMA
-from dltrain.runs import read_metrics
+from dltrain.reporting.events import BatchEnd, EpochEnd
+from dltrain.reporting.runs import read_metrics
+from dltrain.training import checkpoint
+from dltrain.training.engine import fit
+from dltrain.training.epoch import train_one_epoch
 from tests.test_training import _cfg
 
 ON = {"train.ema": {"decay": 0.9}, "data.mixup": {"alpha": 0.4, "cutmix_alpha": 1.0}}

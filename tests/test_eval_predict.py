@@ -163,7 +163,7 @@ def test_predict_recognizes_test_digits(cli, digits_run, digit_pngs):
 
 def test_predict_preprocessing_matches_the_training_path(digits_splits, digit_pngs):
     from dltrain.data import make_loader
-    from dltrain.predict import to_batch
+    from dltrain.tools.predict import to_batch
 
     cfg, splits = digits_splits
     _, paths, _ = digit_pngs

@@ -11,11 +11,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dltrain import checkpoint, saving
-from dltrain.engine import fit
+from dltrain import files
 from dltrain.errors import DltrainError
-from dltrain.events import BatchEnd, EpochEnd, EpochStart
-from dltrain.runs import read_metrics
+from dltrain.reporting.events import BatchEnd, EpochEnd, EpochStart
+from dltrain.reporting.runs import read_metrics
+from dltrain.training import checkpoint, saving
+from dltrain.training.engine import fit
 from tests.test_training import _cfg
 
 
@@ -66,7 +67,9 @@ def test_a_caller_stops_mid_epoch_and_the_run_resumes_exactly(tmp_path, cli):
 
 def test_nproc_passes_the_users_own_arguments_on(cli, digits_config, tmp_path, monkeypatch):
     launched = []
-    monkeypatch.setattr("dltrain.distributed.launch", lambda n, args: launched.append((n, args)))
+    monkeypatch.setattr(
+        "dltrain.training.distributed.launch", lambda n, args: launched.append((n, args))
+    )
     out = tmp_path / "run"
     given = ["--set", "train.epochs=1", "--quiet", "--out", out, "--force", "--device", "cpu"]
     result = cli("train", digits_config, *given[:2], "--nproc", "2", *given[2:])
@@ -122,9 +125,9 @@ def test_device_is_an_override_of_the_saved_config(tmp_path, cli):
 
 def test_the_engine_imports_neither_plots_nor_the_cli():
     code = (
-        "import sys, dltrain.engine; "
-        "print(sorted(m for m in sys.modules if m.startswith(('dltrain.plots', 'dltrain.cli', "
-        "'matplotlib'))))"
+        "import sys, dltrain.training.engine; "
+        "print(sorted(m for m in sys.modules if m.startswith(('dltrain.reporting.plots', "
+        "'dltrain.cli', 'matplotlib'))))"
     )
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert found.returncode == 0, found.stderr
@@ -134,7 +137,7 @@ def test_the_engine_imports_neither_plots_nor_the_cli():
 def test_the_overfitting_note_reaches_the_summary(cli, digits_config, tmp_path, monkeypatch):
     note = "val accuracy flat since epoch 1 while train accuracy rose 9 points: overfitting"
     monkeypatch.setattr(
-        "dltrain.engine.overfitting_note", lambda rows: note if len(rows) == 2 else None
+        "dltrain.training.engine.overfitting_note", lambda rows: note if len(rows) == 2 else None
     )
     result = cli("train", digits_config, "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
@@ -145,13 +148,13 @@ def test_the_overfitting_note_reaches_the_summary(cli, digits_config, tmp_path, 
 
 def _writes(monkeypatch) -> list:
     written = []
-    real = checkpoint.save
+    real = files.save
 
     def save(payload, path):
         written.append((path.name, payload["epoch"]))
         return real(payload, path)
 
-    monkeypatch.setattr(checkpoint, "save", save)
+    monkeypatch.setattr(files, "save", save)
     return written
 
 
@@ -221,4 +224,4 @@ def test_a_waiting_best_is_written_once_the_interval_passes_without_last(tmp_pat
     loop.written -= 31
     saving.keep(s, loop, {}, [])
     assert writes == [("best.pt", 3)] and loop.pending == {}
-    assert checkpoint.read(tmp_path / "best.pt")["epoch"] == 3
+    assert files.read(tmp_path / "best.pt")["epoch"] == 3

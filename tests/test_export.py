@@ -69,7 +69,7 @@ def trained(tmp_path_factory):
 
 def _reference(ckpt):
     """The checkpoint's own model, normalizing as training did: what the file must match."""
-    from dltrain.checkpoint import open_saved
+    from dltrain.training.checkpoint import open_saved
 
     saved = open_saved(ckpt, ["device=cpu"])
     model, _ = saved.model()
@@ -196,15 +196,15 @@ def test_onnx_without_the_extra_names_it(cli, trained, monkeypatch):
 @pytest.mark.parametrize("fmt", FORMAT_PARAMS)
 @pytest.mark.parametrize("spoil", [lambda y: y + 1e-3, lambda y: y.flip(1)], ids=["differ", "top1"])
 def test_parity_failure_keeps_nothing(cli, trained, tmp_path, monkeypatch, fmt, spoil):
-    import dltrain.export
+    import dltrain.tools.export
 
-    real = dltrain.export.load_exported
+    real = dltrain.tools.export.load_exported
 
     def spoiled(fmt, path):  # the file as written, its logits changed on the way out
         run = real(fmt, path)
         return lambda x: spoil(run(x))
 
-    monkeypatch.setattr(dltrain.export, "load_exported", spoiled)
+    monkeypatch.setattr(dltrain.tools.export, "load_exported", spoiled)
     out = tmp_path / f"model{FORMATS[fmt]}"
     out.write_bytes(b"an earlier export")
     ckpt = trained("mlp") / "best.pt"
@@ -231,7 +231,7 @@ def _net():
     ids=["same", "within", "beyond", "top1", "nan", "shape"],
 )
 def test_check_parity_thresholds(spoil, passed):
-    from dltrain.export import check_parity
+    from dltrain.tools.export import check_parity
 
     net, pixels = _net(), torch.rand(6, 1, 2, 2)
     with torch.no_grad():

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dltrain import checkpoint
 from dltrain.config import validate
-from dltrain.engine import fit
 from dltrain.errors import DltrainError
-from dltrain.events import BatchEnd
-from dltrain.runs import read_metrics
+from dltrain.reporting.events import BatchEnd
+from dltrain.reporting.runs import read_metrics
+from dltrain.training import checkpoint
+from dltrain.training.engine import fit
 
 REPO = Path(__file__).resolve().parents[1]
 

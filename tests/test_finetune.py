@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from dltrain.config import validate
-from dltrain.engine import fit
-from dltrain.events import EpochEnd
-from dltrain.finetune import from_source
+from dltrain.reporting.events import EpochEnd
+from dltrain.training.engine import fit
+from dltrain.training.finetune import from_source
 
 FAKE = {
     "dataset": "fake",

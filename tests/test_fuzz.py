@@ -6,9 +6,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from dltrain import checkpoint
 from dltrain.config import Config, apply_overrides, parse_yaml, validate
 from dltrain.errors import ConfigError, DltrainError
+from dltrain.training import checkpoint
 
 
 def _keys(model: type[BaseModel], prefix: str = "") -> dict[str, list[str]]:

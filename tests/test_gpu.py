@@ -16,12 +16,12 @@ import pytest
 import torch
 import torchvision
 
-from dltrain.checkpoint import load
 from dltrain.config import validate
 from dltrain.data import build_splits, make_loader
-from dltrain.epoch import train_one_epoch
 from dltrain.models import build_model
-from dltrain.runtime import Precision
+from dltrain.training.checkpoint import load
+from dltrain.training.epoch import train_one_epoch
+from dltrain.training.runtime import Precision
 from tests.formats import write_cifar, write_pngs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

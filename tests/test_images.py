@@ -230,7 +230,7 @@ def test_the_start_says_the_class_histogram_and_imbalance(tmp_path):
 
 
 def test_a_checkpoint_from_before_resize_mode_keeps_squashing(tmp_path):
-    from dltrain.checkpoint import open_saved
+    from dltrain.training.checkpoint import open_saved
 
     run = tmp_path / "run"
     config = pets(tmp_path, {"cat": 10, "dog": 10}, (16, 12), resize=8)

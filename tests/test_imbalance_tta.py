@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dltrain import session as sessions
 from dltrain.data import Batches, DataInfo, TensorSplit, tta_views
-from dltrain.engine import fit
-from dltrain.epoch import evaluate
-from dltrain.evaluation import class_metrics
+from dltrain.tools.evaluation import class_metrics
+from dltrain.training import session as sessions
+from dltrain.training.engine import fit
+from dltrain.training.epoch import evaluate
 from tests.test_training import _cfg
 
 

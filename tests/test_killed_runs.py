@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dltrain.runs import describe_run, lock_holder, read_metrics
+from dltrain.reporting.listing import describe_run
+from dltrain.reporting.runs import lock_holder, read_metrics
 from tests import alike
 from tests.alike import assert_same_run
 from tests.test_faults import run, start
@@ -33,11 +34,23 @@ BATCHES = 36  # 1,150 training images of the digits at batch 32
 # or after the call).
 KILL_AT = {
     # after epoch 2's row, nothing written yet (checkpoint.interval 30: checkpoints wait)
-    "before_the_first_checkpoint": (30, "dltrain.runs", "RunFiles.append_metrics", 2, "after"),
+    "before_the_first_checkpoint": (
+        30,
+        "dltrain.reporting.runs",
+        "RunFiles.append_metrics",
+        2,
+        "after",
+    ),
     # epoch 2 written, epoch 3's row appended, its checkpoint not yet written
-    "between_writes": (0, "dltrain.saving", "flush", 3, "before"),
+    "between_writes": (0, "dltrain.training.saving", "flush", 3, "before"),
     # epoch 2 written, then killed at step 11 of epoch 3
-    "mid_epoch_after_a_write": (0, "dltrain.epoch", "_Tally.add", 2 * BATCHES + 11, "before"),
+    "mid_epoch_after_a_write": (
+        0,
+        "dltrain.training.epoch",
+        "_Tally.add",
+        2 * BATCHES + 11,
+        "before",
+    ),
 }
 
 
@@ -162,7 +175,7 @@ def test_a_running_run_is_shown_running_and_its_folder_is_refused(cli, tmp_path)
     # The child pauses after epoch 1's row, holding the folder's lock.
     pause = """
 import time
-import dltrain.runs as runs
+import dltrain.reporting.runs as runs
 real = runs.RunFiles.append_metrics
 def paused(self, row):
     real(self, row)

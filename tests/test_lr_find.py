@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from dltrain import lr_find
 from dltrain.config import Config, load_config
 from dltrain.errors import DltrainError
-from dltrain.events import BatchEnd
-from dltrain.session import build
+from dltrain.reporting.events import BatchEnd
+from dltrain.tools import lr_find
+from dltrain.training.session import build
 
 BETA = lr_find.BETA
 

@@ -11,7 +11,7 @@ import pytest
 import torchvision
 
 from dltrain.config import DataConfig, load_config
-from dltrain.config.schema import image_size
+from dltrain.config.data import image_size
 from dltrain.data import DATASETS, build_splits, data_info
 from dltrain.errors import DataNotFound
 from tests.formats import digits_as_mnist, write_cifar, write_idx, write_pngs

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from dltrain import checkpoint
 from dltrain.config import validate
-from dltrain.engine import fit
-from dltrain.events import BatchEnd, EpochStart
+from dltrain.reporting.events import BatchEnd, EpochStart
+from dltrain.training import checkpoint
+from dltrain.training.engine import fit
 from tests.test_faults import start
 
 CONFIG = """\
@@ -107,11 +107,11 @@ def test_a_second_sweep_resume_is_refused_while_the_first_runs(cli, write_config
     ready = tmp_path / "in-trial"
     pause = f"""
 import time
-import dltrain.engine
+import dltrain.training.engine
 def paused(*args, **kwargs):  # trial 1 asked for and running: hold the sweep there
     open({str(ready)!r}, "w").close()
     time.sleep(120)
-dltrain.engine.fit = paused
+dltrain.training.engine.fit = paused
 """
     proc = start(["sweep", "--resume", out, "--trials", 2], pause)
     try:
@@ -133,14 +133,14 @@ dltrain.engine.fit = paused
 def test_an_optuna_error_is_one_line(cli, write_config, tmp_path, monkeypatch):
     import optuna
 
-    import dltrain.sweep
+    import dltrain.tools.sweep
 
     def finished_elsewhere(study, trial, *args):
         raise optuna.exceptions.UpdateFinishedTrialError(
             f"Cannot tell a COMPLETE trial: Trial#{trial.number} has already finished."
         )
 
-    monkeypatch.setattr(dltrain.sweep, "_tell", finished_elsewhere)
+    monkeypatch.setattr(dltrain.tools.sweep, "_tell", finished_elsewhere)
     out = tmp_path / "s"
     param = ["--param", "optim.lr=loguniform(1e-3, 1e-2)"]
     result = cli("sweep", write_config(SWEEP), "--trials", 1, "--out", out, *param)

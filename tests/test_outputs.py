@@ -7,8 +7,8 @@ import sys
 import pytest
 from PIL import Image
 
-from dltrain.early_stopping import overfitting_note
-from dltrain.runs import read_metrics
+from dltrain.reporting.runs import read_metrics
+from dltrain.training.early_stopping import overfitting_note
 
 SMALL = """\
 name: {name}

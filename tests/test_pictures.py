@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from dltrain.data import DataInfo
-from dltrain.pictures import confusion_shares, grid_inches, grid_shape
-from dltrain.plots import DPI
+from dltrain.reporting.pictures import confusion_shares, grid_inches, grid_shape
+from dltrain.reporting.plots import DPI
 from tests.conftest import DIGITS_SMALL
 
 RGB_FAKE = """\
@@ -72,7 +72,7 @@ def test_confusion_rows_are_shares_of_the_true_class():
 
 
 def test_mistakes_keeps_the_most_confident_wrong_ones_across_batches():
-    from dltrain.evaluation import Mistakes
+    from dltrain.tools.evaluation import Mistakes
 
     torch.manual_seed(0)
     logits = torch.randn(50, 4) * 3
@@ -92,7 +92,7 @@ def test_mistakes_keeps_the_most_confident_wrong_ones_across_batches():
 
 
 def test_mistakes_never_holds_a_right_answer():
-    from dltrain.evaluation import Mistakes
+    from dltrain.tools.evaluation import Mistakes
 
     logits = torch.tensor([[5.0, 0.0], [0.0, 5.0], [0.2, 0.0]])
     mistakes = Mistakes(limit=36)
@@ -106,7 +106,7 @@ def test_mistakes_never_holds_a_right_answer():
 
 def test_no_mistakes_is_a_picture_that_says_so(tmp_path):
     from dltrain.data import DataInfo
-    from dltrain.evaluation import Mistakes, draw_pictures
+    from dltrain.tools.evaluation import Mistakes, draw_pictures
 
     info = DataInfo("x", ["a", "b"], 1, (4, 4), [0.5], [0.5])
     result = {"split": "val", "acc": 1.0, "samples": 4, "class_names": ["a", "b"]}
@@ -146,11 +146,11 @@ def test_show_draws_a_grid_of_what_the_model_receives(
 def test_shown_images_are_the_training_loaders_first_batches(write_config, tmp_path, monkeypatch):
     """The images drawn are the batches training takes first (same seed, shuffled and
     augmented), un-normalized: rebuilt here through the same data path."""
-    from dltrain import pictures as plots
     from dltrain.config import load_config
     from dltrain.data import make_loader
-    from dltrain.session import model_data
-    from dltrain.show import show_batch
+    from dltrain.reporting import pictures as plots
+    from dltrain.tools.show import show_batch
+    from dltrain.training.session import model_data
 
     drawn = {}
 
@@ -223,7 +223,7 @@ def digits_run(tmp_path_factory):
 
 
 def test_eval_writes_the_confusion_and_the_most_confident_mistakes(cli, digits_run, monkeypatch):
-    from dltrain import pictures as plots
+    from dltrain.reporting import pictures as plots
 
     drawn = {}
     real = plots.plot_images
@@ -256,7 +256,7 @@ def test_eval_writes_the_confusion_and_the_most_confident_mistakes(cli, digits_r
 
 
 def test_a_picture_that_fails_is_one_warning_and_the_metrics_stay(cli, digits_run, monkeypatch):
-    from dltrain import pictures as plots
+    from dltrain.reporting import pictures as plots
 
     def broken(*args, **kwargs):
         raise RuntimeError("no fonts today")
@@ -275,9 +275,9 @@ def test_a_picture_that_fails_is_one_warning_and_the_metrics_stay(cli, digits_ru
 
 
 def test_show_mixes_training_images_as_training_does(write_config, tmp_path, monkeypatch):
-    from dltrain import pictures as plots
     from dltrain.config import load_config
-    from dltrain.show import show_batch
+    from dltrain.reporting import pictures as plots
+    from dltrain.tools.show import show_batch
 
     drawn = {}
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dltrain.plots import plot_compare, plot_run, plot_runs
-from dltrain.runs import describe_run, list_runs
+from dltrain.reporting.listing import describe_run, list_runs
+from dltrain.reporting.plots import plot_compare, plot_run, plot_runs
 
 SIZE = (1200, 500)
 
@@ -21,7 +21,7 @@ def runs_root(tmp_path_factory) -> Path:
     """root/digits_small/<time> (finished) and root/digits_es/<a day later> (stopped early:
     patience 1 and a min_delta nothing reaches, so it stops after epoch 2)."""
     from dltrain.config import load_config
-    from dltrain.engine import fit
+    from dltrain.training.engine import fit
     from tests.conftest import DIGITS_SMALL
 
     root = tmp_path_factory.mktemp("runs")

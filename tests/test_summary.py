@@ -11,9 +11,9 @@ from torch import nn
 from dltrain.cli.summary import short_bytes, short_count
 from dltrain.config import ModelConfig
 from dltrain.data import DataInfo
-from dltrain.engine import fit
 from dltrain.models import build_model, count_macs, count_parameters, layer_summary
-from dltrain.runs import read_metrics
+from dltrain.reporting.runs import read_metrics
+from dltrain.training.engine import fit
 
 
 def _info(channels=3, size=32, classes=10) -> DataInfo:
@@ -155,8 +155,8 @@ RUN = {
 
 
 def test_training_is_bit_identical_with_and_without_the_count(tmp_path, monkeypatch):
-    from dltrain import session as sessions
     from dltrain.config import validate
+    from dltrain.training import session as sessions
 
     with_count = fit(validate(RUN), tmp_path / "with")
     monkeypatch.setattr(sessions, "count_macs", lambda model, info: 0)

@@ -28,16 +28,16 @@ def read_csv(folder: Path) -> list[dict]:
 
 
 def test_sweep_writes_table_files_and_normal_runs(cli, digits_config, tmp_path, monkeypatch):
-    import dltrain.session
+    import dltrain.training.session
 
     splits_read = []
-    make_loader = dltrain.session.make_loader
+    make_loader = dltrain.training.session.make_loader
 
     def watched(splits, name, *args, **kwargs):
         splits_read.append(name)
         return make_loader(splits, name, *args, **kwargs)
 
-    monkeypatch.setattr(dltrain.session, "make_loader", watched)
+    monkeypatch.setattr(dltrain.training.session, "make_loader", watched)
     out = tmp_path / "sweep"
     result = cli(*sweep_args(digits_config, out))
     assert result.exit_code == 0, result.output
@@ -141,8 +141,8 @@ def test_test_best_measures_the_best_trial_once(cli, digits_config, tmp_path):
 
 
 def test_pruner_stops_a_trial_worse_than_the_median(digits_config, tmp_path):
-    from dltrain import sweep
     from dltrain.config import load_config
+    from dltrain.tools import sweep
 
     cfg = load_config(digits_config, ["train.epochs=3"], [LR])
     out = tmp_path / "s"

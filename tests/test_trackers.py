@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from dltrain import trackers
 from dltrain.config import Config, from_dict
-from dltrain.runs import new_run_dir, read_metrics
+from dltrain.reporting import trackers
+from dltrain.reporting.runs import new_run_dir, read_metrics
 
 SMALL = """\
 name: tracked
@@ -198,8 +198,8 @@ def test_a_tracker_failing_mid_run_warns_once_and_stops(cli, config, tmp_path, m
 def test_a_run_that_raises_still_draws_its_curves_and_fails_its_tracker_run(config, tmp_path):
     pytest.importorskip("mlflow")
     from dltrain.config import load_config
-    from dltrain.engine import fit
-    from dltrain.events import EpochEnd
+    from dltrain.reporting.events import EpochEnd
+    from dltrain.training.engine import fit
 
     def broken(event):  # a caller's listener with a bug
         if isinstance(event, EpochEnd):

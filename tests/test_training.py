@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from dltrain.config import Config, OptimConfig, ScheduleConfig, TrainConfig, validate
-from dltrain.engine import fit
-from dltrain.epoch import train_one_epoch
-from dltrain.events import EpochEnd
 from dltrain.optim import build_optimizer, build_schedule, param_groups, warmup_steps
-from dltrain.runs import read_metrics
+from dltrain.reporting.events import EpochEnd
+from dltrain.reporting.runs import read_metrics
+from dltrain.training.engine import fit
+from dltrain.training.epoch import train_one_epoch
 
 
 def _model():
@@ -330,7 +330,7 @@ def test_optimizer_steps_are_fused_where_torch_has_them():
 
 
 def test_the_gap_pass_reads_at_most_a_tenth_of_the_training_split(tmp_path):
-    from dltrain.session import build
+    from dltrain.training.session import build
 
     for asked, expected in ((1024, 115), (50, 50)):  # digits: 1,150 training images here
         s = build(_cfg(**{"train.train_eval_size": asked}), tmp_path / str(asked))

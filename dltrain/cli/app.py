@@ -16,8 +16,9 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from dltrain import __version__, distributed
+from dltrain import __version__
 from dltrain.errors import DltrainError, Interrupted
+from dltrain.training import distributed
 
 
 class _Group(TyperGroup):

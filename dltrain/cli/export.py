@@ -36,7 +36,7 @@ def export_(
     # Parsed here, not by click: a bad value is then one line and exit 1, like the others.
     if opset is not None and not opset.strip().isdigit():
         raise DltrainError(f"--opset {opset!r}: expected a whole number such as 18")
-    from dltrain.export import export_checkpoint
+    from dltrain.tools.export import export_checkpoint
 
     # The CPU always (no --device): see export_checkpoint.
     result = export_checkpoint(

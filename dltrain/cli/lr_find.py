@@ -44,8 +44,8 @@ def lr_find(
     Writes lr_find.png and lr_find.json to --out (default runs/<name>/lr-find-<time>).
     The config's model and its training runs are left untouched.
     """
-    from dltrain import lr_find as finder
     from dltrain.config import load_config
+    from dltrain.tools import lr_find as finder
 
     finder.check_options(steps, start, end, seeds)
     cfg = load_config(config, overrides(set_, device))
@@ -62,7 +62,7 @@ def lr_find(
 
 
 def _report(event) -> None:
-    from dltrain.events import Note
+    from dltrain.reporting.events import Note
 
     if isinstance(event, Note):
         note(event.text)

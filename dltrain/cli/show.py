@@ -46,7 +46,7 @@ def show(
     """Draw a batch as the model receives it: the data built as `dltrain train` builds it,
     un-normalized to show, each image with its class name."""
     from dltrain.config import load_config
-    from dltrain.show import check_options, show_batch
+    from dltrain.tools.show import check_options, show_batch
 
     check_options(split, count, out_path)  # before the config is read: a typo fails at once
     cfg = load_config(config, overrides(set_, device))

@@ -29,7 +29,7 @@ def summary(
     from dltrain.config import load_config
     from dltrain.data import data_info, for_model
     from dltrain.models import build_model, layer_summary, model_input
-    from dltrain.runtime import precision_tools, resolve_device
+    from dltrain.training.runtime import precision_tools, resolve_device
 
     cfg = load_config(config, overrides(set_, device))
     # The precision training would use on the config's device sizes the activations; the

@@ -40,10 +40,10 @@ def compare(
     """Train configs side by side with several seeds; mean ± std of best val accuracy.
 
     The runs go to --out (default runs/compare-<time>)."""
-    from dltrain.compare import compare as run_compare
-    from dltrain.compare import default_root, labels_for
     from dltrain.config import load_config
-    from dltrain.runs import new_run_dir
+    from dltrain.reporting.runs import new_run_dir
+    from dltrain.tools.compare import compare as run_compare
+    from dltrain.tools.compare import default_root, labels_for
 
     loaded = {
         label: load_config(path, overrides(set_, device))
@@ -121,9 +121,9 @@ def sweep(
     """Many trials with sampled hyperparameters, selected on validation; test the best once.
 
     The sweep's folder is --out (default runs/<name>/sweep-<time>)."""
-    from dltrain import sweep as sweeps
     from dltrain.config import load_config
-    from dltrain.runs import RunLock, stamped
+    from dltrain.reporting.runs import RunLock, stamped
+    from dltrain.tools import sweep as sweeps
 
     if resume is not None:
         fixed = {"CONFIG": config, "--param": param, "--set": set_, "--device": device}
@@ -171,7 +171,7 @@ def _sweep_value(value, log: bool = False) -> str:
 
 def _sweep_progress(folder: Path, settings: dict):
     """Say what the sweep runs; return the callback that says each trial's outcome."""
-    from dltrain.sweep import spaces
+    from dltrain.tools.trial import spaces
 
     metric, keys = settings["metric"], ", ".join(settings["config"]["sweep"]["params"])
     how = f"{settings['sampler']} sampling{', pruned' if settings['prune'] else ''}"
@@ -237,7 +237,7 @@ def _sweep_table(result: dict) -> None:
 
 
 def _sweep_test(folder: Path, device: str | None) -> None:
-    from dltrain.sweep import evaluate_best
+    from dltrain.tools.sweep import evaluate_best
 
     metrics = evaluate_best(folder, overrides(None, device))
     uses, ledger = metrics["test_uses"], Path(metrics["checkpoint"]).parent / "test_ledger.jsonl"

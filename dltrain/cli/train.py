@@ -11,7 +11,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dltrain import distributed, events
 from dltrain.cli.app import (
     DeviceOption,
     ForceOption,
@@ -28,6 +27,8 @@ from dltrain.cli.app import (
     say,
 )
 from dltrain.errors import DltrainError
+from dltrain.reporting import events
+from dltrain.training import distributed
 
 
 def per_class(counts: dict[str, int], shown: int = 20) -> str:
@@ -198,7 +199,7 @@ WEIGHTS = {"ema": "the EMA average", "trained": "the trained weights"}
 
 def _other(row: dict) -> str:
     """With an EMA: which weights val_acc is of, and what the other validated."""
-    from dltrain.engine import picked
+    from dltrain.training.engine import picked
 
     taken = picked(row)
     if taken is None:
@@ -280,8 +281,8 @@ def _launch(ctx: typer.Context, nproc: int) -> None:
 
 def _run_folder(cfg, run_dir: Path | None, force: bool) -> Path:
     """The new run's folder. Under torchrun, rank 0 makes it and tells the others."""
-    from dltrain.runs import new_run_dir
-    from dltrain.runtime import join
+    from dltrain.reporting.runs import new_run_dir
+    from dltrain.training.runtime import join
 
     if not distributed.launched():
         return new_run_dir(cfg, run_dir, force=force)
@@ -291,7 +292,7 @@ def _run_folder(cfg, run_dir: Path | None, force: bool) -> Path:
 
 def run(cfg, folder: Path, mode: str = "normal", **kwargs) -> None:
     """engine.fit with the live report (fit draws the run's curves.png as it ends)."""
-    from dltrain.engine import fit
+    from dltrain.training.engine import fit
 
     report = TrainReport(out(), mode)
     try:
@@ -306,7 +307,7 @@ def _resume(target: Path, config: Path | None, run_dir: Path | None, changes: li
             "--resume continues a run in its own folder with its saved config; drop CONFIG and "
             "--out (use --set, e.g. --set train.epochs=20, to change values)"
         )
-    from dltrain.resume import plan
+    from dltrain.training.resume import plan
 
     todo = plan(target, changes)
     for text in todo.notes:
@@ -338,7 +339,7 @@ def finetune(
     if nproc > 1:
         _launch(ctx, nproc)
         return
-    from dltrain.finetune import from_source
+    from dltrain.training.finetune import from_source
 
     cfg, parent = from_source(cfg, source)
     run(cfg, _run_folder(cfg, out_dir, force), _mode(quiet, as_json), parent=parent, new=True)

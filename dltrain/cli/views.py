@@ -44,7 +44,7 @@ def eval_(
         raise DltrainError(f"--split {split!r}: expected val or test")
     if tta not in (None, *TTA_MODES):
         raise DltrainError(f"--tta {tta!r}: expected {', '.join(TTA_MODES)}")
-    from dltrain.evaluation import evaluate_checkpoint
+    from dltrain.tools.evaluation import evaluate_checkpoint
 
     problems = []  # pictures that could not be drawn: after the metrics, one line each
     metrics = evaluate_checkpoint(ckpt, split, overrides(set_, device), tta, problems.append)
@@ -87,7 +87,7 @@ def _show_eval_details(console: Console, metrics: dict, ckpt: Path, split: str) 
     """Top-5, the per-class table, the confusion matrix (small ones) and where files went."""
     from rich import box
 
-    from dltrain.evaluation import MISTAKES_SHOWN, confusion_path, metrics_path, picture_paths
+    from dltrain.tools.evaluation import MISTAKES_SHOWN, confusion_path, metrics_path, picture_paths
 
     if "top5" in metrics:
         console.print(f"top-5 accuracy {metrics['top5']:.4f}")
@@ -157,7 +157,7 @@ def predict_(
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Classify images with a checkpoint, using its own preprocessing."""
-    from dltrain.predict import predict
+    from dltrain.tools.predict import predict
 
     results = predict(ckpt, list(inputs), topk, overrides(None, device))
     if as_json:
@@ -206,7 +206,7 @@ def plot_(
     ] = None,
 ) -> None:
     """Draw learning curves: one run's curves.png, or several runs overlaid in one image."""
-    from dltrain.plots import overlay_path, plot_run, plot_runs
+    from dltrain.reporting.plots import overlay_path, plot_run, plot_runs
 
     run_dirs = list(dict.fromkeys(run_dirs))
     if len(run_dirs) == 1:
@@ -235,7 +235,7 @@ def runs_(
     as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
 ) -> None:
     """List runs, newest first: model, data, epochs, accuracy, test uses, time, status."""
-    from dltrain.runs import list_runs
+    from dltrain.reporting.listing import list_runs
 
     runs = list_runs(root)
     if as_json:

@@ -1,7 +1,9 @@
-"""The config: schema.py (its sections), loading.py (read and check), space.py (sweep grammar),
-changes.py (the overrides a checkpoint can take)."""
+"""The config: schema.py (its sections; data.py the data section's, section.py what each is),
+reference.py (its keys and reference), reading.py (safe YAML), loading.py (read and check),
+space.py (sweep grammar), changes.py (the overrides a checkpoint can take)."""
 
 from dltrain.config.changes import check_changes
+from dltrain.config.data import AugmentConfig, DataConfig, FakeDataConfig, MixupConfig, image_size
 from dltrain.config.loading import (
     apply_overrides,
     from_dict,
@@ -11,31 +13,25 @@ from dltrain.config.loading import (
     set_key,
     validate,
 )
+from dltrain.config.reference import reference_markdown
 from dltrain.config.schema import (
-    AugmentConfig,
     CheckpointConfig,
     Config,
-    DataConfig,
     EarlyStoppingConfig,
     EmaConfig,
     EvalConfig,
-    FakeDataConfig,
     FinetuneConfig,
     LoggingConfig,
-    MixupConfig,
     MlflowConfig,
     ModelConfig,
-    NormalizeStats,
     OptimConfig,
     ScheduleConfig,
-    Section,
     SweepConfig,
     TrainConfig,
     WandbConfig,
-    image_size,
     lower_is_better,
-    reference_markdown,
 )
+from dltrain.config.section import NormalizeStats, Section
 from dltrain.config.space import SPACE_FORMS, Space, parse_space
 
 __all__ = [

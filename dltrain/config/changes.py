@@ -6,7 +6,8 @@ anything is built or written (checkpoint.open_saved calls it). Torch-free."""
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from dltrain.config.schema import KEYS, Config
+from dltrain.config.reference import KEYS
+from dltrain.config.schema import Config
 from dltrain.errors import DltrainError
 
 PURPOSES = ("eval", "predict", "export", "finetune", "resume")

@@ -10,8 +10,10 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
+from dltrain.config.data import image_size
 from dltrain.config.reading import closest, parse_yaml
-from dltrain.config.schema import FIELDS, KEYS, Config, image_size
+from dltrain.config.reference import FIELDS, KEYS
+from dltrain.config.schema import Config
 from dltrain.config.space import SPACE_FORMS, parse_space
 from dltrain.errors import ConfigError, DltrainError
 from dltrain.models import facts

@@ -2,166 +2,15 @@
 one-line description (`dltrain config reference`, `dltrain config schema`). Extra keys are
 forbidden everywhere. Torch-free: `dltrain config show` stays fast."""
 
-from typing import Literal, get_args
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
+from dltrain.config.data import DataConfig
+from dltrain.config.section import Section, _nested
 from dltrain.models import facts
-from dltrain.registry import DATASETS, OPTIMIZERS
-
-# What each field with a union type takes: its failure is this one line, not one per member.
-_UNIONS = {
-    "normalize": "auto, dataset, none, or {mean: [...], std: [...]} of equal length",
-    "small_input": "true, false or auto",
-    "freeze": "all_but_head, none, or a list of module-name prefixes",
-    "class_weights": "none, balanced, or a list of weights (one per class, each >= 0)",
-}
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-    @field_validator(*_UNIONS, mode="wrap", check_fields=False)
-    def _union_in_one_line(cls, value, handler, info: ValidationInfo):
-        try:
-            return handler(value)
-        except ValidationError:
-            raise ValueError(_UNIONS[info.field_name]) from None
-
-
-def _nested(section: type[Section], description: str):
-    """The field of a section within a section: by default, all of that section's defaults."""
-    return Field(default_factory=section, description=description)
-
-
-class NormalizeStats(Section):
-    mean: list[float] = Field(min_length=1, description="Per-channel mean (of 0-1 pixels).")
-    std: list[float] = Field(min_length=1, description="Per-channel standard deviation.")
-
-    @field_validator("std")
-    def _positive(cls, std: list[float], info: ValidationInfo) -> list[float]:
-        if any(s <= 0 for s in std):
-            raise ValueError("positive values")
-        if "mean" in info.data and len(info.data["mean"]) != len(std):
-            raise ValueError("as many values as mean")
-        return std
-
-
-class AugmentConfig(Section):
-    random_crop: int = Field(0, ge=0, description="Pad by this many pixels, crop back; 0 = off.")
-    hflip: bool = Field(False, description="Flip horizontally with probability 0.5.")
-    rotation: float = Field(0.0, ge=0, le=180, description="Rotate by up to ± this many degrees.")
-    color_jitter: float = Field(
-        0.0, ge=0, le=1, description="Brightness, contrast and saturation jitter; 0 = off."
-    )
-    random_resized_crop: float = Field(
-        0.0, ge=0, lt=1, description="Crop 'scale' lower bound (e.g. 0.08), resize back; 0 = off."
-    )
-
-
-class FakeDataConfig(Section):
-    train_size: int = Field(256, ge=2, description="fake: number of training images.")
-    test_size: int = Field(64, ge=1, description="fake: number of test images.")
-    classes: int = Field(10, ge=2, description="fake: number of classes.")
-    channels: Literal[1, 3] = Field(3, description="fake: image channels.")
-    image_size: int = Field(32, ge=4, description="fake: image height and width.")
-
-
-class MixupConfig(Section):
-    alpha: float = Field(
-        0.0,
-        ge=0,
-        description="Mixup: blend with another image, weight ~ Beta(alpha, alpha) "
-        "(0.2 is usual); 0 = off.",
-    )
-    cutmix_alpha: float = Field(
-        0.0,
-        ge=0,
-        description="CutMix: paste a box of another image, area share ~ Beta(a, a) "
-        "(1.0 is usual); 0 = off.",
-    )
-    prob: float = Field(1.0, ge=0, le=1, description="Share of training batches that are mixed.")
-    switch_prob: float = Field(
-        0.5, ge=0, le=1, description="With both on: share of mixed batches that use CutMix."
-    )
-
-
-class DataConfig(Section):
-    dataset: Literal[DATASETS.choices] = Field("digits", description="Dataset to train on.")
-    root: str = Field(
-        "data", description="Where datasets are stored or downloaded to (imagefolder: the folder)."
-    )
-    download: bool = Field(True, description="Download the dataset if its files are missing.")
-    val_split: float = Field(
-        0.1,
-        description="Validation set carved out of the training data: a fraction (0-1) or a count.",
-    )
-    split_seed: int | None = Field(
-        None, description="Seed of the validation split; null = the run's seed."
-    )
-    test_split: float = Field(
-        0.1, description="imagefolder without test/: test set split off, a fraction or a count."
-    )
-    batch_size: int = Field(64, ge=1, description="Training batch size.")
-    eval_batch_size: int | None = Field(
-        None, ge=1, description="Batch size for validation and test; null = twice batch_size."
-    )
-    normalize: Literal["auto", "dataset", "none"] | NormalizeStats = Field(
-        "auto",
-        description="auto (with model.pretrained: imagenet, the weights' mean/std; else the "
-        "dataset's), dataset (its own mean/std), none, or {mean: [...], std: [...]}.",
-    )
-    augment: AugmentConfig = _nested(AugmentConfig, "Training-split augmentation (never val/test).")
-    resize: int | None = Field(
-        None,
-        ge=4,
-        description="Resize images to this square size (e.g. 224); null = keep (with "
-        "model.pretrained: imagenet on a torchvision or timm model: the weights' size).",
-    )
-    resize_mode: Literal["crop", "squash", "pad"] = Field(
-        "crop",
-        description="How data.resize makes a square of an image of another shape: crop (shorter "
-        "side to the size, the centre cut out), squash (stretched) or pad (letterbox).",
-    )
-    cache: Literal["auto", "ram", "off"] = Field(
-        "auto",
-        description="imagefolder: ram = decode every image once into memory; off = read the "
-        "files every epoch; auto = ram when the decoded images take at most a quarter of the "
-        "memory available (on a GPU, of its free memory), else off. With "
-        "augment.random_resized_crop, training images are kept at data.resize / 0.875 "
-        "(timm's crop_pct) for the crops.",
-    )
-    num_workers: int = Field(
-        2, ge=0, description="imagefolder without the cache: DataLoader worker processes."
-    )
-    skip_bad_files: bool = Field(
-        False, description="imagefolder: skip unreadable images with a warning instead of failing."
-    )
-    fake: FakeDataConfig = _nested(FakeDataConfig, "Shape of the `fake` smoke-test dataset.")
-    mixup: MixupConfig = _nested(
-        MixupConfig, "Mixup/CutMix of training batches, on the device after augmentation."
-    )
-    sampler: Literal["random", "balanced"] = Field(
-        "random",
-        description="random: each training sample once per epoch; balanced: drawn with "
-        "replacement so each class comes equally often (seeded).",
-    )
-
-    def split_seed_for(self, seed: int) -> int:
-        """The seed that draws the validation split: data.split_seed, else the run's."""
-        return seed if self.split_seed is None else self.split_seed
-
-    @field_validator("cache", mode="before")
-    def _yaml_off(cls, value):
-        # YAML reads a bare off (and no, false) as False, on/yes/true as True.
-        return {False: "off", True: "ram"}.get(value, value) if isinstance(value, bool) else value
-
-    @field_validator("val_split", "test_split")
-    def _fraction_or_count(cls, value: float) -> float:
-        if value <= 0 or (value >= 1 and not float(value).is_integer()):
-            raise ValueError("a fraction between 0 and 1, or a whole count >= 1")
-        return int(value) if value >= 1 else value
+from dltrain.registry import OPTIMIZERS
 
 
 class ModelConfig(Section):
@@ -433,12 +282,6 @@ def lower_is_better(metric: str, mode: str = "auto") -> bool:
     return mode == "min" if mode != "auto" else metric.endswith("loss")
 
 
-def image_size(data: DataConfig) -> int | None:
-    """The image size known without reading data (imagefolder: only through data.resize)."""
-    sizes = {"digits": 8, "mnist": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
-    return data.resize or {**sizes, "fake": data.fake.image_size}.get(data.dataset)
-
-
 class Config(Section):
     # A plain folder name: no "/", and no leading "." (".." would climb out of runs/, and
     # `dltrain runs` skips hidden folders).
@@ -466,40 +309,3 @@ class Config(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
-
-def _section_of(annotation) -> type[BaseModel] | None:
-    """The section a field holds: `Section`, or `Section | None` (a section off by default)."""
-    members = [m for m in get_args(annotation) if m is not type(None)] or [annotation]
-    if len(members) == 1 and isinstance(members[0], type) and issubclass(members[0], BaseModel):
-        return members[0]
-    return None
-
-
-def _fields(model: type[BaseModel], parent: tuple = ()):
-    """(path, field, whether it is a section) of every field; a section before the fields in it."""
-    for name, field in model.model_fields.items():
-        section = _section_of(field.annotation)
-        yield (*parent, name), field, section is not None
-        if section is not None:
-            yield from _fields(section, (*parent, name))
-
-
-# Every field by its path, sections too; and the fields that hold values, by dotted key (a
-# section that is null by default holds one too: null, off).
-FIELDS = {path: field for path, field, _ in _fields(Config)}
-KEYS = {
-    ".".join(path): field
-    for path, field, section in _fields(Config)
-    if not section or field.default is None
-}
-
-
-def reference_markdown() -> str:
-    """The config reference as a Markdown table: key, default, description."""
-    rows = ["| key | default | what it does |", "|---|---|---|"]
-    for key, field in KEYS.items():
-        default = field.get_default(call_default_factory=True)
-        shown = yaml.safe_dump(default, default_flow_style=True, width=1000).removesuffix("...\n")
-        rows.append(f"| `{key}` | `{shown.strip()}` | {field.description} |")
-    return "\n".join(rows) + "\n"

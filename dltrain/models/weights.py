@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from dltrain import checkpoint
+from dltrain import files
 from dltrain.config import ModelConfig
 from dltrain.errors import DltrainError
 
@@ -65,7 +65,7 @@ def load_file(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     path = cfg.pretrained
     if not os.path.isfile(path):
         raise DltrainError(f"model.pretrained: no such file: {path}")
-    state = checkpoint.read(path, "model.pretrained: ")
+    state = files.read(path, "model.pretrained: ")
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

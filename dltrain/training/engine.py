@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dltrain import __version__, distributed, saving, trackers
+from dltrain import __version__
 from dltrain.config import Config
-from dltrain.early_stopping import overfitting_note
-from dltrain.epoch import Channel, NonFiniteLoss, Stop, evaluate, train_one_epoch
 from dltrain.errors import DltrainError, Interrupted
-from dltrain.events import (
+from dltrain.models import count_parameters
+from dltrain.reporting import trackers
+from dltrain.reporting.events import (
     Decode,
     EpochEnd,
     EpochStart,
@@ -40,11 +40,13 @@ from dltrain.events import (
     RunStart,
     Summary,
 )
-from dltrain.finetune import apply_freeze
-from dltrain.models import count_parameters
-from dltrain.runs import RunLock
-from dltrain.runtime import StopSignal
-from dltrain.session import Session, build, class_counts
+from dltrain.reporting.runs import RunLock
+from dltrain.training import distributed, saving
+from dltrain.training.early_stopping import overfitting_note
+from dltrain.training.epoch import Channel, NonFiniteLoss, Stop, evaluate, train_one_epoch
+from dltrain.training.finetune import apply_freeze
+from dltrain.training.runtime import StopSignal
+from dltrain.training.session import Session, build, class_counts
 
 
 @dataclass
@@ -123,7 +125,7 @@ def _ended(s: Session, emit: Channel, summary: Summary) -> None:
 def _draw(run_dir: Path, emit: Channel) -> None:
     """curves.png of the epochs metrics.csv holds; a plotting problem is a note, never a
     failure of the run."""
-    from dltrain.plots import draw_curves  # matplotlib: only once a run ends
+    from dltrain.reporting.plots import draw_curves  # matplotlib: only once a run ends
 
     if problem := draw_curves(run_dir):
         emit(Note(problem))

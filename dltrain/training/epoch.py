@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dltrain import distributed
 from dltrain.config import TrainConfig
 from dltrain.data import Mixup, tta_views
-from dltrain.events import BatchEnd, Event, Listener, RunEnd
-from dltrain.runtime import Precision, StopSignal
+from dltrain.reporting.events import BatchEnd, Event, Listener, RunEnd
+from dltrain.training import distributed
+from dltrain.training.runtime import Precision, StopSignal
 
 NAN_CHECK_EVERY = 16  # steps between host checks of the loss (each check is a device sync)
 
@@ -157,6 +157,12 @@ def set_train_mode(model: nn.Module) -> None:
                 module.eval()
 
 
+def _mixed_loss(loss_fn, logits, labels, partners, lam: float) -> torch.Tensor:
+    """The loss; mixed batches: the two labels' losses, weighted by their shares."""
+    loss = loss_fn(logits, labels)
+    return loss if lam >= 1.0 else lam * loss + (1.0 - lam) * loss_fn(logits, partners)
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable,
@@ -202,9 +208,7 @@ def train_one_epoch(
         with model.no_sync() if ddp and not boundary else contextlib.nullcontext():
             with precision.autocast():
                 logits = model(images)
-                loss = loss_fn(logits, labels)
-                if lam < 1.0:  # mixed: the two labels' losses, weighted by their shares
-                    loss = lam * loss + (1.0 - lam) * loss_fn(logits, partners)
+                loss = _mixed_loss(loss_fn, logits, labels, partners, lam)
             detached = loss.detach()
             full = tally.add(step, detached, logits.detach(), labels if lam >= 0.5 else partners)
             precision.scaler.scale(loss / cfg.accumulate if cfg.accumulate > 1 else loss).backward()

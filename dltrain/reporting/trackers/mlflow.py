@@ -11,8 +11,8 @@ from pathlib import Path
 
 from dltrain.config import Config, MlflowConfig
 from dltrain.errors import MissingExtra
-from dltrain.events import Summary
-from dltrain.trackers.base import Tracker, as_text, numbers_and_text, params
+from dltrain.reporting.events import Summary
+from dltrain.reporting.trackers.base import Tracker, as_text, numbers_and_text, params
 
 # How a dltrain run's end reads in MLflow: a stopped run (early stopping, a sweep's pruner) did
 # finish; an interrupted one is resumable and becomes RUNNING again on resume.

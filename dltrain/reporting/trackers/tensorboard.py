@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dltrain.config import Config
 from dltrain.errors import MissingExtra
-from dltrain.events import EpochEnd, Event, RunEnd
+from dltrain.reporting.events import EpochEnd, Event, RunEnd
 
 
 class TensorBoard:

@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dltrain import __version__, checkpoint
+from dltrain import __version__, files
 from dltrain.data import NO_DOWNLOAD, make_loader
 from dltrain.errors import DataNotFound, DltrainError
+from dltrain.training import checkpoint
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".ts"}  # format -> the default file's suffix
 # Opsets torch's (dynamo) ONNX exporter writes itself: 18 is its own, 19-25 go through
@@ -148,14 +149,14 @@ def export_checkpoint(
             raise DltrainError(_parity_failure(parity, out))
         os.replace(tmp, out)
     except BaseException as err:
-        cause = checkpoint.os_error(err)  # a full disk, as torch or onnx report it
+        cause = files.os_error(err)  # a full disk, as torch or onnx report it
         if cause is None:
             raise
-        raise checkpoint.write_failure(out, cause, "nothing was written there") from None
+        raise files.write_failure(out, cause, "nothing was written there") from None
     finally:
         tmp.unlink(missing_ok=True)
     record = describe(saved, fmt, out, written, parity)
-    checkpoint.write_json(sidecar_path(out), record)
+    files.write_json(sidecar_path(out), record)
     at = checkpoint.at(saved.payload)
     return {**record, "path": str(out), "sidecar": str(sidecar_path(out)), "at": at}
 
@@ -179,7 +180,7 @@ def validation_pixels(saved: checkpoint.Saved, count: int = PARITY_IMAGES) -> to
     NCHW, at the model's channels and size. The split is rebuilt from the checkpoint's own
     config and data, as `dltrain eval` does; the loader's normalized batches are mapped back
     (x * std + mean), which holds for in-memory and image-folder datasets alike."""
-    from dltrain.session import model_data
+    from dltrain.training.session import model_data
 
     cfg, cpu = saved.cfg, torch.device("cpu")
     data, splits = model_data(cfg)
@@ -340,7 +341,7 @@ def describe(saved: checkpoint.Saved, fmt: str, out: Path, written: dict, parity
         "model": saved.cfg.model.name,
         "dataset": saved.cfg.data.dataset,
         "checkpoint": str(saved.path),
-        "sha256": checkpoint.file_sha256(saved.path),
+        "sha256": files.file_sha256(saved.path),
         "epoch": saved.payload["epoch"],
         "parity": parity,
         "versions": versions,

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dltrain.config import Config
-from dltrain.events import EpochEnd, Event, RunEnd, RunStart, Summary
-from dltrain.runs import RunFiles
+from dltrain.reporting.events import EpochEnd, Event, RunEnd, RunStart, Summary
+from dltrain.reporting.runs import RunFiles
 
 # The run folder's files a tracker keeps a copy of when the run ends (the weights stay: the
 # best model's path is logged instead).

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dltrain import trackers
 from dltrain.config import Config
 from dltrain.errors import DltrainError
-from dltrain.events import BatchEnd, Event, Listener, Note
+from dltrain.reporting import trackers
+from dltrain.reporting.events import BatchEnd, Event, Listener, Note
 
 if TYPE_CHECKING:
-    from dltrain.session import Session
+    from dltrain.training.session import Session
 
 BETA = 0.98  # the smoothing of the loss: an exponential average, bias-corrected
 DIVERGED = 4.0  # stop once the smoothed loss passes this multiple of its minimum
@@ -244,8 +244,8 @@ def probe(s: Session, steps: int, start: float, end: float) -> dict:
     (s.model keeps its weights) trains through train_one_epoch, exactly as training does
     (loss, precision, mixup, augmentation, accumulation, clipping), for `steps` optimizer
     steps, pass after pass. No schedule, no validation, no EMA. Returns the curve."""
-    from dltrain.epoch import Channel, NonFiniteLoss, train_one_epoch
     from dltrain.optim import build_optimizer
+    from dltrain.training.epoch import Channel, NonFiniteLoss, train_one_epoch
 
     model = copy.deepcopy(s.model)
     optimizer = build_optimizer(model, s.cfg.optim, model.head_name)
@@ -331,7 +331,7 @@ def summarize(curves: list[dict], cfg: Config, steps: int) -> dict:
 def new_folder(cfg: Config, out: str | Path | None = None, root: str | Path = "runs") -> Path:
     """`out`, or runs/<name>/lr-find-<time>/ (made unique) beside the config's runs; never
     a folder that holds a training run or another lr-find."""
-    from dltrain.runs import new_run_dir, stamped
+    from dltrain.reporting.runs import new_run_dir, stamped
 
     out = stamped(Path(root) / cfg.name, "lr-find-") if out is None else Path(out)
     for name, holds in (("lr_find.json", "an lr-find"), ("config.yaml", "a training run")):
@@ -352,9 +352,9 @@ def run(
     """The whole lr-find: `seeds` sweeps, each on a Session built by session.build as
     training builds it (with the lr-find folder as its run folder), then lr_find.json and
     lr_find.png there. Returns what the JSON holds."""
-    from dltrain.checkpoint import write_json
-    from dltrain.plots import plot_lr_find
-    from dltrain.session import build
+    from dltrain.files import write_json
+    from dltrain.reporting.plots import plot_lr_find
+    from dltrain.training.session import build
 
     check_options(steps, start, end, seeds)
     existed = out is not None and Path(out).exists()

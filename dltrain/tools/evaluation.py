@@ -16,12 +16,13 @@ from typing import NamedTuple
 
 import torch
 
-from dltrain import checkpoint
+from dltrain import files
 from dltrain.data import NO_DOWNLOAD, DataInfo, make_loader
-from dltrain.epoch import evaluate
 from dltrain.errors import DltrainError
-from dltrain.runtime import apply_speedups, precision_tools
-from dltrain.session import model_data
+from dltrain.training import checkpoint
+from dltrain.training.epoch import evaluate
+from dltrain.training.runtime import apply_speedups, precision_tools
+from dltrain.training.session import model_data
 
 MISTAKES_SHOWN = 36  # the most confidently wrong images drawn in mistakes-<split>.png
 
@@ -76,7 +77,7 @@ def evaluate_checkpoint(
         "epoch": saved.payload["epoch"],  # epochs finished; "at" also says mid-epoch
         "at": checkpoint.at(saved.payload),
         "checkpoint": str(path),
-        "sha256": checkpoint.file_sha256(path),
+        "sha256": files.file_sha256(path),
         **metrics,
         **_means(per_class),
         "per_class": per_class,
@@ -88,14 +89,14 @@ def evaluate_checkpoint(
         result["tta"] = {"mode": tta, **seen}
     if split == "test":
         result["test_uses"] = record_test_use(path, result)
-    checkpoint.write_json(metrics_path(path, split), result)
+    files.write_json(metrics_path(path, split), result)
     # Rows are true classes, columns predicted classes; the header row names the columns.
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["true\\predicted", *names])
     writer.writerows([name, *counts] for name, counts in zip(names, confusion, strict=True))
     text = buffer.getvalue().encode()
-    checkpoint.atomic_write(confusion_path(path, split), lambda handle: handle.write(text))
+    files.atomic_write(confusion_path(path, split), lambda handle: handle.write(text))
     for problem in draw_pictures(result, mistakes.worst(), splits.info, path):
         warn(problem)
     return result
@@ -187,7 +188,7 @@ class Mistakes:
 def draw_pictures(result: dict, wrong: Wrong, info: DataInfo, ckpt: Path) -> list[str]:
     """confusion-<split>.png and mistakes-<split>.png; returns a line for each that could not
     be drawn (and removes its older version, so no stale picture stays beside new metrics)."""
-    from dltrain.pictures import plot_confusion, plot_images, short_name
+    from dltrain.reporting.pictures import plot_confusion, plot_images, short_name
 
     split, names = result["split"], [short_name(name) for name in result["class_names"]]
     confusion_png, mistakes_png = picture_paths(ckpt, split)

@@ -6,10 +6,10 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
-from dltrain.checkpoint import write_json
 from dltrain.config import Config
 from dltrain.errors import DltrainError
-from dltrain.events import Summary
+from dltrain.files import write_json
+from dltrain.reporting.events import Summary
 
 
 def labels_for(paths: list[Path]) -> list[str]:
@@ -32,8 +32,8 @@ def compare(
     """Train every config with `seeds` seeds on one validation split (that of the first
     config's seed); returns per-config statistics and writes compare.json and compare.png.
     A comparison is fair only on the same data and split: configs that differ there fail."""
-    from dltrain.engine import fit
-    from dltrain.plots import plot_compare
+    from dltrain.reporting.plots import plot_compare
+    from dltrain.training.engine import fit
 
     if seeds < 1:
         raise DltrainError(f"--seeds must be at least 1 (got {seeds})")
@@ -81,6 +81,6 @@ def _stats(label: str, cfg: Config, summaries: list[dict]) -> dict:
 
 
 def default_root(runs: Path = Path("runs")) -> Path:
-    from dltrain.runs import stamped
+    from dltrain.reporting.runs import stamped
 
     return stamped(runs, "compare-")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from dltrain.plots import DPI, save_figure
+from dltrain.reporting.plots import DPI, save_figure
 
 PANEL, HEADER, MIN_WIDTH = 1.6, 0.6, 6.0  # inches: one image and its caption, the title
 CELL_VALUES_MAX = 20  # classes up to which the confusion picture prints its shares in cells

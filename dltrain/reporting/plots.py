@@ -14,9 +14,10 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
-from dltrain.checkpoint import atomic_write
 from dltrain.errors import DltrainError
-from dltrain.runs import describe_run, read_metrics
+from dltrain.files import atomic_write
+from dltrain.reporting.listing import describe_run
+from dltrain.reporting.runs import read_metrics
 
 FIGSIZE, DPI = (12, 5), 100  # every image is 1200×500 pixels
 _THIN = {"linestyle": "--", "linewidth": 0.8, "marker": ""}  # a second curve in the same colour

@@ -11,12 +11,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dltrain import __version__, checkpoint
-from dltrain.checkpoint import FORMAT, load, load_weights, write_failure
+from dltrain import __version__, files
 from dltrain.errors import DltrainError
+from dltrain.files import write_failure
+from dltrain.training.checkpoint import FORMAT, load, load_weights
 
 if TYPE_CHECKING:
-    from dltrain.session import Session
+    from dltrain.training.session import Session
 
 
 def rng_state() -> dict:
@@ -124,16 +125,16 @@ def flush(s: Session, loop) -> None:
     try:
         if best is not None and last is not None and best is not last:
             staged = folder / f".best-{best['epoch']}.pt"
-            checkpoint.save(best, staged)  # a new file: the best.pt the current last.pt names stays
+            files.save(best, staged)  # a new file: the best.pt the current last.pt names stays
         if last is not None:
-            checkpoint.save(last, folder / "last.pt")
+            files.save(last, folder / "last.pt")
             committed = True
         if staged is not None:
             os.replace(staged, folder / "best.pt")
         elif best is not None and best is last:
-            checkpoint.link(folder / "last.pt", folder / "best.pt")
+            files.link(folder / "last.pt", folder / "best.pt")
         elif best is not None:  # checkpoint.save_last: false
-            checkpoint.save(best, folder / "best.pt")
+            files.save(best, folder / "best.pt")
     except (DltrainError, OSError) as err:
         if staged is not None and not committed:
             staged.unlink(missing_ok=True)
@@ -163,7 +164,7 @@ def repair_best(folder: Path, saved: dict) -> list[str]:
             notes.append(f"best.pt {was}, not the best epoch {best_epoch}: put back the "
                          f"checkpoint of epoch {best_epoch} that a stopped write left")  # fmt: skip
         elif saved["epoch"] == best_epoch and not saved.get("partial"):
-            checkpoint.link(folder / "last.pt", path)
+            files.link(folder / "last.pt", path)
             notes.append(f"best.pt {was}, not the best epoch {best_epoch}: linked it to last.pt")
         else:
             notes.append(

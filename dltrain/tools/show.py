@@ -63,9 +63,9 @@ def show_batch(
     import torch
 
     from dltrain.data import make_loader
-    from dltrain.pictures import plot_images, short_name
-    from dltrain.runtime import start
-    from dltrain.session import model_data
+    from dltrain.reporting.pictures import plot_images, short_name
+    from dltrain.training.runtime import start
+    from dltrain.training.session import model_data
 
     check_options(split, count, out)
     path = picture_path(cfg, split, out)
@@ -100,7 +100,7 @@ def _take(cfg: Config, batches, split: str, count: int, seed: int, names: list[s
     """Up to `count` images from the loader (float, on the CPU) and their captions: the class
     name; a mixed image's two classes and its own class's share."""
     from dltrain.data import Mixup
-    from dltrain.session import mixes
+    from dltrain.training.session import mixes
 
     mix = Mixup(cfg.data.mixup, seed) if split == "train" and mixes(cfg) else None
     images, captions = [], []

@@ -9,13 +9,10 @@ optuna and torch are imported inside the functions; nothing here prints.
 
 from __future__ import annotations
 
-import copy
 import csv
 import functools
 import io
-import math
 import os
-import socket
 import time
 import zlib
 from collections.abc import Callable
@@ -23,12 +20,12 @@ from pathlib import Path
 
 import yaml
 
-from dltrain.checkpoint import atomic_write
-from dltrain.config import Config, Space, lower_is_better, parse_space, set_key, validate
-from dltrain.distributed import usable_cores
-from dltrain.errors import ConfigError, DltrainError, Interrupted
-from dltrain.events import EpochEnd, Event, Summary
-from dltrain.runs import new_run_dir
+from dltrain.config import Config, lower_is_better
+from dltrain.errors import DltrainError, Interrupted
+from dltrain.files import atomic_write
+from dltrain.reporting.runs import new_run_dir
+from dltrain.tools.trial import identity, interrupted, resume_hint, run_trial, spaces, trial_rows
+from dltrain.training.distributed import usable_cores
 
 SETTINGS, STUDY, BEST = "sweep.yaml", "study.db", "best.yaml"
 PRUNE_STARTUP = 3  # completed trials before the median pruner may stop one
@@ -128,10 +125,6 @@ def study_errors(function: Callable) -> Callable:
     return wrapper
 
 
-def spaces(settings: dict) -> dict[str, Space]:
-    return {key: parse_space(spec) for key, spec in settings["config"]["sweep"]["params"].items()}
-
-
 @study_errors
 def run(folder: Path, on_trial: Report = lambda row: None) -> dict:
     """Run the trials the sweep still lacks, in `jobs` processes; then write sweep.csv,
@@ -144,9 +137,9 @@ def run(folder: Path, on_trial: Report = lambda row: None) -> dict:
     # Requeue the trials this sweep left running when it was killed. With the study in the
     # folder no one else works on it; a shared --storage keeps other machines' trials running.
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if settings["storage"] is None or frozen.user_attrs.get("sweep") == _identity(folder):
+        if settings["storage"] is None or frozen.user_attrs.get("sweep") == identity(folder):
             # A handle on a trial this process did not ask for: Trial takes its storage id.
-            _interrupted(study, Trial(study, frozen._trial_id), frozen.params)
+            interrupted(study, Trial(study, frozen._trial_id), frozen.params)
     remaining = settings["trials"] - _counts(study)[0]
     jobs = max(1, min(settings["jobs"], remaining))
     deadline = time.time() + settings["timeout"] if settings["timeout"] else None
@@ -190,10 +183,10 @@ def _parallel(folder: Path, remaining: int, seeds: list[str], deadline, report: 
     except KeyboardInterrupt:
         for worker in workers:  # Ctrl-C reached them too: each records its trial and exits
             worker.join()
-        raise _resume_hint(folder, 130) from None
+        raise resume_hint(folder, 130) from None
     codes = [worker.exitcode for worker in workers]
     if any(code in (130, 143) for code in codes):
-        raise _resume_hint(folder, max(codes))
+        raise resume_hint(folder, max(codes))
     if errors or any(codes):
         raise DltrainError(errors[0] if errors else f"a sweep worker failed (exit codes {codes})")
 
@@ -227,107 +220,6 @@ def work(folder: Path, quota: int, seed: str, deadline: float | None, report: Re
         report(run_trial(study, folder, settings))
 
 
-def run_trial(study, folder: Path, settings: dict) -> dict:
-    """Ask for a trial, train it as a normal run, tell the outcome; returns its row. A failure
-    (bad combination, NaN, …) is recorded with its reason; Ctrl-C marks the trial
-    interrupted, queues its values again and raises Interrupted."""
-    from optuna.trial import TrialState
-
-    trial = study.ask()
-    trial.set_user_attr("sweep", _identity(folder))
-    run_dir = folder / f"trial-{trial.number:03d}"
-    trial.set_user_attr("folder", run_dir.name)
-    started = time.perf_counter()
-    try:
-        summary = _fit(trial_config(trial, settings), run_dir, trial, settings["metric"])
-    except (Interrupted, KeyboardInterrupt) as err:
-        _interrupted(study, trial, trial.params)
-        raise _resume_hint(folder, err.exit_code if isinstance(err, Interrupted) else 130) from None
-    except DltrainError as err:
-        state, summary, reason = TrialState.FAIL, None, "; ".join(str(err).splitlines())
-    except BaseException as err:  # a bug: recorded, then shown with its traceback
-        reason = f"{type(err).__name__}: {err}"
-        _tell(study, trial, TrialState.FAIL, None, reason, started, settings["metric"])
-        raise
-    else:
-        state, reason = TrialState.COMPLETE, ""
-        if summary.status == "stopped":
-            state, reason = TrialState.PRUNED, summary.stop_reason
-    _tell(study, trial, state, summary, reason, started, settings["metric"])
-    return trial_rows(study, settings, [trial.number])[0]
-
-
-def trial_config(trial, settings: dict) -> Config:
-    """The base config with the values the trial suggests and no sweep section: a normal run's
-    config (`dltrain train trial-NNN/config.yaml` repeats the trial). Optuna's choices are
-    plain: lists and mappings are offered by their YAML text."""
-    data = copy.deepcopy(settings["config"])
-    data["sweep"] = {}
-    for key, space in spaces(settings).items():
-        if space.kind == "choice":
-            labels = [_label(choice) for choice in space.choices]
-            value = space.choices[labels.index(trial.suggest_categorical(key, labels))]
-        else:
-            number = trial.suggest_int if space.kind == "int" else trial.suggest_float
-            value = number(key, space.low, space.high, log=space.log)
-        set_key(data, key.split("."), value)
-    try:
-        return validate(data, f"trial {trial.number}")
-    except ConfigError as err:
-        raise DltrainError("; ".join(err.lines)) from None
-
-
-def _label(value):
-    if isinstance(value, list | dict):
-        return yaml.safe_dump(value, default_flow_style=True).strip()
-    return value
-
-
-def _fit(cfg: Config, run_dir: Path, trial, metric: str) -> Summary:
-    """Train, reporting each epoch's metric to the study, whose pruner may stop the run; the
-    run folder gets its curves.png like any run (fit draws it)."""
-    from dltrain.engine import fit
-
-    def pruner(event: Event) -> str | None:
-        if isinstance(event, EpochEnd):
-            row = event.row
-            trial.report(row[metric], row["epoch"])
-            if trial.should_prune():
-                return (
-                    f"pruned by the sweep at epoch {row['epoch']}: {metric} {row[metric]:.4f} "
-                    "worse than the median of earlier trials at that epoch"
-                )
-        return None
-
-    return fit(cfg, run_dir, [pruner])
-
-
-def _tell(study, trial, state, summary: Summary | None, reason: str, started: float, metric: str):
-    """Record the outcome (value, epochs, seconds, reason as user attributes) and tell it."""
-    best = summary.best_metrics[metric] if summary and summary.best_metrics else None
-    if state.name == "COMPLETE" and not (best is not None and math.isfinite(best)):
-        state, reason = type(state).FAIL, f"{metric} is {best} (no finite value)"
-    trial.set_user_attr("best", best)
-    trial.set_user_attr("epochs", summary.epochs_run if summary else 0)
-    trial.set_user_attr("seconds", time.perf_counter() - started)
-    trial.set_user_attr("reason", reason)
-    study.tell(trial, best if state.name == "COMPLETE" else None, state=state)
-
-
-def _interrupted(study, trial, params: dict) -> None:
-    """A trial that did not end: failed as interrupted, its values queued to run again."""
-    from optuna.trial import TrialState
-
-    trial.set_user_attr("interrupted", True)
-    trial.set_user_attr("reason", "its values run again as a new trial")
-    study.tell(trial, state=TrialState.FAIL)
-    study.enqueue_trial(params, user_attrs={"retry_of": trial.number})
-
-
-def _identity(folder: Path) -> str:
-    return f"{socket.gethostname()}:{Path(folder).resolve()}"
-
-
 def _counts(study) -> tuple[int, int]:
     """(trials finished: complete, pruned or failed but not interrupted; trials running)."""
     trials = study.get_trials(deepcopy=False)
@@ -335,43 +227,10 @@ def _counts(study) -> tuple[int, int]:
     return finished, sum(t.state.name == "RUNNING" for t in trials)
 
 
-def _resume_hint(folder: Path, code: int) -> Interrupted:
-    kept = "sweep stopped; finished trials are kept, interrupted ones run again"
-    return Interrupted(f"{kept}: dltrain sweep --resume {folder}", code)
-
-
-def trial_rows(study, settings: dict, numbers: list[int] | None = None) -> list[dict]:
-    """Trials as plain rows, best first (complete by value, then pruned, then failed)."""
-    keys, rows = list(spaces(settings)), []
-    for trial in study.get_trials(deepcopy=False):
-        if trial.state.name == "WAITING" or (numbers and trial.number not in numbers):
-            continue
-        attrs = trial.user_attrs
-        row = {
-            "trial": trial.number,
-            "state": "interrupted" if attrs.get("interrupted") else trial.state.name.lower(),
-            "params": {key: trial.params.get(key) for key in keys},
-            "value": attrs.get("best"),
-            "epochs": attrs.get("epochs"),
-            "seconds": attrs.get("seconds"),
-            "reason": attrs.get("reason", ""),
-            "folder": attrs.get("folder", f"trial-{trial.number:03d}"),
-        }
-        rows.append(row)
-    sign = -1 if settings["direction"] == "maximize" else 1
-    order = {"complete": 0, "pruned": 1, "running": 2, "fail": 3, "interrupted": 4}
-
-    def key(row):
-        value = math.inf if row["value"] is None else sign * row["value"]
-        return order.get(row["state"], 5), value, row["trial"]
-
-    return sorted(rows, key=key)
-
-
 def summarize(folder: Path) -> dict:
     """Write sweep.csv, sweep.png and (when a trial completed) best.yaml; return the rows,
     the best row, counts and the files written."""
-    from dltrain.plots import plot_sweep
+    from dltrain.reporting.plots import plot_sweep
 
     settings = load_settings(folder)
     metric, space = settings["metric"], spaces(settings)
@@ -411,7 +270,7 @@ def summarize(folder: Path) -> dict:
 def evaluate_best(folder: Path, overrides: list[str] = ()) -> dict:
     """Measure the best trial's best.pt on the test split, once (the run's test ledger records
     it), with `--set` overrides (e.g. device=cpu). Returns the metrics, checkpoint and trial."""
-    from dltrain.evaluation import evaluate_checkpoint
+    from dltrain.tools.evaluation import evaluate_checkpoint
 
     settings = load_settings(folder)
     rows = trial_rows(open_study(folder, settings), settings)

@@ -21,15 +21,15 @@ def build(cfg: Config, run_dir: Path, warn: Callable[[str], None] = lambda text:
     `warn(text)`: how a tracker that stops working mid-run says so, once."""
     found = []
     if cfg.logging.tensorboard:
-        from dltrain.trackers.tensorboard import TensorBoard
+        from dltrain.reporting.trackers.tensorboard import TensorBoard
 
         found.append(TensorBoard(run_dir, cfg))
     if cfg.logging.mlflow is not None:
-        from dltrain.trackers.mlflow import MLflow
+        from dltrain.reporting.trackers.mlflow import MLflow
 
         found.append(MLflow(cfg.logging.mlflow, run_dir, warn))
     if cfg.logging.wandb is not None:
-        from dltrain.trackers.wandb import Wandb
+        from dltrain.reporting.trackers.wandb import Wandb
 
         found.append(Wandb(cfg.logging.wandb, run_dir, warn))
     return found

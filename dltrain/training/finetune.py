@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from dltrain import checkpoint
+from dltrain import files
 from dltrain.config import Config, FinetuneConfig
 from dltrain.errors import DltrainError
 from dltrain.models import facts
 from dltrain.models.weights import in_head
+from dltrain.training import checkpoint
 
 
 def _frozen(name: str, head_name: str, freeze) -> bool:
@@ -62,7 +63,7 @@ def from_source(cfg: Config, source: str) -> tuple[Config, dict]:
         parent = {
             "source": "checkpoint",
             "checkpoint": str(saved.path),
-            "sha256": checkpoint.file_sha256(saved.path),
+            "sha256": files.file_sha256(saved.path),
             "epoch": saved.payload["epoch"],
             "name": saved.cfg.name,
             "classes": len(saved.payload["class_names"]),

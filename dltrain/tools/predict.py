@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from dltrain import checkpoint
 from dltrain.data import DataInfo, images
 from dltrain.errors import DltrainError
+from dltrain.training import checkpoint
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 BATCH_SIZE = 256

@@ -13,16 +13,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dltrain import distributed
 from dltrain.config import Config, DataConfig
 from dltrain.data import DataInfo, Mixup, Splits, build_splits, for_model, make_loader
-from dltrain.early_stopping import EarlyStopping
 from dltrain.errors import ConfigError
-from dltrain.finetune import check_freeze
 from dltrain.models import build_model, count_macs, facts, model_input
 from dltrain.optim import EMA, Schedule, build_optimizer, build_schedule
-from dltrain.runs import RunFiles
-from dltrain.runtime import Precision, apply_speedups, precision_tools, start
+from dltrain.reporting.runs import RunFiles
+from dltrain.training import distributed
+from dltrain.training.early_stopping import EarlyStopping
+from dltrain.training.finetune import check_freeze
+from dltrain.training.runtime import Precision, apply_speedups, precision_tools, start
 
 TRAIN_EVAL_SHARE = 10  # the gap pass reads at most 1/10 of the training split
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dltrain.checkpoint import open_saved
 from dltrain.config import Config, load_config
-from dltrain.early_stopping import EarlyStopping
-from dltrain.runs import describe_run, never_saved, new_run_dir, read_parent, refuse_if_in_use
-from dltrain.saving import repair_best
+from dltrain.reporting.listing import describe_run
+from dltrain.reporting.runs import never_saved, new_run_dir, read_parent, refuse_if_in_use
+from dltrain.training.checkpoint import open_saved
+from dltrain.training.early_stopping import EarlyStopping
+from dltrain.training.saving import repair_best
 
 
 @dataclass

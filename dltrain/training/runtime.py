@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dltrain import distributed
 from dltrain.config import Config
 from dltrain.errors import DltrainError
+from dltrain.training import distributed
 
 
 def resolve_device(name: str) -> torch.device:

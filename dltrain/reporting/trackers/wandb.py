@@ -9,8 +9,8 @@ from pathlib import Path
 
 from dltrain.config import Config, WandbConfig
 from dltrain.errors import MissingExtra
-from dltrain.events import Summary
-from dltrain.trackers.base import Tracker, numbers_and_text, params
+from dltrain.reporting.events import Summary
+from dltrain.reporting.trackers.base import Tracker, numbers_and_text, params
 
 # wandb.init waits 90 s for its service by default; unless the user set WANDB_INIT_TIMEOUT, a
 # W&B that cannot start should cost less.
