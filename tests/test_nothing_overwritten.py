@@ -133,14 +133,14 @@ dltrain.training.engine.fit = paused
 def test_an_optuna_error_is_one_line(cli, write_config, tmp_path, monkeypatch):
     import optuna
 
-    import dltrain.tools.sweep
+    import dltrain.tools.trial
 
     def finished_elsewhere(study, trial, *args):
         raise optuna.exceptions.UpdateFinishedTrialError(
             f"Cannot tell a COMPLETE trial: Trial#{trial.number} has already finished."
         )
 
-    monkeypatch.setattr(dltrain.tools.sweep, "_tell", finished_elsewhere)
+    monkeypatch.setattr(dltrain.tools.trial, "_tell", finished_elsewhere)
     out = tmp_path / "s"
     param = ["--param", "optim.lr=loguniform(1e-3, 1e-2)"]
     result = cli("sweep", write_config(SWEEP), "--trials", 1, "--out", out, *param)

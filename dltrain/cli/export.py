@@ -1,5 +1,5 @@
 """`dltrain export`: a checkpoint as an ONNX or TorchScript file with a sidecar JSON, checked
-against PyTorch on validation images before it is kept (dltrain/export.py)."""
+against PyTorch on validation images before it is kept (dltrain/tools/export.py)."""
 
 from __future__ import annotations
 

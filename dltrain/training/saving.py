@@ -1,6 +1,6 @@
 """A run's checkpoints: what one holds (`payload`), when they are written (`keep`, `flush`,
 with last.pt the one commit point), best.pt put right after a crash (`repair_best`), and a run
-restored from one (`restore`). The files themselves are written and read by checkpoint.py.
+restored from one (`restore`). The files themselves are written by files.py and read back by checkpoint.py.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A Session holds the device, the data and its loaders, the model (and the wrapper that trains
 it), the loss, optimizer, schedule, EMA, mixup, precision tools, early stopping and the run's
-files. Nothing here runs: the loop in engine.py does; checkpoint.py saves and restores one.
+files. Nothing here runs: the loop in engine.py does; saving.py saves and restores one.
 """
 
 from __future__ import annotations
