@@ -321,18 +321,19 @@ def test_mid_epoch_checkpoint_of_another_process_count_replays_the_epoch(tmp_pat
     from its start, and the mid-epoch weights are not taken for the best epoch's."""
     from dltrain.training import engine, saving
     from dltrain.training import session as sessions
+    from dltrain.training.epoch import Progress
 
     cfg = validate(yaml.safe_load(CONFIG))
     s = sessions.build(cfg, tmp_path)
     start_of_epoch = s.train_batches.generator.get_state()
     s.stopper.step(0.9, 0)  # epoch 0 "best", so best_epoch == the checkpoint's epoch
     next(iter(s.train_batches))  # the loader moved on, as it had mid-epoch
-    partial = {"steps": 3, "seen": 96, "epoch": 1, "loader_rng": start_of_epoch}
+    partial = Progress(epoch=1, loader_rng=start_of_epoch, steps=3, seen=96, world_size=2)
     payload = {**saving.payload(s, engine.LoopState(partial=partial), {}), "world_size": 2}
 
     resumed = sessions.build(cfg, tmp_path, resuming=True)
     loop = engine.LoopState(**saving.restore(resumed, payload))
     start = engine._epoch_start(resumed, loop)
-    assert "steps" not in start  # no steps to skip: the epoch is read from its start
+    assert start.steps == 0  # no steps to skip: the epoch is read from its start
     assert torch.equal(resumed.train_batches.generator.get_state(), start_of_epoch)
     assert loop.best_weights is None

@@ -199,7 +199,7 @@ WEIGHTS = {"ema": "the EMA average", "trained": "the trained weights"}
 
 def _other(row: dict) -> str:
     """With an EMA: which weights val_acc is of, and what the other validated."""
-    from dltrain.training.engine import picked
+    from dltrain.training.summary import picked
 
     taken = picked(row)
     if taken is None:

@@ -239,25 +239,25 @@ class _Recorder:
         return why
 
 
-def probe(s: Session, steps: int, start: float, end: float) -> dict:
-    """One sweep on a built Session `s`: a deep copy of its model with a fresh optimizer
+def probe(session: Session, steps: int, start: float, end: float) -> dict:
+    """One sweep on a built Session `session`: a deep copy of its model with a fresh optimizer
     (s.model keeps its weights) trains through train_one_epoch, exactly as training does
     (loss, precision, mixup, augmentation, accumulation, clipping), for `steps` optimizer
     steps, pass after pass. No schedule, no validation, no EMA. Returns the curve."""
     from dltrain.optim import build_optimizer
-    from dltrain.training.epoch import Channel, NonFiniteLoss, train_one_epoch
+    from dltrain.training.epoch import Channel, NonFiniteLoss, Progress, train_one_epoch
 
-    model = copy.deepcopy(s.model)
-    optimizer = build_optimizer(model, s.cfg.optim, model.head_name)
-    recorder = _Recorder(optimizer, s.cfg.optim.lr, ramp(start, end, steps))
+    model = copy.deepcopy(session.model)
+    optimizer = build_optimizer(model, session.cfg.optim, model.head_name)
+    recorder = _Recorder(optimizer, session.cfg.optim.lr, ramp(start, end, steps))
     emit, passes = Channel([recorder]), 0
     try:
         while recorder.stopped is None:
             passes, before = passes + 1, len(recorder.losses)
             train_one_epoch(
-                model, s.train_batches, optimizer, s.loss_fn, s.cfg.train,
-                precision=s.precision, stepped=[recorder], mix=s.mix, emit=emit,
-                start={"epoch": passes},  # mixup draws anew in every pass
+                model, session.train_batches, optimizer, session.loss_fn, session.cfg.train,
+                precision=session.precision, stepped=[recorder], mix=session.mix, emit=emit,
+                start=Progress(epoch=passes),  # mixup draws anew in every pass
             )  # fmt: skip
             if len(recorder.losses) == before and recorder.stopped is None:
                 raise DltrainError("lr-find: the training split gave no batch to train on")
@@ -267,7 +267,7 @@ def probe(s: Session, steps: int, start: float, end: float) -> dict:
     lrs, smoothed = recorder.lrs[: len(recorder.losses)], recorder.smoothed
     read = window(len(lrs), steps)
     return {
-        "seed": s.cfg.seed,
+        "seed": session.cfg.seed,
         "steps": len(lrs),
         "stopped": recorder.stopped,  # steps, diverged or nan
         "why": recorder.why,
@@ -364,11 +364,11 @@ def run(
         for text in notes(cfg):
             report(Note(text))
         for each in seed_configs(cfg, seeds):
-            s = build(each, folder)
+            session = build(each, folder)
             if not curves:  # the data's notes (e.g. a dataset's quirks): once
-                for text in s.splits.notes:
+                for text in session.splits.notes:
                     report(Note(text))
-            curves.append(probe(s, steps, start, end))
+            curves.append(probe(session, steps, start, end))
             report(ProbeEnd(curves[-1]))
         summary = summarize(curves, cfg, steps)
     except BaseException:

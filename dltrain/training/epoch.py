@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -73,6 +74,28 @@ class Channel:
         return bad_step
 
 
+@dataclass
+class Progress:
+    """Where an epoch's training is: the epoch, the loader's random state as it began (which
+    replays its batches), and, once steps are done, their count and running sums. A run
+    stopped mid-epoch keeps it (the checkpoint holds `to_dict()`); `train_one_epoch` starts
+    from it, skipping the `steps` already done."""
+
+    epoch: int = 1
+    loader_rng: torch.Tensor | None = None
+    steps: int = 0
+    seen: int = 0
+    loss_sum: torch.Tensor | None = None
+    correct: torch.Tensor | None = None
+    world_size: int = 1  # the processes whose batches `steps` counts
+
+    to_dict = asdict
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Progress:
+        return cls(**{key: data[key] for key in data if key in cls.__dataclass_fields__})
+
+
 class NonFiniteLoss(Exception):
     def __init__(self, step: int):
         self.step = step
@@ -83,13 +106,14 @@ class _Tally:
     folded into the epoch's sums every NAN_CHECK_EVERY steps. The fold is also where a NaN/Inf
     loss is caught, with its exact step: one host sync per window, none per step."""
 
-    def __init__(self, device: torch.device, start: dict):
+    def __init__(self, device: torch.device, start: Progress | None):
         self.losses, self.logits, self.labels, self.sizes = [], [], [], []
-        self.first_step, self.seen = 0, start.get("seen", 0)
+        self.first_step, self.seen = 0, start.seen if start else 0
         zero = torch.zeros((), dtype=torch.float64)
+        loss_sum = start.loss_sum if start and start.loss_sum is not None else zero
+        correct = start.correct if start and start.correct is not None else zero.long()
         # non_blocking: a plain CPU-to-CUDA copy would wait for the GPU's queue to drain.
-        self.loss_sum = start.get("loss_sum", zero).to(device, torch.float64, non_blocking=True)
-        correct = start.get("correct", zero.long())
+        self.loss_sum = loss_sum.to(device, torch.float64, non_blocking=True)
         self.correct_sum = correct.to(device, torch.long, non_blocking=True)
 
     def add(self, step: int, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor):
@@ -134,10 +158,10 @@ class _Tally:
             (self.seen,) = distributed.sum_ints(self.seen)
         return self
 
-    def partial(self, step: int) -> dict:
-        """An interrupted epoch's progress, for `start` to continue it."""
+    def partial(self, start: Progress, step: int) -> Progress:
+        """The epoch `start` began, interrupted after `step`: what continues it."""
         sums = {"loss_sum": self.loss_sum.cpu(), "correct": self.correct_sum.cpu()}
-        return {"steps": step, "seen": self.seen, **sums}
+        return replace(start, steps=step, seen=self.seen, **sums)
 
     def means(self) -> dict:
         return {
@@ -174,7 +198,7 @@ def train_one_epoch(
     stepped: Sequence = (),
     mix: Mixup | None = None,
     emit: Channel | None = None,
-    start: dict | None = None,
+    start: Progress | None = None,
 ) -> dict:
     """One pass over the training batches; returns mean loss, accuracy and optimizer steps.
 
@@ -183,19 +207,19 @@ def train_one_epoch(
     schedule, the EMA). `mix` mixes each batch (the loss is then the mix of the two labels'
     losses, and accuracy counts the label with the larger share). `emit` hears each batch;
     once a stop is decided the epoch ends at the next optimizer step and returns {"partial":
-    …}: the steps done and the running sums, which `start` takes to continue the same epoch
-    (its first `steps` batches are drawn and skipped, so the loader's random state replays
-    exactly). Raises NonFiniteLoss(step) for a NaN/Inf loss. Distributed (`model` in DDP):
+    Progress}: the steps done and the running sums, which `start` takes to continue the same
+    epoch (its first `steps` batches are drawn and skipped, so the loader's random state
+    replays exactly). Raises NonFiniteLoss(step) for a NaN/Inf loss. Distributed (`model` in DDP):
     gradients are averaged at optimizer steps only, and the sums are over all ranks.
     """
-    emit, start = emit or Channel(), start or {}
+    emit, start = emit or Channel(), start or Progress()
     precision = precision or Precision(scaler=torch.amp.GradScaler(enabled=False))
     ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     set_train_mode(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    total, skip, steps, epoch = len(batches), start.get("steps", 0), 0, start.get("epoch", 1)
+    total, skip, steps, epoch = len(batches), start.steps, 0, start.epoch
     # A resumed epoch's running sums are the totals over all ranks: only rank 0 starts with them.
-    tally = _Tally(next(model.parameters()).device, start if distributed.rank() == 0 else {})
+    tally = _Tally(next(model.parameters()).device, start if distributed.rank() == 0 else None)
     optimizer.zero_grad(set_to_none=True)
     for step, (images, labels) in enumerate(batches, start=1):
         if step <= skip:
@@ -221,7 +245,7 @@ def train_one_epoch(
             tally.fold(emit)
         if boundary and step < total and emit.decided:
             tally.fold(emit)  # the window since the last fold (every rank is at this step)
-            return {"partial": tally.sum_ranks().partial(step), "steps": steps}
+            return {"partial": tally.sum_ranks().partial(start, step), "steps": steps}
     return {**tally.sum_ranks().means(), "steps": steps}
 
 

@@ -1,6 +1,6 @@
 """A run's checkpoints: what one holds (`payload`), when they are written (`keep`, `flush`,
 with last.pt the one commit point), best.pt put right after a crash (`repair_best`), and a run
-restored from one (`restore`). The files themselves are written by files.py and read back by checkpoint.py.
+restored from one (`restore`). The files are written by files.py, read back by checkpoint.py.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dltrain import __version__, files
 from dltrain.errors import DltrainError
 from dltrain.files import write_failure
 from dltrain.training.checkpoint import FORMAT, load, load_weights
+from dltrain.training.epoch import Progress
 
 if TYPE_CHECKING:
     from dltrain.training.session import Session
@@ -64,13 +65,13 @@ def set_rng_state(state: dict) -> None:
     random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss"]))
 
 
-def payload(s: Session, loop, row: dict) -> dict:
-    """A checkpoint of session `s` at `loop` (engine.LoopState): enough to evaluate, predict,
+def payload(run: Session, loop, row: dict) -> dict:
+    """A checkpoint of session `run` at `loop` (loop.LoopState): enough to evaluate, predict,
     finetune and resume exactly. "model" holds the weights the epoch validated better: with
     train.ema, the average or the trained weights (`loop.weights`), what eval, predict, export
     and finetune read; "ema" holds both and the choice, to resume. A tensor held twice is
     stored once (torch.save keeps one copy of each storage)."""
-    ema, trained = s.ema, s.model.state_dict()
+    ema, trained = run.ema, run.model.state_dict()
     average = None if ema is None else ema.module.state_dict()
     return {
         "format": FORMAT,
@@ -81,39 +82,39 @@ def payload(s: Session, loop, row: dict) -> dict:
         "ema": None
         if ema is None
         else {"average": average, "trained": trained, "steps": ema.steps, "weights": loop.weights},
-        "optimizer": s.optimizer.state_dict(),
-        "schedule": s.schedule.state_dict(),
-        "scaler": s.precision.scaler.state_dict(),
-        "early_stopping": s.stopper.state_dict(),
-        "best_metric": s.stopper.best,
+        "optimizer": run.optimizer.state_dict(),
+        "schedule": run.schedule.state_dict(),
+        "scaler": run.precision.scaler.state_dict(),
+        "early_stopping": run.stopper.state_dict(),
+        "best_metric": run.stopper.best,
         "rng": rng_state(),
-        "loader_rng": s.train_batches.generator.get_state(),
-        "config": s.cfg.model_dump(mode="json"),
-        "data_info": s.info.to_dict(),
-        "class_names": list(s.info.class_names),
+        "loader_rng": run.train_batches.generator.get_state(),
+        "config": run.cfg.model_dump(mode="json"),
+        "data_info": run.info.to_dict(),
+        "class_names": list(run.info.class_names),
         "metrics": row,
-        "parent": s.parent,
-        "partial": loop.partial,
-        "world_size": s.world_size,
+        "parent": run.parent,
+        "partial": loop.partial.to_dict() if loop.partial else None,
+        "world_size": run.world_size,
     }
 
 
-def keep(s: Session, loop, row: dict, names: list[str], now: bool = False) -> None:
+def keep(run: Session, loop, row: dict, names: list[str], now: bool = False) -> None:
     """Checkpoint the run as each of `names` (last.pt, best.pt): written once checkpoint.interval
     seconds of training have passed since the last write (0: every epoch), or `now`; until then
     a copy on the CPU waits in `loop.pending`, and the next write takes it along. Distributed,
     rank 0 alone writes."""
-    if not s.files.write:
+    if not run.files.write:
         return
-    due = now or time.perf_counter() - loop.written >= s.cfg.checkpoint.interval
+    due = now or time.perf_counter() - loop.written >= run.cfg.checkpoint.interval
     if names:
-        saved = payload(s, loop, row)
+        saved = payload(run, loop, row)
         loop.pending.update(dict.fromkeys(names, saved if due else _copy(saved)))
     if due:  # also when this epoch adds nothing: what waits (an earlier best.pt) is written
-        flush(s, loop)
+        flush(run, loop)
 
 
-def flush(s: Session, loop) -> None:
+def flush(run: Session, loop) -> None:
     """Write the checkpoints waiting in memory, last.pt the one commit point: a best.pt of an
     earlier epoch is first written beside the current one (.best-<epoch>.pt), then last.pt,
     whose early-stopping state names the best epoch, then the new best takes the name best.pt
@@ -121,7 +122,7 @@ def flush(s: Session, loop) -> None:
     pair, or a new last.pt from which `repair_best` (on --resume) puts best.pt right. A failed
     write (a full disk) leaves the previous pair and is one line."""
     last, best = loop.pending.get("last.pt"), loop.pending.get("best.pt")
-    folder, staged, committed = s.run_dir, None, last is None
+    folder, staged, committed = run.run_dir, None, last is None
     try:
         if best is not None and last is not None and best is not last:
             staged = folder / f".best-{best['epoch']}.pt"
@@ -209,31 +210,31 @@ def _copy(value, memo: dict | None = None):
     return copied
 
 
-def restore(s: Session, saved: dict) -> dict:
-    """Put a checkpoint's states back into session `s`; returns the loop's fields
-    (engine.LoopState): epoch, global_step, the interrupted epoch, the best epoch's weights.
+def restore(run: Session, saved: dict) -> dict:
+    """Put a checkpoint's states back into session `run`; returns the loop's fields
+    (loop.LoopState): epoch, global_step, the interrupted epoch, the best epoch's weights.
     A checkpoint without an EMA (train.ema switched on with --set) starts the average there."""
-    ema, source = saved.get("ema") or {}, f"the checkpoint resumed in {s.run_dir}"
-    load_weights(s.model, ema.get("trained", saved["model"]), source)
-    if s.ema is not None:  # before "average" was kept, "model" was always the average
-        load_weights(s.ema.module, ema.get("average", saved["model"]), source)
-        s.ema.steps = ema.get("steps", saved["global_step"])
-    s.optimizer.load_state_dict(saved["optimizer"])
-    s.schedule.load_state_dict(saved["schedule"])
+    ema, source = saved.get("ema") or {}, f"the checkpoint resumed in {run.run_dir}"
+    load_weights(run.model, ema.get("trained", saved["model"]), source)
+    if run.ema is not None:  # before "average" was kept, "model" was always the average
+        load_weights(run.ema.module, ema.get("average", saved["model"]), source)
+        run.ema.steps = ema.get("steps", saved["global_step"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.schedule.load_state_dict(saved["schedule"])
     if saved["scaler"]:  # empty from a run without fp16: --set train.precision=16 starts one
-        s.precision.scaler.load_state_dict(saved["scaler"])
-    s.stopper.load_state_dict(saved["early_stopping"])
-    s.train_batches.generator.set_state(saved["loader_rng"])
+        run.precision.scaler.load_state_dict(saved["scaler"])
+    run.stopper.load_state_dict(saved["early_stopping"])
+    run.train_batches.generator.set_state(saved["loader_rng"])
     set_rng_state(saved["rng"])
     partial = saved.get("partial")
     if partial is not None:  # its steps count batches of this many processes
-        partial = {**partial, "world_size": saved.get("world_size", 1)}
-    best_epoch, best_weights = s.stopper.best_epoch, None
+        partial = Progress.from_dict({**partial, "world_size": saved.get("world_size", 1)})
+    best_epoch, best_weights = run.stopper.best_epoch, None
     if best_epoch == saved["epoch"] and partial is None:  # mid-epoch weights are not the best
         best_weights = saved["model"]  # what was validated (loaded into copies above)
-    elif best_epoch is not None and (s.run_dir / "best.pt").exists():
+    elif best_epoch is not None and (run.run_dir / "best.pt").exists():
         with contextlib.suppress(DltrainError):  # damaged: the end keeps the weights as trained
-            best = load(s.run_dir / "best.pt")
+            best = load(run.run_dir / "best.pt")
             if best["epoch"] == best_epoch and not best.get("partial"):
                 best_weights = best["model"]
     return {
@@ -241,5 +242,5 @@ def restore(s: Session, saved: dict) -> dict:
         "global_step": saved["global_step"],
         "partial": partial,
         "best_weights": best_weights,
-        "weights": ema.get("weights", "ema") if s.ema is not None else None,
+        "weights": ema.get("weights", "ema") if run.ema is not None else None,
     }

@@ -108,31 +108,32 @@ def build(
     schedule = build_schedule(optimizer, cfg.schedule, cfg.train.epochs, steps)
     loaders = [train_batches, val_batches] + ([train_eval] if train_eval else [])
     eval_net = apply_speedups(cfg, model, device, loaders)
-    s = Session(
-        cfg,
-        files,
-        device,
-        splits,
-        train_batches,
-        val_batches,
-        train_eval,
-        model,
-        distributed.wrap(eval_net, device, cfg.train.sync_batchnorm),
-        eval_net,
-        _loss(cfg, splits, device),
-        optimizer,
-        schedule,
-        precision_tools(device, cfg.train.precision),
-        EarlyStopping(cfg.train.early_stopping),
-        parent,
-        EMA(model, cfg.train.ema, steps) if cfg.train.ema.decay else None,
-        Mixup(cfg.data.mixup, cfg.seed) if mixes(cfg) else None,
-        list(splits.notes),
-        count_macs(model, splits.info),  # one image in eval mode, no_grad: training untouched
-        _input_from(cfg, model_input(cfg.model)),
+    run = Session(
+        cfg=cfg,
+        files=files,
+        device=device,
+        splits=splits,
+        train_batches=train_batches,
+        val_batches=val_batches,
+        train_eval_batches=train_eval,
+        model=model,
+        net=distributed.wrap(eval_net, device, cfg.train.sync_batchnorm),
+        eval_net=eval_net,
+        loss_fn=_loss(cfg, splits, device),
+        optimizer=optimizer,
+        schedule=schedule,
+        precision=precision_tools(device, cfg.train.precision),
+        stopper=EarlyStopping(cfg.train.early_stopping),
+        parent=parent,
+        ema=EMA(model, cfg.train.ema, steps) if cfg.train.ema.decay else None,
+        mix=Mixup(cfg.data.mixup, cfg.seed) if mixes(cfg) else None,
+        notes=list(splits.notes),
+        # One image in eval mode, no_grad: training untouched.
+        macs=count_macs(model, splits.info),
+        input_from=_input_from(cfg, model_input(cfg.model)),
     )
-    s.notes += _notes(s, cfg.train.epochs * steps)
-    return s
+    run.notes += _notes(run, cfg.train.epochs * steps)
+    return run
 
 
 def model_data(cfg: Config, device: torch.device | None = None) -> tuple[DataConfig, Splits]:
@@ -189,16 +190,16 @@ def class_counts(splits: Splits) -> dict[str, int]:
     return dict(zip(splits.info.class_names, counts.tolist(), strict=True))
 
 
-def _notes(s: Session, total_steps: int) -> list[str]:
+def _notes(run: Session, total_steps: int) -> list[str]:
     """Choices that are likely to hurt, said once at the start."""
-    notes, cfg = [], s.cfg
+    notes, cfg = [], run.cfg
     if cfg.train.class_weights != "none" and cfg.data.sampler == "balanced":
         notes.append(
             "train.class_weights and data.sampler: balanced both correct for class imbalance; "
             "together they over-correct (rare classes then weigh far more than common ones): "
             "use one of them"
         )
-    counts = class_counts(s.splits)
+    counts = class_counts(run.splits)
     fewest, most = min(counts.values()), max(counts.values())
     even = cfg.train.class_weights == "none" and cfg.data.sampler == "random"
     if even and most >= IMBALANCED * max(fewest, 1):
@@ -206,10 +207,10 @@ def _notes(s: Session, total_steps: int) -> list[str]:
             f"classes are imbalanced ({fewest:,}-{most:,} training images each); consider "
             "train.class_weights: balanced (or data.sampler: balanced)"
         )
-    if s.ema is not None and (left := s.ema.leftover(total_steps)) > 0.1:
-        updates = max(1, (total_steps - s.ema.start) // s.ema.every)
+    if run.ema is not None and (left := run.ema.leftover(total_steps)) > 0.1:
+        updates = max(1, (total_steps - run.ema.start) // run.ema.every)
         notes.append(
-            f"train.ema.decay {s.ema.decay:g} is slow for this run's {updates:,} averaging "
+            f"train.ema.decay {run.ema.decay:g} is slow for this run's {updates:,} averaging "
             f"updates: at the end the average still holds {left:.0%} of the weights it started "
             f"from; try decay <= {1 - 3 / updates:.4g}, or train.ema.warmup: true"
         )
