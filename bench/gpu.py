@@ -92,19 +92,16 @@ def flops_per_image(model: nn.Module, train: bool) -> float:
 
 def measure(name: str, root: Path, args) -> dict:
     cfg = validate(config(name, root, args))
-    rows, ends = [], {}
+    rows = []
 
-    def progress(event: str, info: dict) -> None:
-        if event == "epoch":
-            rows.append(info["row"])
-        elif event == "end":
-            ends.update(info)
+    def progress(event) -> None:
+        if type(event).__name__ == "EpochEnd":
+            rows.append(event.row)
 
     with tempfile.TemporaryDirectory() as run_dir:
         started = time.perf_counter()
-        fit(cfg, Path(run_dir), on_event=progress)
+        summary = fit(cfg, Path(run_dir), [progress]).to_dict()
         wall = time.perf_counter() - started
-    summary = ends["summary"]
     model = build_model(build_splits(cfg.data, cfg.seed).info, cfg.model)  # for its FLOPs
     sizes, last = summary["sizes"], rows[-1]
     # Forward-only images per epoch: validation, plus the eval-mode pass over a training

@@ -257,22 +257,22 @@ def dltrain_way(w: Workload, folder: Path):
     def run() -> dict:
         marks = {"train": 0.0, "epochs": 0.0}
 
-        def progress(event: str, info: dict) -> None:
-            now = time.perf_counter()
-            if event == "batch":
+        def progress(event) -> None:
+            now, kind = time.perf_counter(), type(event).__name__
+            if kind == "BatchEnd":
                 marks["last_batch"] = now
-            elif event == "epoch_start":
+            elif kind == "EpochStart":
                 marks["epoch_start"] = now
-            elif event == "epoch":
+            elif kind == "EpochEnd":
                 marks["train"] += marks["last_batch"] - marks["epoch_start"]
                 marks["epochs"] += now - marks["epoch_start"]
                 marks["last_epoch"] = now
-            elif event in ("start", "end"):
-                marks[event] = now
+            elif kind in ("RunStart", "RunEnd"):
+                marks[{"RunStart": "start", "RunEnd": "end"}[kind]] = now
 
         with tempfile.TemporaryDirectory() as run_dir:
             called = time.perf_counter()
-            summary = fit(cfg, Path(run_dir), on_event=progress)
+            summary = fit(cfg, Path(run_dir), [progress]).to_dict()
         n = summary["sizes"]["train"] * w.epochs
         return {
             "samples": n,

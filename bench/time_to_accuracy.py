@@ -45,14 +45,14 @@ def with_dltrain(cfg: Config, target: float) -> tuple[float | None, int]:
     """(seconds, epoch) at the end of the first epoch reaching `target`, else (None, epochs)."""
     reached: list = []
 
-    def progress(event: str, info: dict) -> None:
-        if event == "epoch" and not reached and info["row"]["val_acc"] >= target:
-            reached.append((time.perf_counter() - start, info["row"]["epoch"]))
+    def progress(event) -> None:
+        if type(event).__name__ == "EpochEnd" and not reached and event.row["val_acc"] >= target:
+            reached.append((time.perf_counter() - start, event.row["epoch"]))
 
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.perf_counter()
-        summary = fit(cfg, Path(run_dir), on_event=progress)
-    return reached[0] if reached else (None, summary["epochs_run"])
+        summary = fit(cfg, Path(run_dir), [progress])
+    return reached[0] if reached else (None, summary.epochs_run)
 
 
 def by_hand(cfg: Config, target: float) -> tuple[float | None, int]:
