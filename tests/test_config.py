@@ -12,9 +12,9 @@ from dltrain.errors import ConfigError
 
 # (YAML text, --set overrides, lines the error output must contain)
 BAD_CONFIGS = [
-    ("optim:\n  lrr: 0.1\n", [], ["optim.lrr: unknown key; did you mean optim.lr?"]),
-    ("train:\n  epocs: 3\n", [], ["train.epocs: unknown key; did you mean train.epochs?"]),
-    ("colour: red\n", [], ["colour: unknown key"]),
+    ("optim:\n  lrr: 0.1\n", [], ["optim.lrr: unknown config key; did you mean optim.lr?"]),
+    ("train:\n  epocs: 3\n", [], ["train.epocs: unknown config key; did you mean train.epochs?"]),
+    ("colour: red\n", [], ["colour: unknown config key"]),
     ("train:\n  epochs: ten\n", [], ["train.epochs: got 'ten'; expected a valid integer"]),
     ("optim:\n  lr: -1\n", [], ["optim.lr: got -1; expected greater than 0"]),
     (
@@ -30,7 +30,7 @@ BAD_CONFIGS = [
     (
         "name: x\n",
         ["optim.lrr=0.1"],
-        ["optim.lrr: unknown key; did you mean optim.lr? (from --set)"],
+        ["optim.lrr: unknown config key; did you mean optim.lr? (from --set)"],
     ),
     ("name: x\n", ["optim.lr"], ["--set 'optim.lr': expected KEY=VALUE"]),
     (
@@ -136,7 +136,7 @@ def test_misspelt_override_on_train_exits_2_before_touching_data(cli, tmp_path):
     )
     assert result.exit_code == 2
     assert result.stderr.strip() == (
-        "error: configs/digits_mlp.yaml: optim.lrr: unknown key; did you mean optim.lr? "
+        "error: configs/digits_mlp.yaml: optim.lrr: unknown config key; did you mean optim.lr? "
         "(from --set)"
     )
     assert not (tmp_path / "run").exists()

@@ -130,7 +130,7 @@ def test_nproc_with_a_bad_config_fails_before_launching(cli, write_config):
     path = write_config(CONFIG.replace("lr: 3e-3", "lrr: 3e-3"))
     result = cli("train", path, "--nproc", "2")
     assert result.exit_code == 2
-    assert "optim.lrr: unknown key; did you mean optim.lr?" in result.stderr
+    assert "optim.lrr: unknown config key; did you mean optim.lr?" in result.stderr
 
 
 def test_one_process_run_is_unchanged_by_the_distributed_code(tmp_path, config):

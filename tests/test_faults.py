@@ -164,7 +164,7 @@ def test_signal_mid_epoch_saves_and_resumes(tmp_path, config, uninterrupted, sig
     assert proc.returncode == code, err
     assert second.exists()
     name = signal.Signals(signum).name
-    assert f"interrupted: interrupted by {name} at epoch 2, step" in err
+    assert f"interrupted: stopped by {name} at epoch 2, step" in err
     assert f"resume with: dltrain train --resume {run_dir}" in err
     payload = checkpoint.load(run_dir / "last.pt")
     assert payload["epoch"] == 1 and payload["partial"]["epoch"] == 2

@@ -137,3 +137,60 @@ def test_tensorboard_missing_is_one_line(cli, tmp_path, write_config, monkeypatc
         "install 'dltrain[tensorboard]' (or set logging.tensorboard: false)"
     ]
     assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+# --- issue 26's rough edges, one test each ----------------------------------------------------
+
+
+def test_compare_with_one_config_is_refused(cli, tmp_path):
+    result = cli("compare", "configs/digits_mlp.yaml", "--out", tmp_path / "c")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "error: dltrain compare: needs two or more configs to compare, got 1; to train one "
+        "config, use dltrain train"
+    )
+    assert not (tmp_path / "c").exists()
+
+
+def test_an_oversized_val_split_is_a_config_error(cli, tmp_path):
+    result = cli(
+        "train", "configs/digits_mlp.yaml", "--set", "data.val_split=5000", "--out", tmp_path / "r"
+    )
+    assert result.exit_code == 2
+    assert "data.val_split=5000 asks for 5,000 of the 1,438 samples for that split" in result.stderr
+
+
+def test_a_yaml_file_given_as_a_checkpoint_is_named_as_such(cli, tmp_path):
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(tmp_path / "seven.png")
+    result = cli("predict", "--ckpt", "configs/digits_mlp.yaml", tmp_path / "seven.png")
+    assert result.exit_code == 1
+    assert "configs/digits_mlp.yaml is a YAML config, not a checkpoint" in result.stderr
+    assert "damaged" not in result.stderr
+
+
+def test_counts_agree_with_their_nouns():
+    from dltrain.cli.app import count
+
+    assert [count(n, "epoch") for n in (1, 2, 1000)] == ["1 epoch", "2 epochs", "1,000 epochs"]
+
+
+def test_a_closed_pipe_ends_eval_quietly(tmp_path):
+    """`dltrain eval ... | head -1`: exit 141 (128 + SIGPIPE) and nothing on stderr."""
+    import subprocess
+
+    exe = [sys.executable, "-m", "dltrain"]
+    train = [*exe, "train", "configs/digits_mlp.yaml", "--set", "train.epochs=1", "-q"]
+    subprocess.run([*train, "--out", str(tmp_path / "r")], check=True, capture_output=True)
+    reader = subprocess.Popen(["head", "-1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    evaluated = subprocess.run(
+        [*exe, "eval", "--ckpt", str(tmp_path / "r" / "best.pt")],
+        stdout=reader.stdin,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    reader.stdin.close()
+    assert reader.stdout.read().startswith(b"val: accuracy")
+    reader.wait()
+    assert evaluated.returncode == 141 and evaluated.stderr == ""

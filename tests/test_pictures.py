@@ -192,7 +192,7 @@ def test_show_default_folder_is_beside_the_configs_runs(cli, write_config, tmp_p
         (["--split", "test"], "--split 'test': expected train or val"),
         (["--n", "0"], "--n 0: expected 1 to 1024 images"),
         (["--out", "x.jpg"], "--out x.jpg: cannot draw a .jpg file"),
-        (["--set", "data.batch_sise=3"], "data.batch_sise: unknown key"),
+        (["--set", "data.batch_sise=3"], "data.batch_sise: unknown config key"),
     ],
 )
 def test_show_bad_input_is_one_line_and_exit_2(

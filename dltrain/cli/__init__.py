@@ -26,4 +26,14 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
-    app()  # Ctrl-C: friendly's one line in a command, typer's silent exit 130 outside one
+    import sys
+
+    from dltrain.cli.app import reader_left
+
+    try:
+        app()  # Ctrl-C: friendly's one line in a command, typer's silent exit 130 outside one
+    finally:
+        try:  # what print() left in the buffer, for a reader that may have gone
+            sys.stdout.flush()
+        except BrokenPipeError:
+            reader_left()

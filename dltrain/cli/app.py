@@ -8,6 +8,7 @@ start fast.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -77,13 +78,31 @@ def overrides(set_: list[str] | None, device: str | None) -> list[str]:
     return list(set_ or []) + ([f"device={device}"] if device else [])
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        reader_left()
+
+
+def reader_left() -> None:
+    """`dltrain eval ... | head -1`: the reader of stdout has gone. Stop quietly, as Unix tools
+    do (exit 141, 128 + SIGPIPE); what is still to print goes nowhere."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise SystemExit(141)
+
+
 def out() -> Console:
     """stdout; distributed, only rank 0 prints."""
-    return Console(highlight=False, quiet=not distributed.is_main())
+    return _Console(highlight=False, quiet=not distributed.is_main())
 
 
 def err() -> Console:
-    return Console(stderr=True, highlight=False, quiet=not distributed.is_main())
+    return _Console(stderr=True, highlight=False, quiet=not distributed.is_main())
+
+
+def count(number: int, noun: str) -> str:
+    """`1 epoch`, `3 epochs`: a count with its noun in the right number."""
+    return f"{number:,} {noun}" + ("" if number == 1 else "s")
 
 
 def say(text: str, console: Console | None = None, style: str = "") -> None:
@@ -119,6 +138,8 @@ def friendly(command):
             fail(error)
         except KeyboardInterrupt:  # a training run handles Ctrl-C itself once it has started
             fail(Interrupted(stopped_by_ctrl_c(command.__name__), 130))
+        except BrokenPipeError:  # a plain print() to a pipe whose reader left
+            reader_left()
         finally:
             # No process group without torch.distributed. Ctrl-C can land while torch imports,
             # and a failed import leaves its submodules behind without torch: importing it

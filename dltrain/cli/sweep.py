@@ -17,6 +17,7 @@ from dltrain.cli.app import (
     OutOption,
     SetOption,
     app,
+    count,
     err,
     friendly,
     note,
@@ -24,7 +25,7 @@ from dltrain.cli.app import (
     overrides,
     say,
 )
-from dltrain.errors import DltrainError
+from dltrain.errors import ConfigError, DltrainError
 
 
 @app.command()
@@ -45,6 +46,11 @@ def compare(
     from dltrain.tools.compare import compare as run_compare
     from dltrain.tools.compare import default_root, labels_for
 
+    if len(configs) < 2:
+        raise ConfigError(
+            [f"needs two or more configs to compare, got {len(configs)}; to train one config, "
+             "use dltrain train"], "dltrain compare"
+        )  # fmt: skip
     loaded = {
         label: load_config(path, overrides(set_, device))
         for label, path in zip(labels_for(configs), configs, strict=True)
@@ -53,8 +59,8 @@ def compare(
 
     def on_run(label: str, seed: int, summary) -> None:  # an events.Summary
         acc = summary.best_metrics["val_acc"]
-        epochs, seconds = summary.epochs_run, summary.seconds
-        say(f"{label} seed {seed}: best val acc {acc:.4f} ({epochs} epochs, {seconds:.1f}s)", err())
+        epochs, seconds = count(summary.epochs_run, "epoch"), summary.seconds
+        say(f"{label} seed {seed}: best val acc {acc:.4f} ({epochs}, {seconds:.1f}s)", err())
 
     result = run_compare(loaded, seeds, root, on_run)
     if as_json:
@@ -177,7 +183,8 @@ def _sweep_progress(folder: Path, settings: dict):
     how = f"{settings['sampler']} sampling{', pruned' if settings['prune'] else ''}"
     how += f", {settings['jobs']} job{'s' if settings['jobs'] > 1 else ''}"
     say(
-        f"sweep {folder}: {settings['trials']} trials of {keys} ({how}), selected on {metric}",
+        f"sweep {folder}: {count(settings['trials'], 'trial')} of {keys} ({how}), selected on "
+        f"{metric}",
         err(),
     )
     log_scaled = [key for key, space in spaces(settings).items() if space.log]
@@ -191,7 +198,8 @@ def _sweep_progress(folder: Path, settings: dict):
         why = f"; {row['reason']}" if row["reason"] and row["state"] != "complete" else ""
         state = "failed" if row["state"] == "fail" else row["state"]
         say(
-            f"trial {row['trial']} {state}: {metric} {value} ({params}), {row['epochs']} epochs, "
+            f"trial {row['trial']} {state}: {metric} {value} ({params}), "
+            f"{count(row['epochs'], 'epoch')}, "
             f"{row['seconds']:.1f}s{why}",
             err(),
         )

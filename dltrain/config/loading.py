@@ -114,8 +114,8 @@ def _describe(error: dict) -> str:
     if kind == "extra_forbidden":
         keys = [p[-1] for p in FIELDS if p[:-1] == loc[:-1]]  # those of the section at loc[:-1]
         if match := closest(loc[-1], keys):
-            return f"{path}: unknown key; did you mean {_path((*loc[:-1], match))}?"
-        return f"{path}: unknown key; valid keys here: {', '.join(keys)}"
+            return f"{path}: unknown config key; did you mean {_path((*loc[:-1], match))}?"
+        return f"{path}: unknown config key; valid keys here: {', '.join(keys)}"
     if kind == "literal_error":
         choices = _choices(FIELDS[loc].annotation) if loc in FIELDS else []
         hint = f"; did you mean {match}?" if (match := closest(value, choices)) else ""

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from dltrain.errors import DltrainError
+from dltrain.errors import ConfigError, DltrainError
 
 if TYPE_CHECKING:
     from dltrain.config import DataConfig
@@ -102,10 +102,11 @@ def stratified_split(labels: torch.Tensor, size: float | int, seed: int, what: s
     n = len(labels)
     count = round(size * n) if size < 1 else int(size)
     if not 0 < count < n:
-        raise DltrainError(
-            f"data.{what}={size} leaves {count} of {n} samples for that split; "
-            "choose a fraction or count that leaves samples on both sides"
-        )
+        asks = f"asks for {count:,} of the {n:,} samples" if count >= n else "leaves none"
+        raise ConfigError(
+            [f"data.{what}={size} {asks} for that split; choose a fraction or a count that "
+             "leaves samples on both sides"]
+        )  # fmt: skip
     classes, counts = labels.unique(return_counts=True)
     quota = counts.double() * count / n
     take = quota.floor().long()

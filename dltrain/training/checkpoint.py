@@ -27,6 +27,14 @@ def load(path: str | Path) -> dict:
         raise DltrainError(f"{path} is a folder; give a checkpoint file such as {path}/best.pt")
     if not path.is_file():
         raise DltrainError(f"checkpoint not found: {path}")
+    with open(path, "rb") as handle:
+        start = handle.read(2)
+    # torch.save writes a zip (PK), older torch a pickle (0x80): anything else never was one.
+    if start and start != b"PK" and start[:1] != b"\x80":
+        kind = "a YAML config" if path.suffix in (".yaml", ".yml") else "not a PyTorch file"
+        raise DltrainError(
+            f"{path} is {kind}, not a checkpoint; give a run's checkpoint, such as RUN/best.pt"
+        )
     payload = read(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DltrainError(

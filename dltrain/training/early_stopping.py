@@ -55,7 +55,7 @@ class EarlyStopping:
         best = "none" if self.best is None else f"{self.best:.4g} at epoch {self.best_epoch}"
         return (
             f"stopped at epoch {self.stopped_epoch}: {self.monitor} did not improve{by} "
-            f"for {self.patience} epochs; best {best}"
+            f"for {self.patience} epoch{'s' * (self.patience != 1)}; best {best}"
         )
 
     def state_dict(self) -> dict:

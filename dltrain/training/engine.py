@@ -275,7 +275,7 @@ def _interrupted(run: Session, loop: LoopState, emit: Channel, started: float) -
         where = f"epoch {loop.partial.epoch}, step {loop.partial.steps}"
     else:
         where = f"the end of epoch {loop.epoch}"
-    reason = f"interrupted by {signal.Signals(signum).name} at {where}"
+    reason = f"stopped by {signal.Signals(signum).name} at {where}"
     _ended(run, emit, unfinished(run, loop, "interrupted", reason, time.perf_counter() - started))
     nproc = f" --nproc {run.world_size}" if run.world_size > 1 else ""
     raise Interrupted(

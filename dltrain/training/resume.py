@@ -75,7 +75,8 @@ def _done(cfg: Config, payload: dict) -> str | None:
     if stopper.should_stop:
         return (
             f"the run stopped early at epoch {stopper.stopped_epoch} ({stopper.monitor} did not "
-            f"improve for {stopper.wait} epochs); nothing to resume: to train on, raise "
+            f"improve for {stopper.wait} epoch{'s' * (stopper.wait != 1)}); nothing to resume: "
+            "to train on, raise "
             f"train.early_stopping.patience (now {stopper.patience}) or set it to null with "
             f"--set, and train.epochs (now {epochs}) if it is reached"
         )
