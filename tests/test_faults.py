@@ -138,16 +138,16 @@ def test_signal_mid_epoch_saves_and_resumes(tmp_path, config, uninterrupted, sig
     mid_epoch, second = tmp_path / "mid-epoch", tmp_path / "second-signal"
     hook = f"""
         import os, signal, time
-        import dltrain.cli.train
+        import dltrain.cli.report
         calls = []
-        real_batch = dltrain.cli.train.TrainReport.batch
+        real_batch = dltrain.cli.report.TrainReport.batch
         def on_batch(self, info):
             calls.append(1)
             if len(calls) == 72 + 20:  # epoch 2, step 20 (72 steps per epoch)
                 open({str(mid_epoch)!r}, "w").close()
             time.sleep(0.002)
             return real_batch(self, info)
-        dltrain.cli.train.TrainReport.batch = on_batch
+        dltrain.cli.report.TrainReport.batch = on_batch
         real_replace = os.replace
         def replace(src, dst):
             if os.path.exists({str(mid_epoch)!r}) and str(dst).endswith("last.pt"):

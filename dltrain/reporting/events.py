@@ -69,6 +69,8 @@ class BatchEnd:
     step: int
     seen: int  # training samples so far this epoch
     loss: Any  # the step's loss, a tensor still on the device (reading it syncs)
+    logits: Any = None  # the batch's, on the device: what the live report reads accuracy from
+    labels: Any = None
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,10 @@ def load(path: str | Path) -> dict:
         raise DltrainError(f"checkpoint not found: {path}")
     with open(path, "rb") as handle:
         start = handle.read(2)
-    # torch.save writes a zip (PK), older torch a pickle (0x80): anything else never was one.
-    if start and start != b"PK" and start[:1] != b"\x80":
+    # torch.save writes a zip (PK), older torch a pickle (0x80): a file of another name that is
+    # neither never was a checkpoint (a .pt file that is neither is a damaged one: read says so).
+    torch_name = path.suffix in (".pt", ".pth", ".ckpt", ".bin")
+    if start and start != b"PK" and start[:1] != b"\x80" and not torch_name:
         kind = "a YAML config" if path.suffix in (".yaml", ".yml") else "not a PyTorch file"
         raise DltrainError(
             f"{path} is {kind}, not a checkpoint; give a run's checkpoint, such as RUN/best.pt"

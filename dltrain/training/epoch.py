@@ -240,7 +240,7 @@ def train_one_epoch(
             _optimizer_step(optimizer, precision.scaler, params, cfg.grad_clip, stepped)
             steps += 1
         # The step's loss as a tensor (reading it would sync the device): for lr-find.
-        emit(BatchEnd(step, tally.seen, detached))
+        emit(BatchEnd(step, tally.seen, detached, logits.detach(), labels))
         if full or step == total:
             tally.fold(emit)
         if boundary and step < total and emit.decided:
