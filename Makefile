@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint bench zoo clean
+.PHONY: help install train test docs lint bench zoo clean
 
 help: ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -20,8 +20,14 @@ install: $(STAMP) ## Create .venv (if missing) and install dltrain with its dev 
 train: $(STAMP) ## Train the embedded default (configs/digits_mlp.yaml)
 	$(BIN)/dltrain train configs/digits_mlp.yaml
 
-test: $(STAMP) ## Run the whole test suite
+test: $(STAMP) ## Run the whole test suite, then build the docs
 	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory docs
+
+# --strict fails on a broken link or anchor and on a page missing from the nav (mkdocs.yml).
+# NO_MKDOCS_2_WARNING silences mkdocs-material's banner about MkDocs 2.0, printed on every build.
+docs: $(STAMP) ## Build the documentation site into site/ (mkdocs, strict)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 lint: $(STAMP) ## Check the code with ruff
 	$(BIN)/ruff check .
@@ -33,4 +39,4 @@ zoo: $(STAMP) ## Rewrite dltrain/models/zoo.json from the installed torchvision 
 	$(BIN)/python -m dltrain.models.catalog --out dltrain/models/zoo.json
 
 clean: ## Remove the virtual environment and caches (keeps runs/ and data/)
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info site

@@ -34,13 +34,13 @@ def test_config_starts_with_schema_line(path: Path):
     assert (path.parent / target).is_file()
 
 
-def test_readme_config_reference_is_current():
+def test_docs_config_reference_is_current():
     from dltrain.config import reference_markdown
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    page = (Path(__file__).resolve().parents[1] / "docs" / "reference.md").read_text()
     start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
-    current = readme[readme.index(start) + len(start) : readme.index(end)]
+    current = page[page.index(start) + len(start) : page.index(end)]
     assert current == reference_markdown(), (
-        "README's config reference is stale: replace the table between the markers with the "
-        "output of `dltrain config reference`"
+        "docs/reference.md is stale: replace the table between its config-reference markers "
+        "with the output of `dltrain config reference`"
     )
