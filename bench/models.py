@@ -1,5 +1,5 @@
 """Choosing a model: parameters, MACs at 224 px and CPU images/s of a few families, side by side
-with the course's resnet18 (README, "Choosing a model").
+with the course's resnet18 (docs/data-and-models.md, "Choosing a model").
 
 Each model is built as dltrain builds it (`build_model`, 1,000 classes, 3x224x224, no
 weights: the speed does not depend on them), MACs counted as `dltrain summary` counts them,

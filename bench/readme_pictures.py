@@ -1,4 +1,4 @@
-"""The README's pictures of data.resize_mode: a real photo that scikit-learn ships
+"""The docs' pictures of data.resize_mode: a real photo that scikit-learn ships
 (china.jpg, 640x427) read as an image folder reads it, at 128 px, in the three modes.
 
 Run: .venv/bin/python bench/readme_pictures.py [--out docs/images]

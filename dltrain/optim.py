@@ -144,7 +144,7 @@ class EMA:
     and the buffers (BatchNorm's running statistics) copied from the model as they are. Until
     `start_epoch` the average follows the weights. (Averaging the statistics too, as timm and
     Ultralytics do, was measured on digits with batch norm, 5 seeds: no better with the
-    warm-up, a little worse without it; README, EMA of the weights.)
+    warm-up, a little worse without it; docs/performance.md.)
 
     With `warmup`, the t-th update (t = 0, 1, ...) uses d = min(decay, (1 + t) / (10 + t)),
     TensorFlow's `ExponentialMovingAverage(num_updates=...)` form: the first update keeps a

@@ -17,7 +17,7 @@ class ModelConfig(Section):
     name: str = Field(
         "mlp",
         description="Model: the course's mlp, cnn, alexnet or resnet18, a torchvision "
-        "classifier (mobilenet_v3_small, efficientnet_b0, ...) or timm/<name> (extra: timm); "
+        "classifier (mobilenet_v3_small, efficientnet_b0, ...) or `timm/<name>` (extra: timm); "
         "`dltrain models` lists them.",
     )
     hidden: list[int] = Field(
@@ -224,14 +224,14 @@ class WandbConfig(Section):
     entity: str | None = Field(None, description="W&B team or user; null = your default entity.")
     mode: Literal["online", "offline", "disabled"] = Field(
         "online",
-        description="online, offline (files in <run>/wandb, to `wandb sync` later) or disabled.",
+        description="online, offline (files in `<run>/wandb`, to `wandb sync` later) or disabled.",
     )
     tags: list[str] = Field([], description="Tags of the W&B run.")
 
 
 class LoggingConfig(Section):
     tensorboard: bool = Field(
-        False, description="Write TensorBoard scalars to <run>/tensorboard (extra: tensorboard)."
+        False, description="Write TensorBoard scalars to `<run>/tensorboard` (extra: tensorboard)."
     )
     # Off unless set: an installed package never switches a tracker on by itself.
     mlflow: MlflowConfig | None = Field(
@@ -288,7 +288,7 @@ class Config(Section):
     name: str = Field(
         "run",
         pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$",
-        description="Run name; outputs go to runs/<name>/.",
+        description="Run name; outputs go to `runs/<name>/`.",
     )
     seed: int = Field(0, description="Seed for splits, initialization and shuffling.")
     device: str = Field(
