@@ -229,3 +229,121 @@ def test_missing_root_is_one_line_and_an_empty_one_says_so(cli, tmp_path):
     ]
     result = cli("runs", tmp_path)
     assert result.exit_code == 0 and result.stdout.strip() == f"no runs under {tmp_path}"
+
+
+# --- legends and axes: nothing covered, nothing crowded ----------------------------------------
+
+
+def drawn_figure(monkeypatch, draw) -> object:
+    """The matplotlib Figure that `draw()` saves (saved as usual, so that it is laid out)."""
+    from dltrain.reporting import plots
+
+    figures, save = [], plots.save_figure
+    monkeypatch.setattr(
+        plots, "save_figure", lambda fig, out: figures.append(fig) or save(fig, out)
+    )
+    draw()
+    [figure] = figures
+    return figure
+
+
+def with_lr(run_dir: Path, to: Path, rates: list[float]) -> Path:
+    """A copy of a run whose metrics.csv has the learning rates `rates`, one per epoch."""
+    copy_run(run_dir, to)
+    lines = (to / "metrics.csv").read_text().splitlines()
+    names = lines[0].split(",")
+    column = names.index("lr")
+    rows = [line.split(",") for line in lines[1:]]
+    for row, rate in zip(rows, rates, strict=True):
+        row[column] = str(rate)
+    (to / "metrics.csv").write_text("\n".join(",".join(row) for row in [names, *rows]) + "\n")
+    return to
+
+
+def texts(legend) -> list[str]:
+    return [text.get_text() for text in legend.get_texts()]
+
+
+@pytest.mark.parametrize("rates", [[1e-3, 1e-3], [1e-3, 4e-4], [1e-2, 1e-4]])
+def test_the_legend_covers_no_line_and_no_axis_has_an_offset(
+    finished, tmp_path, monkeypatch, rates
+):
+    """Before, the loss legend sat inside its panel over the learning rate and the best-epoch
+    line, and a linear lr axis wore a "1e-3" offset over the accuracy panel's label."""
+    run = with_lr(finished, tmp_path / "run", rates)
+    fig = drawn_figure(monkeypatch, lambda: plot_run(run))
+    [legend] = fig.legends
+    box = legend.get_window_extent()
+    lines = [line for ax in fig.axes for line in ax.get_lines()]
+    assert any(line.get_label().startswith("best epoch") for line in lines)
+    for line in lines:
+        assert not box.overlaps(line.get_window_extent()), line.get_label()
+    for ax in fig.axes:
+        assert ax.get_legend() is None
+        assert ax.yaxis.get_offset_text().get_text() == ""
+    constant = len(set(rates)) == 1
+    assert len(fig.axes) == (2 if constant else 3)  # a constant rate gets no axis of its own
+    if constant:
+        assert "learning rate 0.001 (constant)" in texts(legend)
+    else:
+        assert "learning rate" in texts(legend)
+
+
+def test_the_overlay_says_its_dashed_lines_are_eval_mode_training(
+    finished, stopped, tmp_path, monkeypatch
+):
+    fig = drawn_figure(monkeypatch, lambda: plot_runs([finished, stopped], tmp_path / "o.png"))
+    [legend] = fig.legends
+    assert "train, eval mode" in texts(legend)
+    assert "training, eval mode (dashed)" in fig.get_suptitle()
+    box = legend.get_window_extent()
+    assert not any(box.overlaps(ax.get_window_extent()) for ax in fig.axes)
+
+
+# --- dltrain runs: on a narrow terminal, piped, and runs outside runs/<name>/ -----------------
+
+
+@pytest.fixture
+def many_runs(finished, tmp_path) -> Path:
+    """Three runs: two in runs/<name>/<time>, one killed (its summary gone), and one the user
+    put in a folder of their own."""
+    root = tmp_path / "root"
+    copy_run(finished, root / "digits_small" / "20250103-120000")
+    killed = copy_run(finished, root / "digits_small" / "20250104-120000")
+    (killed / "summary.json").unlink()
+    copy_run(finished, root / "experiments" / "mine")
+    return root
+
+
+def test_runs_on_a_60_column_terminal_drops_columns_and_never_wraps_a_run(
+    cli, many_runs, monkeypatch
+):
+    from rich.console import Console
+
+    from dltrain.cli import views
+
+    terminal = Console(width=60, force_terminal=True, color_system=None, highlight=False)
+    monkeypatch.setattr(views, "out", lambda: terminal)
+    result = cli("runs", many_runs)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(map(len, lines)) <= 60
+    header = lines[0].split()
+    assert header[0] == "run" and "params" not in header and "status" in header
+    for label in ("digits_small/20250104-120000", "digits_small/20250103-120000"):
+        assert any(line.startswith(label + " ") for line in lines), result.stdout
+    assert any(line.startswith("experiments/mine ") for line in lines), result.stdout
+    assert "killed," in result.stdout and "resumable" in result.stdout  # the status may wrap
+
+
+def test_runs_piped_keeps_every_column_and_shows_a_folder_by_its_path(cli, many_runs, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "60")  # a narrow terminal behind the pipe changes nothing
+    result = cli("runs", many_runs)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    header = " ".join(lines[0].split())
+    assert header == "run model/data epochs val acc test acc params time status"
+    [mine] = [line for line in lines if "mine" in line]
+    assert mine.split()[:2] == ["experiments/mine", "mlp/digits"]  # not "digits_small ..."
+    assert "killed, resumable" in result.stdout
+    assert len(lines) == 2 + 3  # header, rule, one line per run

@@ -63,7 +63,8 @@ def train(
         _resume(resume, config, out_dir, changes, mode)
     else:
         cfg = load_config(config, changes)
-        run(cfg, _run_folder(cfg, out_dir, force), mode, new=True)
+        folder, made = _run_folder(cfg, out_dir, force)
+        run(cfg, folder, mode, new=True, made=made)
 
 
 def _launch(ctx: typer.Context, nproc: int) -> None:
@@ -85,15 +86,16 @@ def _launch(ctx: typer.Context, nproc: int) -> None:
         raise typer.Exit(code)
 
 
-def _run_folder(cfg, run_dir: Path | None, force: bool) -> Path:
-    """The new run's folder. Under torchrun, rank 0 makes it and tells the others."""
-    from dltrain.reporting.runs import new_run_dir
+def _run_folder(cfg, run_dir: Path | None, force: bool) -> tuple[Path, tuple[Path, ...]]:
+    """The new run's folder, and the folders made for it (fit takes them away again if the run
+    fails before its first epoch). Under torchrun, rank 0 makes it and tells the others."""
+    from dltrain.reporting.runs import made_run_dir
     from dltrain.training.runtime import join
 
     if not distributed.launched():
-        return new_run_dir(cfg, run_dir, force=force)
+        return made_run_dir(cfg, run_dir, force=force)
     join(cfg)
-    return distributed.from_main(lambda: new_run_dir(cfg, run_dir, force=force))
+    return distributed.from_main(lambda: made_run_dir(cfg, run_dir, force=force))
 
 
 def run(cfg, folder: Path, mode: str = "normal", **kwargs) -> None:
@@ -149,4 +151,5 @@ def finetune(
     from dltrain.training.finetune import from_source
 
     cfg, parent = from_source(cfg, source)
-    run(cfg, _run_folder(cfg, out_dir, force), _mode(quiet, as_json), parent=parent, new=True)
+    folder, made = _run_folder(cfg, out_dir, force)
+    run(cfg, folder, _mode(quiet, as_json), parent=parent, new=True, made=made)

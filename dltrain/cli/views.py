@@ -245,33 +245,54 @@ def runs_(
         say(f"no runs under {root}")
         return
     console = out()
-    # A narrow terminal drops the least needed columns rather than squeezing every one; the
-    # run's folder may wrap onto a second line down to RUN_FOLD characters.
-    longest = max(len(_run_label(run, root)) for run in runs)
-    for left_out in ((), ("params",), ("params", "time"), ("params", "time", "model/data")):
-        table = _runs_table(runs, root, left_out)
-        if _natural_width(console, table) - max(longest - RUN_FOLD, 0) <= console.width:
-            break
+    if not console.is_terminal:  # piped or redirected: every column, each row on one line
+        table = _runs_table(runs, root)
+        console.width = max(console.width, _natural_width(console, table))
+    else:  # a narrow terminal drops the least needed columns rather than wrap a run's folder
+        statuses = [_run_cells(run, root)["status"].plain for run in runs]
+        # What the status column can give by wrapping between its words.
+        give = max(map(len, statuses)) - max(
+            len(word) for text in statuses for word in text.split()
+        )
+        for left_out in RUNS_LEFT_OUT:
+            table = _runs_table(runs, root, left_out)
+            if _natural_width(console, table) - max(give, 0) <= console.width:
+                break
+        else:  # a folder longer than the terminal is wide: it folds
+            table = _runs_table(runs, root, RUNS_LEFT_OUT[-1], fold=True)
     console.print(table)
     for run in runs:
         if run["problem"]:
             note(f"{run['path']}: {run['problem']}")
 
 
-RUN_FOLD = 24
 RUN_COLUMNS = ("run", "model/data", "epochs", "val acc", "test acc", "params", "time", "status")
+# What a narrower terminal leaves out, in turn.
+RUNS_LEFT_OUT = [
+    (),
+    ("params",),
+    ("params", "time"),
+    ("params", "time", "model/data"),
+    ("params", "time", "model/data", "test acc"),
+]
 
 
-def _runs_table(runs: list[dict], root: Path, left_out: tuple[str, ...] = ()) -> Table:
+def _runs_table(
+    runs: list[dict], root: Path, left_out: tuple[str, ...] = (), fold: bool = False
+) -> Table:
+    """One row per run; only the status wraps (between its words: "killed, / resumable"), and
+    the run's folder too with `fold`."""
     from rich import box
 
     table = Table(box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False, show_edge=False)
     columns = [name for name in RUN_COLUMNS if name not in left_out]
     for name in columns:
-        if name in ("run", "model/data"):
-            table.add_column(name, overflow="fold")
+        if name == "status":
+            table.add_column(name)
+        elif name in ("run", "model/data"):
+            table.add_column(name, no_wrap=not (fold and name == "run"), overflow="fold")
         else:
-            table.add_column(name, justify="left" if name == "status" else "right", no_wrap=True)
+            table.add_column(name, justify="right", no_wrap=True)
     for run in runs:
         cells = _run_cells(run, root)
         table.add_row(*(cells[name] for name in columns))
@@ -299,12 +320,12 @@ def _run_cells(run: dict, root: Path) -> dict:
 
 
 def _run_label(run: dict, root: Path) -> str:
-    """The folder under ROOT; the run's name first when the folder does not show it."""
+    """The run's folder under ROOT (runs/<name>/<time> shows as <name>/<time>): the path to
+    give `dltrain plot` or `--resume` after ROOT/, wherever the run was written."""
     folder = Path(run["path"])
     if folder != root and folder.is_relative_to(root):
         folder = folder.relative_to(root)
-    name = run["name"]
-    return str(folder) if not name or name in folder.parts else f"{name} {folder}"
+    return str(folder)
 
 
 def _count(n: int) -> str:

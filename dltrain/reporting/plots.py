@@ -26,8 +26,9 @@ _THIN = {"linestyle": "--", "linewidth": 0.8, "marker": ""}  # a second curve in
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Draw one run's learning curves to `out` (default `<run_dir>/curves.png`): loss (left,
     with the learning rate on a second axis) and accuracy (right), train against val per
-    epoch; vertical lines at the best epoch and where early stopping stopped. Works on a run
-    still going (no summary.json yet): it draws the epochs metrics.csv holds."""
+    epoch; vertical lines at the best epoch and where early stopping stopped; one legend
+    below both panels, where it covers no curve. Works on a run still going (no summary.json
+    yet): it draws the epochs metrics.csv holds."""
     run_dir = Path(run_dir)
     run = _load_run(run_dir)
     rows, best = run["rows"], run["best_epoch"]
@@ -45,8 +46,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
             ax.axvline(best, color="green", ls=":", lw=1.5, label=f"best epoch {best}")
         if stopped is not None:
             ax.axvline(stopped, color="red", ls="--", lw=1, label=f"early stop at {stopped}")
-    _legend(loss_ax, _lr_axis(loss_ax, rows))
-    _legend(acc_ax)
+    # Both panels label their lines alike: the loss panel's labels, and the learning rate.
+    _below(fig, [*loss_ax.get_legend_handles_labels()[0], *_lr_axis(loss_ax, rows)])
     return save_figure(fig, out if out is not None else run_dir / "curves.png")
 
 
@@ -64,20 +65,32 @@ def draw_curves(run_dir: str | Path) -> str | None:
 
 def plot_runs(run_dirs: list[str | Path], out: str | Path) -> Path:
     """Overlay several runs: val loss and val accuracy per epoch as solid lines, train as
-    dashed lines in the same colour, one colour per run."""
+    dashed lines in the same colour, one colour per run; the training curves are those
+    measured in eval mode where metrics.csv has them (as in curves.png), and the title and
+    legend say which."""
     from matplotlib.lines import Line2D
 
     runs = [_load_run(Path(folder)) for folder in run_dirs]
-    title = f"{len(runs)} runs: validation (solid) and training (dashed)"
+    measured = {_train_key(run["rows"], "acc") == "train_eval_acc" for run in runs}
+    train_is = TRAIN_CURVES[True in measured, False in measured]
+    title = f"{len(runs)} runs: validation (solid) and training, {train_is} (dashed)"
     fig, (loss_ax, acc_ax) = _figure(title, "loss", "accuracy")
     for run, label, color in zip(runs, _labels(runs), _colors(len(runs)), strict=True):
         for ax, metric in ((loss_ax, "loss"), (acc_ax, "acc")):
             _line(ax, run["rows"], f"val_{metric}", color=color, label=label)
             _line(ax, run["rows"], _train_key(run["rows"], metric), color=color, **_THIN)
     val = Line2D([], [], color="black", label="val")
-    train = Line2D([], [], color="black", linestyle="--", label="train")
-    _legend(acc_ax, [val, train], many=len(runs) > 8)
+    train = Line2D([], [], color="black", linestyle="--", label=f"train, {train_is}")
+    _below(fig, [*acc_ax.get_legend_handles_labels()[0], val, train])
     return save_figure(fig, out)
+
+
+# The overlay's dashed curves, by (some runs measured train in eval mode, some did not).
+TRAIN_CURVES = {
+    (True, False): "eval mode",
+    (False, True): "running, train mode",
+    (True, True): "eval mode where measured, else running",
+}
 
 
 def plot_compare(groups: dict[str, list[str | Path]], out: str | Path) -> Path:
@@ -151,6 +164,10 @@ def _load_run(run_dir: Path) -> dict:
     """`describe_run` of a run folder, with its folder (`dir`) and metrics.csv's `rows`."""
     if not run_dir.is_dir():
         raise DltrainError(f"{run_dir}: no such folder; give a run folder (runs/<name>/<time>)")
+    if not (run_dir / "metrics.csv").is_file() and (run_dir / "config.yaml").is_file():
+        # A run that ended before its first epoch: as `dltrain runs` lists it.
+        status = describe_run(run_dir)["status"].replace("_", " ")
+        raise DltrainError(f"{run_dir}: a run that recorded no epoch ({status}); nothing to draw")
     if not (run_dir / "metrics.csv").is_file():
         found = [*run_dir.glob("*/metrics.csv"), *run_dir.glob("*/*/metrics.csv")]
         inside = sorted(p.parent for p in found)
@@ -217,25 +234,38 @@ def _line(ax, rows: list[dict], key: str, **style) -> None:
         ax.plot(epochs, values, **{**_dots(epochs), **style})
 
 
-def _legend(ax, extra: list = (), many: bool = False) -> None:
-    """The axis's labelled lines, then `extra` ones (drawn on a twin axis, or style keys)."""
-    handles = [*ax.get_legend_handles_labels()[0], *extra]
-    ax.legend(handles=handles, fontsize="x-small" if many else "small", ncol=2 if many else 1)
+def _legend(ax, extra: list = ()) -> None:
+    """The axis's labelled lines, then `extra` ones (style keys), inside the axis."""
+    ax.legend(handles=[*ax.get_legend_handles_labels()[0], *extra], fontsize="small")
+
+
+def _below(fig, handles: list) -> None:
+    """One legend for the whole figure, below its panels: outside them, it covers no data
+    (inside, the loss legend sat over the learning rate and the best-epoch line)."""
+    ncol = min(len(handles), 6)
+    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize="small")
 
 
 def _lr_axis(ax, rows: list[dict]) -> list:
-    """The learning rate on a second y-axis; log scale when it spans more than 10×."""
+    """The learning rate on a second y-axis (log scale when it spans more than 10×), ticks
+    written out (0.001, not 1 under a "1e-3" that crowds the next panel); returns its legend
+    entry. A constant rate draws no line: its entry says the value."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
+
     epochs, rates = _series(rows, "lr")
     positive = [rate for rate in rates if rate > 0]
     if not positive:
         return []
+    if len(set(rates)) == 1:
+        return [Line2D([], [], linestyle="", label=f"learning rate {rates[0]:g} (constant)")]
     twin = ax.twinx()
     if max(positive) > 10 * min(positive):
         twin.set_yscale("log")
         rates = [rate if rate > 0 else float("nan") for rate in rates]  # log has no zero
-    else:  # from zero, so that a constant rate is a flat line rather than a zoomed-in one
+    else:  # from zero, so that a small change does not look like a large one
         twin.set_ylim(0, max(positive) * 1.15)
-        twin.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+        twin.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     twin.set_ylabel("learning rate", color="grey")
     twin.tick_params(axis="y", colors="grey")
     return twin.plot(epochs, rates, color="grey", linewidth=1, alpha=0.8, label="learning rate")

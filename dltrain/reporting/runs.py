@@ -45,6 +45,14 @@ def new_run_dir(
     refused unless `force`, which first removes that run's files. A folder holding files
     under a run file's name (metrics.csv, ...) but no config.yaml, which dltrain writes first,
     holds someone else's files: refused even with `force`."""
+    return made_run_dir(cfg, run_dir, root, force)[0]
+
+
+def made_run_dir(
+    cfg: Config, run_dir: str | Path | None = None, root: str | Path = "runs", force: bool = False
+) -> tuple[Path, tuple[Path, ...]]:
+    """`new_run_dir`, and the folders made for it (it, and parents that did not exist), deepest
+    first: what `remove_unused` may take away again if the run writes nothing."""
     if run_dir is None:
         path = stamped(Path(root) / cfg.name)
     else:
@@ -70,6 +78,7 @@ def new_run_dir(
                 old += path.glob(pattern)  # what dltrain eval wrote of the old run
             for stale in old:
                 stale.unlink(missing_ok=True)
+    made = tuple(folder for folder in (path, *path.parents) if not folder.exists())
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".dltrain-write-test"
@@ -77,7 +86,27 @@ def new_run_dir(
         probe.unlink()
     except OSError as err:
         raise DltrainError(f"cannot write the run folder {path}: {err.strerror or err}") from None
-    return path
+    return path, made
+
+
+STARTED = ("config.yaml", "parent.json", LOCK)  # what a run writes before its first epoch
+
+
+def remove_unused(made: tuple[Path, ...]) -> None:
+    """Take away the folders `made_run_dir` made for a run that failed before writing anything
+    but its start (STARTED): a folder `dltrain runs` would list as a run that never ran. Call
+    it holding the run's lock, so that no other process trains there. A folder holding
+    anything else (a tracker's files, a user's) stays, and so does every folder above one
+    that is not empty."""
+    if not made:
+        return
+    with suppress(OSError):  # whatever cannot go stays: the run's error is what matters
+        if any(path.name not in STARTED for path in made[0].iterdir()):
+            return
+        for name in STARTED:
+            (made[0] / name).unlink(missing_ok=True)
+        for folder in made:
+            folder.rmdir()
 
 
 class RunLock:

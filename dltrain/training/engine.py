@@ -35,7 +35,7 @@ from dltrain.reporting.events import (
     RunStart,
     Summary,
 )
-from dltrain.reporting.runs import RunLock
+from dltrain.reporting.runs import RunLock, remove_unused
 from dltrain.training import distributed, saving
 from dltrain.training.early_stopping import overfitting_note
 from dltrain.training.epoch import (
@@ -59,17 +59,26 @@ def fit(
     resume: dict | None = None,
     parent: dict | None = None,
     new: bool = False,
+    made: tuple[Path, ...] = (),
 ) -> Summary:
     """Train per the config, writing config, metrics, summary and checkpoints to `run_dir`;
     returns the summary. `listeners` hear the run and may stop it (the summary then says
     "stopped" and why). `resume`: a checkpoint payload to continue from (same folder, mid-epoch
     too). `parent`: the source of a finetune run (switches on `cfg.finetune`). `new`: the
-    folder was chosen as holding no run (runs.new_run_dir), and must still hold none. Raises
-    Interrupted after SIGINT/SIGTERM (a resumable last.pt is written first) and DltrainError
-    for a NaN/Inf loss or running out of memory, each recorded in summary.json first."""
+    folder was chosen as holding no run (runs.new_run_dir), and must still hold none. `made`:
+    the folders made for the run (runs.made_run_dir), taken away again if it fails before
+    writing more than its config. Raises Interrupted after SIGINT/SIGTERM (a resumable last.pt
+    is written first) and DltrainError for a NaN/Inf loss or running out of memory, each
+    recorded in summary.json first."""
+    main = distributed.is_main()
     # Rank 0 holds the folder's lock from before its first write to the end (runs.RunLock).
-    with RunLock(run_dir, new) if distributed.is_main() else contextlib.nullcontext():
-        return _fit(cfg, Path(run_dir), list(listeners), resume, parent)
+    with RunLock(run_dir, new) if main else contextlib.nullcontext():
+        try:
+            return _fit(cfg, Path(run_dir), list(listeners), resume, parent)
+        except BaseException:
+            if main:  # e.g. no dataset: no empty run folder for `dltrain runs` to list
+                remove_unused(made)
+            raise
 
 
 def _fit(cfg: Config, run_dir: Path, listeners: list, resume: dict | None, parent: dict | None):
