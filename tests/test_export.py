@@ -159,10 +159,8 @@ def test_out_and_opset_are_honoured(cli, trained, tmp_path):
 @pytest.mark.parametrize(
     "args, fragments",
     [
-        (["--format", "tflite"], ["--format 'tflite': expected onnx or torchscript"]),
         (["--format", "onnx", "--opset", "17"], ["--opset 17: expected 18 to 25"]),
         (["--format", "onnx", "--opset", "99"], ["--opset 99: expected 18 to 25"]),
-        (["--format", "onnx", "--opset", "new"], ["--opset 'new': expected a whole number"]),
         (["--format", "torchscript", "--opset", "18"], ["--opset is for --format onnx"]),
         (["--format", "torchscript", "--out", "{tmp}/no/x.ts"], ["the folder", "does not exist"]),
         (["--format", "torchscript", "--out", "{tmp}"], ["is a folder"]),
@@ -175,6 +173,18 @@ def test_bad_options_are_one_line(cli, trained, tmp_path, args, fragments):
     before = sorted(p.name for p in ckpt.parent.iterdir())
     _one_line_error(cli("export", "--ckpt", ckpt, *args), *fragments)
     assert sorted(p.name for p in ckpt.parent.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [(["--format", "tflite"], "--format"), (["--format", "onnx", "--opset", "new"], "--opset")],
+)
+def test_values_of_the_wrong_kind_are_usage_errors(cli, tmp_path, args, option):
+    """A choice or a number on the command line: typer checks it before anything is read
+    (exit 2, the usage), naming the option."""
+    result = cli("export", "--ckpt", tmp_path / "best.pt", *args)
+    assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.stderr
+    assert not list(tmp_path.iterdir())
 
 
 def test_bad_checkpoints_are_one_line(cli, tmp_path):
@@ -262,3 +272,15 @@ def test_a_full_or_failing_disk_is_one_line_and_leaves_nothing(
     result = cli("export", "--ckpt", ckpt, "--format", fmt, "--out", out)
     _one_line_error(result, f"could not write {out}", os.strerror(code), "bytes free there")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_json_is_the_sidecar_and_quiet_the_exported_line(cli, trained, tmp_path):
+    args = ["export", "--ckpt", trained("mlp") / "best.pt", "--format", "torchscript"]
+    as_json = cli(*args, "--out", tmp_path / "j.ts", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    result = json.loads(as_json.stdout)
+    assert result["path"] == str(tmp_path / "j.ts") and result["parity"]["passed"]
+    assert result == {**json.loads((tmp_path / "j.ts.json").read_text()), **result}
+    quiet = cli(*args, "--out", tmp_path / "q.ts", "--quiet")
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stdout.startswith("exported ") and len(quiet.stdout.splitlines()) == 1

@@ -307,3 +307,15 @@ def test_missing_config_is_one_line(cli, tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"error: config file not found: {tmp_path / 'nope.yaml'} (give the path of a YAML file)"
     ]
+
+
+def test_cli_json_is_one_object_and_quiet_the_set_line(cli, digits_config, tmp_path):
+    args = ["lr-find", digits_config, "--steps", "40", "--start", "1e-4"]
+    as_json = cli(*args, "--out", tmp_path / "j", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    result = json.loads(as_json.stdout)
+    assert result["summary"]["set"].startswith("--set optim.lr=") and "seed 0" not in as_json.stderr
+    assert result["json"] == str(tmp_path / "j" / "lr_find.json") and "config" not in result
+    quiet = cli(*args, "--out", tmp_path / "q", "--quiet")
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stdout.splitlines() == [result["summary"]["set"]]  # the same seed, the same lr

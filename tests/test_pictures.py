@@ -111,8 +111,7 @@ def test_no_mistakes_is_a_picture_that_says_so(tmp_path):
     info = DataInfo("x", ["a", "b"], 1, (4, 4), [0.5], [0.5])
     result = {"split": "val", "acc": 1.0, "samples": 4, "class_names": ["a", "b"]}
     result["confusion"] = [[2, 0], [0, 2]]
-    ckpt = tmp_path / "best.pt"
-    assert draw_pictures(result, Mistakes().worst(), info, ckpt) == []
+    assert draw_pictures(result, Mistakes().worst(), info, tmp_path) == []
     assert Image.open(tmp_path / "mistakes-val.png").size == png_size(1, 1)
     assert (tmp_path / "confusion-val.png").is_file()
 
@@ -189,7 +188,6 @@ def test_show_default_folder_is_beside_the_configs_runs(cli, write_config, tmp_p
 @pytest.mark.parametrize(
     "args, says",
     [
-        (["--split", "test"], "--split 'test': expected train or val"),
         (["--n", "0"], "--n 0: expected 1 to 1024 images"),
         (["--out", "x.jpg"], "--out x.jpg: cannot draw a .jpg file"),
         (["--set", "data.batch_sise=3"], "data.batch_sise: unknown config key"),
@@ -201,6 +199,13 @@ def test_show_bad_input_is_one_line_and_exit_2(
     monkeypatch.chdir(tmp_path)
     result = cli("show", write_config(DIGITS_SMALL), *args)
     assert says in one_line(result, 2)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_show_split_is_a_choice(cli, write_config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = cli("show", write_config(DIGITS_SMALL), "--split", "test")
+    assert result.exit_code == 2 and "Invalid value for '--split'" in result.stderr
     assert not (tmp_path / "runs").exists()
 
 
@@ -272,6 +277,21 @@ def test_a_picture_that_fails_is_one_warning_and_the_metrics_stay(cli, digits_ru
     assert not (digits_run / "confusion-val.png").exists()  # no stale picture beside new metrics
     assert (digits_run / "mistakes-val.png").is_file()
     assert "confusion-val.png" not in result.stdout and "mistakes-val.png" in result.stdout
+
+
+def test_eval_out_takes_the_files_elsewhere(cli, digits_run, tmp_path):
+    before = sorted(path.name for path in digits_run.iterdir())
+    out = tmp_path / "eval" / "here"  # made, parents too
+    result = cli("eval", "--ckpt", digits_run / "best.pt", "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    written = ["confusion-val.csv", "confusion-val.png", "eval-val.json", "mistakes-val.png"]
+    assert sorted(path.name for path in out.iterdir()) == written
+    assert sorted(path.name for path in digits_run.iterdir()) == before
+    assert result.stdout.startswith("val: accuracy ") and len(result.stdout.splitlines()) == 1
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    refused = cli("eval", "--ckpt", digits_run / "best.pt", "--out", a_file)
+    assert refused.exit_code == 1 and "--out" in refused.stderr and "is a file" in refused.stderr
 
 
 def test_show_mixes_training_images_as_training_does(write_config, tmp_path, monkeypatch):

@@ -209,3 +209,17 @@ def test_resume_after_a_kill_runs_only_the_remaining_trials(cli, digits_config, 
     assert sorted(rows) == [0, 1, 2, 3, 4]  # one new trial per number: no folder reused
     assert rows[2]["optim.lr"] == rows[1]["optim.lr"]  # the interrupted values ran again
     assert {p.name: p.stat().st_mtime_ns for p in (out / "trial-000").iterdir()} == first
+
+
+def test_sweep_json_is_one_object_and_quiet_the_best_line(cli, digits_config, tmp_path):
+    import json
+
+    as_json = cli(*sweep_args(digits_config, tmp_path / "j", 1), "--json")
+    assert as_json.exit_code == 0, as_json.output
+    result = json.loads(as_json.stdout)  # nothing else on stdout
+    assert result["best"]["trial"] == 0 and len(result["rows"]) == 1 and result["test"] is None
+    assert result["folder"] == str(tmp_path / "j") and "trial 0" not in as_json.stderr
+    quiet = cli(*sweep_args(digits_config, tmp_path / "q", 1), "--quiet")
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stdout.startswith("best: trial 0") and len(quiet.stdout.splitlines()) == 1
+    assert "trial 0" not in quiet.stderr  # no progress lines

@@ -1,7 +1,7 @@
 """The `dltrain` command line, by command group: app.py (the app, shared options, errors),
 train.py (train, finetune, resume and the live report), sweep.py (compare, sweep), views.py
 (eval, predict, runs, plot, config), and the tools around training: show.py, lr_find.py,
-summary.py, export.py."""
+summary.py, export.py; reference.py renders them all as docs/commands.md."""
 
 import importlib
 import sys

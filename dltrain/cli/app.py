@@ -8,6 +8,8 @@ start fast.
 from __future__ import annotations
 
 import functools
+import inspect
+import json
 import os
 import sys
 from pathlib import Path
@@ -23,13 +25,38 @@ from dltrain.training import distributed
 
 
 class _Group(TyperGroup):
-    """Keeps the command line as the user gave it (`ctx.meta["argv"]`), for --nproc to pass on."""
+    """Keeps the command line as the user gave it (`ctx.meta["argv"]`), for --nproc to pass on;
+    tidies its commands' help."""
 
     def make_context(self, info_name, args, parent=None, **extra):
         argv = list(args)  # parsing consumes the list
         ctx = super().make_context(info_name, args, parent=parent, **extra)
         ctx.meta.setdefault("argv", argv)
         return ctx
+
+    def __init__(self, **attrs):
+        super().__init__(**attrs)
+        for command in self.commands.values():
+            tidy(command)
+
+
+def tidy(command) -> None:
+    """One notation in every --help: paragraphs that the terminal wraps (docstrings wrap at
+    the source's line length), and arguments named in upper case in the usage line, as our
+    messages name them (CONFIG, RUN_DIRS)."""
+    command.help = unwrapped(command.help)
+    for param in command.params:
+        if param.param_type_name == "argument" and param.metavar is None:
+            param.metavar = param.name.upper()
+
+
+def unwrapped(text: str | None) -> str | None:
+    """A docstring's paragraphs each on one line: typer keeps the line breaks of every
+    paragraph but the first, and they would break --help's lines mid-sentence."""
+    if text is None:
+        return None
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(" ".join(paragraph.split("\n")) for paragraph in paragraphs)
 
 
 app = typer.Typer(
@@ -39,9 +66,11 @@ app = typer.Typer(
     add_completion=True,
     pretty_exceptions_enable=False,
 )
-config_app = typer.Typer(help="Inspect configs and their schema.", no_args_is_help=True)
+config_app = typer.Typer(cls=_Group, help="Inspect configs and their schema.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
+# One definition per idea, so an option reads the same on every command that has it
+# (tests/test_grammar.py checks the whole command line against these).
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a config value: KEY=VALUE (dotted key), repeatable."),
@@ -55,10 +84,21 @@ OutOption = Annotated[
         "--out", "--run-dir", help="Folder for the outputs (--run-dir is the same option)."
     ),
 ]
+
+
+def out_option(help: str):
+    """--out where the output is not a run folder (a file, or a folder of pictures): the
+    same name, its own help."""
+    return Annotated[Path | None, typer.Option("--out", help=help)]
+
+
 ForceOption = Annotated[
     bool, typer.Option("--force", help="Replace a run that --out already holds.")
 ]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")]
+QuietOption = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="Print only the result: no progress, tables or details."),
+]
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print one JSON object (the result) and nothing else.")
 ]
@@ -71,6 +111,17 @@ NprocOption = Annotated[
         "through torchrun); data.batch_size is per process.",
     ),
 ]
+
+
+def mode(quiet: bool, as_json: bool) -> str:
+    """How a command prints its result: "json", "quiet" or "normal"."""
+    return "json" if as_json else "quiet" if quiet else "normal"
+
+
+def print_json(result) -> None:
+    """--json: the result as one line of JSON on stdout (rank 0 only, distributed)."""
+    if distributed.is_main():
+        print(json.dumps(result))
 
 
 def overrides(set_: list[str] | None, device: str | None) -> list[str]:

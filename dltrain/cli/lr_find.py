@@ -9,13 +9,17 @@ import typer
 
 from dltrain.cli.app import (
     DeviceOption,
+    JsonOption,
     OutOption,
+    QuietOption,
     SetOption,
     app,
     err,
     friendly,
+    mode,
     note,
     overrides,
+    print_json,
     say,
 )
 from dltrain.errors import Interrupted
@@ -37,6 +41,8 @@ def lr_find(
         int, typer.Option("--seeds", help="Repeat on this many seeds (seed, seed+1, ...).")
     ] = 1,
     out_dir: OutOption = None,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Suggest a learning rate: a copy of the model trains with the rate rising from --start
     to --end; the valley and the steepest point of its smoothed loss.
@@ -49,24 +55,43 @@ def lr_find(
 
     finder.check_options(steps, start, end, seeds)
     cfg = load_config(config, overrides(set_, device))
-    say(
-        f"lr-find {cfg.name}: {cfg.optim.name}, batch {cfg.data.batch_size}, {seeds} seed(s) × "
-        f"{steps} steps, learning rate {start:g} to {end:g}",
-        err(),
-    )
+    shown = mode(quiet, as_json)
+    if shown == "normal":
+        say(
+            f"lr-find {cfg.name}: {cfg.optim.name}, batch {cfg.data.batch_size}, {seeds} "
+            f"seed(s) × {steps} steps, learning rate {start:g} to {end:g}",
+            err(),
+        )
     try:
-        result = finder.run(cfg, steps, start, end, seeds, out_dir, _report)
+        result = finder.run(cfg, steps, start, end, seeds, out_dir, _reporter(shown))
     except KeyboardInterrupt:
         raise Interrupted("lr-find stopped by Ctrl-C; nothing was written", 130) from None
-    _show(result)
+    if shown == "json":  # lr_find.json less the curves and the config (the file has them)
+        drop = ("seeds", "config")
+        kept = {key: value for key, value in result.items() if key not in drop}
+        print_json({**kept, "json": str(Path(result["folder"]) / "lr_find.json")})
+    elif shown == "quiet":
+        summary = result["summary"]
+        say(summary["set"] or f"no suggestion (see {result['folder']})")
+    else:
+        _show(result)
 
 
-def _report(event) -> None:
-    from dltrain.reporting.events import Note
+def _reporter(shown: str):
+    """Notes always (stderr); each seed's line only in the normal mode."""
 
-    if isinstance(event, Note):
-        note(event.text)
-        return
+    def report(event) -> None:
+        from dltrain.reporting.events import Note
+
+        if isinstance(event, Note):
+            note(event.text)
+        elif shown == "normal":
+            _seed_line(event)
+
+    return report
+
+
+def _seed_line(event) -> None:
     curve = event.curve  # lr_find.ProbeEnd
     found = ", ".join(f"{rule} {_lr(curve[rule])}" for rule in ("valley", "steepest"))
     say(f"seed {curve['seed']}: {found} ({curve['why']})", err())

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from dltrain.cli.app import JsonOption, app, friendly, note, out, say
+from dltrain.cli.app import JsonOption, QuietOption, app, friendly, note, out, say
 from dltrain.errors import DltrainError
 
 COLUMNS = ("name", "source", "params", "ImageNet weights", "input size")
@@ -23,6 +23,7 @@ def models(
     pretrained: Annotated[
         bool, typer.Option("--pretrained", help="Only models with ImageNet weights.")
     ] = False,
+    quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """List the models a config's model.name accepts: the course's four, torchvision's
@@ -35,6 +36,9 @@ def models(
         raise DltrainError(_nothing(pattern, pretrained, facts.names()))
     if as_json:
         print(json.dumps([_record(name, row) for name, row in rows]))
+    elif quiet:  # the names, one a line, for scripts
+        for name, _ in rows:
+            say(name)
     else:
         _show([_cells(name, row) for name, row in rows])
     if not facts.timm_installed():

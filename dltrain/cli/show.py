@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
-from dltrain.cli.app import DeviceOption, SetOption, app, friendly, note, overrides, say
+from dltrain.cli.app import (
+    DeviceOption,
+    JsonOption,
+    QuietOption,
+    SetOption,
+    app,
+    friendly,
+    note,
+    out_option,
+    overrides,
+    print_json,
+    say,
+)
 
 
 @app.command("show")
@@ -16,23 +28,19 @@ def show(
     config: Annotated[Path, typer.Argument(help="YAML config file.")],
     set_: SetOption = None,
     split: Annotated[
-        str,
+        Literal["train", "val"],
         typer.Option(
-            "--split", help="train (shuffled and augmented, as training reads it) or val."
+            "--split", help="train: shuffled and augmented, as training reads it; val: as is."
         ),
     ] = "train",
     # No min= here: Typer's range errors are a usage box; show.check_options says one line.
     count: Annotated[
         int, typer.Option("--n", help="Images to draw; more than a batch reads the next ones.")
     ] = 32,
-    out_path: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            help="Folder for batch-<split>.png, or the image file (.png, .svg or .pdf); "
-            "default runs/<name>/show/.",
-        ),
-    ] = None,
+    out_path: out_option(
+        "Folder for batch-<split>.png, or the image file (.png, .svg or .pdf); default "
+        "runs/<name>/show/."
+    ) = None,
     seed: Annotated[
         int | None,
         typer.Option(
@@ -42,6 +50,8 @@ def show(
         ),
     ] = None,
     device: DeviceOption = None,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Draw a batch as the model receives it: the data built as `dltrain train` builds it,
     un-normalized to show, each image with its class name."""
@@ -53,10 +63,14 @@ def show(
     shown = show_batch(cfg, split, count, out_path, seed)
     for text in shown["notes"]:
         note(text)
+    if as_json:
+        print_json(shown)
+        return
     low, high = shown["range"]
     values = "normalized to" if shown["normalized"] else "not normalized, in"
     whole = " (the whole split)" if shown["images"] < count else ""
     shape = "x".join(str(n) for n in shown["shape"])
+    # One result line, --quiet or not.
     say(
         f"wrote {shown['path']}: {shown['images']} {split} images{whole}, {shape}, "
         f"{values} [{low:.2f}, {high:.2f}]"

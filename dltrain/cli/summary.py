@@ -14,7 +14,18 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from dltrain.cli.app import DeviceOption, SetOption, app, friendly, out, overrides, say
+from dltrain.cli.app import (
+    DeviceOption,
+    JsonOption,
+    QuietOption,
+    SetOption,
+    app,
+    friendly,
+    out,
+    overrides,
+    print_json,
+    say,
+)
 
 
 @app.command("summary")
@@ -23,6 +34,8 @@ def summary(
     config: Annotated[Path, typer.Argument(help="YAML config file.")],
     set_: SetOption = None,
     device: DeviceOption = None,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Show the model's layers: output shape, parameters and multiply-accumulates per image,
     and an estimate of a training batch's activation memory."""
@@ -39,11 +52,18 @@ def summary(
     info = data_info(for_model(cfg.data, wants), rgb=wants.rgb)
     model = build_model(info, cfg.model, weights=False)
     figures = layer_summary(model, info, cfg.data.batch_size, precision)
-    _show(cfg, info, figures)
+    if as_json:
+        height, width = info.image_size
+        model_facts = {"name": cfg.name, "model": cfg.model.name, "dataset": info.name}
+        shape = {"input": [info.channels, height, width], "classes": info.num_classes}
+        print_json({**model_facts, **shape, **figures})
+    else:
+        _show(cfg, info, figures, quiet)
 
 
-def _show(cfg, info, figures: dict) -> None:
-    """The table of layers, then the totals and what the activation figure counts."""
+def _show(cfg, info, figures: dict, quiet: bool = False) -> None:
+    """The table of layers (not when quiet), then the totals and what the activation figure
+    counts."""
     console, totals = out(), figures["totals"]
     height, width = info.image_size
     say(
@@ -51,7 +71,8 @@ def _show(cfg, info, figures: dict) -> None:
         f"{info.num_classes} classes",
         console,
     )
-    console.print(_table(figures))
+    if not quiet:
+        console.print(_table(figures))
     say(
         f"params {totals['params']:,} ({totals['trainable']:,} trainable, "
         f"{totals['frozen']:,} frozen)  MACs {short_count(totals['macs'])} per image "

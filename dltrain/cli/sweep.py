@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich import box
@@ -15,14 +14,17 @@ from dltrain.cli.app import (
     DeviceOption,
     JsonOption,
     OutOption,
+    QuietOption,
     SetOption,
     app,
     count,
     err,
     friendly,
+    mode,
     note,
     out,
     overrides,
+    print_json,
     say,
 )
 from dltrain.errors import ConfigError, DltrainError
@@ -36,6 +38,7 @@ def compare(
     set_: SetOption = None,
     device: DeviceOption = None,
     out_dir: OutOption = None,
+    quiet: QuietOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Train configs side by side with several seeds; mean ± std of best val accuracy.
@@ -58,13 +61,20 @@ def compare(
     root = new_run_dir(next(iter(loaded.values())), out_dir or default_root())
 
     def on_run(label: str, seed: int, summary) -> None:  # an events.Summary
+        if quiet or as_json:
+            return
         acc = summary.best_metrics["val_acc"]
         epochs, seconds = count(summary.epochs_run, "epoch"), summary.seconds
         say(f"{label} seed {seed}: best val acc {acc:.4f} ({epochs}, {seconds:.1f}s)", err())
 
     result = run_compare(loaded, seeds, root, on_run)
     if as_json:
-        print(json.dumps(result))
+        print_json(result)
+        return
+    if quiet:
+        for row in result["configs"]:
+            acc = f"{row['val_acc_mean']:.4f} ± {row['val_acc_std']:.4f}"
+            say(f"{row['config']}: best val acc {acc}")
         return
     table = Table(title=f"compare: {seeds} seed(s) each, one validation split")
     for name in ("config", "model", "params", "best val acc", "s/epoch"):
@@ -81,7 +91,11 @@ ConfigArgument = Annotated[Path | None, typer.Argument(help="YAML config with a 
 TrialsOption = Annotated[
     int | None, typer.Option("--trials", min=1, help="Trials in all (default sweep.trials).")
 ]
-SamplerOption = Annotated[str | None, typer.Option("--sampler", help="random (default) or tpe.")]
+Sampler = Literal["random", "tpe"]  # the config's sweep.sampler (tests/test_grammar.py)
+SamplerOption = Annotated[
+    Sampler | None,
+    typer.Option("--sampler", help="random or tpe, Optuna's TPE (default: sweep.sampler)."),
+]
 PruneOption = Annotated[
     bool, typer.Option("--prune", help="Stop unpromising trials early (median pruner).")
 ]
@@ -123,6 +137,8 @@ def sweep(
     out_dir: OutOption = None,
     resume: ResumeOption = None,
     test_best: TestBestOption = False,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Many trials with sampled hyperparameters, selected on validation; test the best once.
 
@@ -145,8 +161,6 @@ def sweep(
     else:
         if config is None:
             raise DltrainError("give a config to sweep, or --resume SWEEP_DIR to continue one")
-        if sampler not in (None, "random", "tpe"):
-            raise DltrainError(f"--sampler {sampler!r}: expected random or tpe")
         cfg = load_config(config, overrides(set_, device), list(param or []))
         folder = out_dir or stamped(Path("runs", cfg.name), "sweep-")
         options = {"trials": trials or cfg.sweep.trials, "sampler": sampler or cfg.sweep.sampler}
@@ -159,12 +173,17 @@ def sweep(
             settings = sweeps.create(cfg, folder, options)
         else:
             settings = sweeps.go_on(folder, trials=trials, jobs=jobs, timeout=timeout)
-        result = sweeps.run(folder, _sweep_progress(folder, settings))
-        _sweep_table(result)
+        shown = mode(quiet, as_json)
+        on_trial = _sweep_progress(folder, settings) if shown == "normal" else lambda row: None
+        result = sweeps.run(folder, on_trial)
+        if shown != "json":
+            _sweep_table(result, shown)
         if result["best"] is None:
-            raise DltrainError("no trial completed (the table says why); nothing to select")
-        if test_best:
-            _sweep_test(folder, device)
+            why = "the table says why" if shown == "normal" else f"see {folder / 'sweep.csv'}"
+            raise DltrainError(f"no trial completed ({why}); nothing to select")
+        tested = _sweep_test(folder, device, shown) if test_best else None
+        if shown == "json":
+            print_json({**result, "test": tested})
 
 
 def _sweep_value(value, log: bool = False) -> str:
@@ -207,7 +226,8 @@ def _sweep_progress(folder: Path, settings: dict):
     return on_trial
 
 
-def _sweep_table(result: dict) -> None:
+def _sweep_table(result: dict, shown: str = "normal") -> None:
+    """The trials, best first (not when quiet), the best one's line and what is left to run."""
     styles = {"complete": "green", "pruned": "yellow", "fail": "red", "interrupted": "red"}
     rows, metric = result["rows"], result["metric"]
     keys = list(rows[0]["params"]) if rows else []
@@ -230,7 +250,8 @@ def _sweep_table(result: dict) -> None:
             _sweep_value(row["epochs"]),
             Text(state, style=styles.get(row["state"], "")),
         )
-    out().print(table)
+    if shown == "normal":
+        out().print(table)
     if (best := result["best"]) is not None:
         names = ", ".join(Path(p).name for p in result["written"])
         say(
@@ -244,19 +265,22 @@ def _sweep_table(result: dict) -> None:
         )
 
 
-def _sweep_test(folder: Path, device: str | None) -> None:
+def _sweep_test(folder: Path, device: str | None, shown: str = "normal") -> dict:
+    """The best trial on the test split, once; returns its metrics."""
     from dltrain.tools.sweep import evaluate_best
 
     metrics = evaluate_best(folder, overrides(None, device))
     uses, ledger = metrics["test_uses"], Path(metrics["checkpoint"]).parent / "test_ledger.jsonl"
-    say(
-        f"test (trial {metrics['trial']}): accuracy {metrics['acc']:.4f}  loss "
-        f"{metrics['loss']:.4f}  ({metrics['samples']} samples, {metrics['checkpoint']}, "
-        f"{metrics['at']})"
-    )
+    if shown != "json":
+        say(
+            f"test (trial {metrics['trial']}): accuracy {metrics['acc']:.4f}  loss "
+            f"{metrics['loss']:.4f}  ({metrics['samples']} samples, {metrics['checkpoint']}, "
+            f"{metrics['at']})"
+        )
     say(
         f"the test set has now been used {uses} time{'s' if uses > 1 else ''} ({ledger}); "
         "report this number, and do not select on it",
         err(),
         "yellow" if uses > 1 else "",
     )
+    return metrics

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -13,6 +13,8 @@ from rich.table import Table
 
 from dltrain.cli.app import (
     DeviceOption,
+    JsonOption,
+    QuietOption,
     SetOption,
     app,
     config_app,
@@ -20,34 +22,40 @@ from dltrain.cli.app import (
     friendly,
     note,
     out,
+    out_option,
     overrides,
+    print_json,
     say,
 )
-from dltrain.errors import DltrainError
+
+Split = Literal["val", "test"]
+Tta = Literal["none", "flip", "flip+shift"]  # the config's eval.tta (tests/test_grammar.py)
 
 
 @app.command("eval")
 @friendly
 def eval_(
     ckpt: Annotated[Path, typer.Option("--ckpt", help="Checkpoint file (best.pt or last.pt).")],
-    split: Annotated[str, typer.Option("--split", help="val or test.")] = "val",
+    split: Annotated[Split, typer.Option("--split", help="The split to measure.")] = "val",
     set_: SetOption = None,
     device: DeviceOption = None,
     tta: Annotated[
-        str | None,
-        typer.Option("--tta", help="Test-time augmentation: none, flip or flip+shift."),
+        Tta | None,
+        typer.Option("--tta", help="Test-time augmentation (default: the config's eval.tta)."),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    out_dir: out_option(
+        "Folder for eval-<split>.json, confusion-<split>.csv and the pictures (default: beside "
+        "the checkpoint)."
+    ) = None,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Measure a checkpoint on the validation or test split."""
-    if split not in ("val", "test"):
-        raise DltrainError(f"--split {split!r}: expected val or test")
-    if tta not in (None, *TTA_MODES):
-        raise DltrainError(f"--tta {tta!r}: expected {', '.join(TTA_MODES)}")
-    from dltrain.tools.evaluation import evaluate_checkpoint
+    from dltrain.tools.evaluation import evaluate_checkpoint, output_folder
 
     problems = []  # pictures that could not be drawn: after the metrics, one line each
-    metrics = evaluate_checkpoint(ckpt, split, overrides(set_, device), tta, problems.append)
+    changes = overrides(set_, device)
+    metrics = evaluate_checkpoint(ckpt, split, changes, tta, problems.append, out_dir)
     for problem in problems:
         say(f"warning: {problem}", err(), "yellow")
     if "tta" in metrics and metrics["dataset"] in FLIP_CHANGES_MEANING:
@@ -62,12 +70,14 @@ def eval_(
         message = f"this run's test set has now been used {uses} times; select models on "
         say(f"warning: {message}validation and test once", err(), "yellow")
     if as_json:
-        out().print_json(json.dumps(metrics))
+        print_json(metrics)
         return
     say(
         f"{split}: accuracy {metrics['acc']:.4f}  loss {metrics['loss']:.4f}  "
         f"({metrics['samples']} samples, {ckpt}, {metrics['at']})"
     )
+    if quiet:
+        return
     say(f"macro-F1 {metrics['macro_f1']:.4f}  balanced accuracy {metrics['balanced_acc']:.4f}")
     if "tta" in metrics:
         t = metrics["tta"]
@@ -75,15 +85,15 @@ def eval_(
             f"with tta {t['mode']}: accuracy {t['acc']:.4f}  loss {t['loss']:.4f}  macro-F1 "
             f"{t['macro_f1']:.4f}  balanced accuracy {t['balanced_acc']:.4f}"
         )
-    _show_eval_details(out(), metrics, ckpt, split)
+    folder = output_folder(metrics["checkpoint"], out_dir)
+    _show_eval_details(out(), metrics, folder, split)
 
 
-TTA_MODES = ("none", "flip", "flip+shift")
 FLIP_CHANGES_MEANING = ("digits", "mnist")  # a mirrored 2, 3, 7 or 9 is not that digit
 CONFUSION_MAX_CLASSES = 20  # more columns than this do not fit a terminal: see the CSV
 
 
-def _show_eval_details(console: Console, metrics: dict, ckpt: Path, split: str) -> None:
+def _show_eval_details(console: Console, metrics: dict, folder: Path, split: str) -> None:
     """Top-5, the per-class table, the confusion matrix (small ones) and where files went."""
     from rich import box
 
@@ -99,7 +109,7 @@ def _show_eval_details(console: Console, metrics: dict, ckpt: Path, split: str) 
         table.add_row(escape(row["class"]), str(row["correct"]), str(row["total"]), *rates)
     console.print(table)
     names, confusion = metrics["class_names"], metrics["confusion"]
-    csv_path = confusion_path(ckpt, split)
+    csv_path = confusion_path(folder, split)
     table = _confusion_table(names, confusion) if len(names) <= CONFUSION_MAX_CLASSES else None
     if table is not None and _natural_width(console, table) <= console.width:
         # A title would wrap over a narrow table: a line of its own instead.
@@ -107,10 +117,10 @@ def _show_eval_details(console: Console, metrics: dict, ckpt: Path, split: str) 
         console.print(table)
     else:
         say(f"confusion matrix ({len(names)} classes): see {csv_path}", console)
-    say(f"wrote {metrics_path(ckpt, split)} and {csv_path}", console)
+    say(f"wrote {metrics_path(folder, split)} and {csv_path}", console)
     # The pictures drawn (one that failed was removed and warned about), from the pass
     # without TTA, as the confusion matrix.
-    confusion_png, mistakes_png = picture_paths(ckpt, split)
+    confusion_png, mistakes_png = picture_paths(folder, split)
     plain = " (without tta)" if "tta" in metrics else ""
     if confusion_png.exists():
         say(f"wrote {confusion_png}: the confusion matrix per true class{plain}", console)
@@ -153,18 +163,21 @@ def predict_(
     ],
     ckpt: Annotated[Path, typer.Option("--ckpt", help="Checkpoint file (best.pt or last.pt).")],
     topk: Annotated[int, typer.Option("--topk", help="Classes to show per image.")] = 3,
+    set_: SetOption = None,
     device: DeviceOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Classify images with a checkpoint, using its own preprocessing."""
     from dltrain.tools.predict import predict
 
-    results = predict(ckpt, list(inputs), topk, overrides(None, device))
+    results = predict(ckpt, list(inputs), topk, overrides(set_, device))
     if as_json:
         print(json.dumps(results, indent=2))
         return
     for result in results:
-        top = ", ".join(f"{item['class']} ({item['prob']:.2f})" for item in result["top"])
+        shown = result["top"][:1] if quiet else result["top"]  # quiet: the top class
+        top = ", ".join(f"{item['class']} ({item['prob']:.2f})" for item in shown)
         say(f"{result['file']}: {top}")
 
 
@@ -173,11 +186,12 @@ def predict_(
 def config_show(
     config: Annotated[Path, typer.Argument(help="YAML config file.")],
     set_: SetOption = None,
+    device: DeviceOption = None,
 ) -> None:
     """Print the resolved config (defaults filled in, overrides applied) as YAML."""
     from dltrain.config import load_config
 
-    out().print(load_config(config, list(set_ or [])).to_yaml(), markup=False, end="")
+    out().print(load_config(config, overrides(set_, device)).to_yaml(), markup=False, end="")
 
 
 @config_app.command("reference")
@@ -200,10 +214,9 @@ def config_schema() -> None:
 @friendly
 def plot_(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run folders (runs/<name>/<time>).")],
-    image: Annotated[
-        Path | None,
-        typer.Option("--out", help="Image to write (.png, .svg or .pdf)."),
-    ] = None,
+    image: out_option("Image to write (.png, .svg or .pdf).") = None,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Draw learning curves: one run's curves.png, or several runs overlaid in one image."""
     from dltrain.reporting.plots import overlay_path, plot_run, plot_runs
@@ -213,7 +226,10 @@ def plot_(
         path = plot_run(run_dirs[0], image)
     else:
         path = plot_runs(run_dirs, image or overlay_path(run_dirs))
-    say(f"wrote {path}")
+    if as_json:
+        print_json({"path": str(path), "runs": [str(folder) for folder in run_dirs]})
+    else:  # one line: quiet or not, it is the result
+        say(f"wrote {path}")
 
 
 RUN_STATUS_STYLES = {

@@ -58,7 +58,7 @@ def made_run_dir(
     else:
         path = Path(run_dir)
         if path.exists() and not path.is_dir():
-            raise DltrainError(f"--run-dir {path} is a file; give a folder for the run's outputs")
+            raise DltrainError(f"--out {path} is a file; give a folder for the run's outputs")
         found = [name for name in RUN_FILES if (path / name).exists()]
         if found and "config.yaml" not in found:
             raise DltrainError(
@@ -71,7 +71,7 @@ def made_run_dir(
             if not force:
                 raise DltrainError(
                     f"{path} already holds a run; continue it with --resume {path}, replace it "
-                    "with --force, or choose another --run-dir"
+                    "with --force, or choose another --out"
                 )
             old = [path / name for name in RUN_FILES]
             for pattern in ("eval-*.json", "confusion-*.csv", "confusion-*.png", "mistakes-*.png"):

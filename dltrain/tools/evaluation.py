@@ -27,18 +27,23 @@ from dltrain.training.session import model_data
 MISTAKES_SHOWN = 36  # the most confidently wrong images drawn in mistakes-<split>.png
 
 
-def metrics_path(ckpt: str | Path, split: str) -> Path:
-    return Path(ckpt).parent / f"eval-{split}.json"
+def metrics_path(folder: str | Path, split: str) -> Path:
+    return Path(folder) / f"eval-{split}.json"
 
 
-def confusion_path(ckpt: str | Path, split: str) -> Path:
-    return Path(ckpt).parent / f"confusion-{split}.csv"
+def confusion_path(folder: str | Path, split: str) -> Path:
+    return Path(folder) / f"confusion-{split}.csv"
 
 
-def picture_paths(ckpt: str | Path, split: str) -> tuple[Path, Path]:
-    """confusion-<split>.png and mistakes-<split>.png, beside the checkpoint."""
-    folder = Path(ckpt).parent
+def picture_paths(folder: str | Path, split: str) -> tuple[Path, Path]:
+    """confusion-<split>.png and mistakes-<split>.png in eval's output folder."""
+    folder = Path(folder)
     return folder / f"confusion-{split}.png", folder / f"mistakes-{split}.png"
+
+
+def output_folder(ckpt: str | Path, out: str | Path | None = None) -> Path:
+    """Where eval writes: `out` (dltrain eval --out), else beside the checkpoint."""
+    return Path(ckpt).parent if out is None else Path(out)
 
 
 def evaluate_checkpoint(
@@ -47,18 +52,23 @@ def evaluate_checkpoint(
     overrides: list[str] = (),
     tta: str | None = None,
     warn: Callable[[str], None] = lambda text: None,
+    out: str | Path | None = None,
 ) -> dict:
     """Measure one split (`overrides`: `--set` strings, `--device` among them) and write the
-    result beside the checkpoint: loss, acc, top5 (over 5 classes), `confusion[true][pred]`,
-    per-class precision, recall and F1, macro-F1 and balanced accuracy; with test-time
-    augmentation (`tta`, else the config's eval.tta) the same under "tta"; `test_uses`: how
-    many times this run's test set has been measured. The data is read, never downloaded
-    unless `overrides` ask for it (data.download=true): see NO_DOWNLOAD.
+    result to `out` (made if missing; default beside the checkpoint): loss, acc, top5 (over 5
+    classes), `confusion[true][pred]`, per-class precision, recall and F1, macro-F1 and
+    balanced accuracy; with test-time augmentation (`tta`, else the config's eval.tta) the same
+    under "tta"; `test_uses`: how many times this run's test set has been measured (the run's
+    ledger, beside the checkpoint). The data is read, never downloaded unless `overrides` ask
+    for it (data.download=true): see NO_DOWNLOAD.
 
     Then the pictures (`picture_paths`), from the pass without TTA as the confusion matrix:
     a picture that cannot be drawn is one `warn` line, and the metrics are written already."""
     saved = checkpoint.open_saved(path, [NO_DOWNLOAD, *overrides], purpose="eval")
     cfg, path, tta = saved.cfg, saved.path, tta or saved.cfg.eval.tta
+    folder = output_folder(path, out)
+    if folder.exists() and not folder.is_dir():
+        raise DltrainError(f"--out {folder} is a file; give a folder for eval's files")
     model, device = saved.model()
     data, splits = model_data(cfg, device)
     saved.check_data(splits.info)
@@ -89,15 +99,19 @@ def evaluate_checkpoint(
         result["tta"] = {"mode": tta, **seen}
     if split == "test":
         result["test_uses"] = record_test_use(path, result)
-    files.write_json(metrics_path(path, split), result)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DltrainError(f"--out {folder}: cannot make it: {err.strerror or err}") from None
+    files.write_json(metrics_path(folder, split), result)
     # Rows are true classes, columns predicted classes; the header row names the columns.
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["true\\predicted", *names])
     writer.writerows([name, *counts] for name, counts in zip(names, confusion, strict=True))
     text = buffer.getvalue().encode()
-    files.atomic_write(confusion_path(path, split), lambda handle: handle.write(text))
-    for problem in draw_pictures(result, mistakes.worst(), splits.info, path):
+    files.atomic_write(confusion_path(folder, split), lambda handle: handle.write(text))
+    for problem in draw_pictures(result, mistakes.worst(), splits.info, folder):
         warn(problem)
     return result
 
@@ -185,13 +199,13 @@ class Mistakes:
         return Wrong(*(part[wrong].cpu() for part in self.kept[:-1]))
 
 
-def draw_pictures(result: dict, wrong: Wrong, info: DataInfo, ckpt: Path) -> list[str]:
+def draw_pictures(result: dict, wrong: Wrong, info: DataInfo, folder: Path) -> list[str]:
     """confusion-<split>.png and mistakes-<split>.png; returns a line for each that could not
     be drawn (and removes its older version, so no stale picture stays beside new metrics)."""
     from dltrain.reporting.pictures import plot_confusion, plot_images, short_name
 
     split, names = result["split"], [short_name(name) for name in result["class_names"]]
-    confusion_png, mistakes_png = picture_paths(ckpt, split)
+    confusion_png, mistakes_png = picture_paths(folder, split)
     title = f"{split}: accuracy {result['acc']:.4f}, {result['samples']} samples"
     problems = []
 
