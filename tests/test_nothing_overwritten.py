@@ -146,7 +146,7 @@ def test_an_optuna_error_is_one_line(cli, write_config, tmp_path, monkeypatch):
     result = cli("sweep", write_config(SWEEP), "--trials", 1, "--out", out, *param)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     lines = result.stderr.strip().splitlines()  # the sweep's start line, then one error
-    assert len(lines) == 2 and lines[0].startswith(f"sweep {out}: 1 trials"), result.stderr
+    assert len(lines) == 2 and lines[0].startswith(f"sweep {out}: 1 trial of"), result.stderr
     error = " ".join(lines[1].split())
     assert error.startswith(f"error: sweep {out}: its study failed (UpdateFinishedTrialError: ")
     assert error.endswith(f"finished trials are kept: dltrain sweep --resume {out}")

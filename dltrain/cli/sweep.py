@@ -121,6 +121,15 @@ TestBestOption = Annotated[
 ]
 
 
+def _fixed_on_resume(given: dict) -> None:
+    """A resumed sweep keeps its saved config and options: giving them again is refused."""
+    if names := [name for name, value in given.items() if value]:
+        raise DltrainError(
+            "--resume continues a sweep with its saved config and options; drop "
+            f"{', '.join(names)} (--trials, --jobs, --timeout and --test-best may be given)"
+        )
+
+
 @app.command()
 @friendly
 def sweep(
@@ -150,12 +159,7 @@ def sweep(
     if resume is not None:
         fixed = {"CONFIG": config, "--param": param, "--set": set_, "--device": device}
         fixed.update({"--sampler": sampler, "--prune": prune, "--storage": storage})
-        fixed["--out"] = out_dir
-        if given := [name for name, value in fixed.items() if value]:
-            raise DltrainError(
-                "--resume continues a sweep with its saved config and options; drop "
-                f"{', '.join(given)} (--trials, --jobs, --timeout and --test-best may be given)"
-            )
+        _fixed_on_resume({**fixed, "--out": out_dir})
         folder = resume
         sweeps.load_settings(folder)  # a folder that is no sweep: refused before it is locked
     else:

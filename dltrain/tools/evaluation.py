@@ -46,6 +46,22 @@ def output_folder(ckpt: str | Path, out: str | Path | None = None) -> Path:
     return Path(ckpt).parent if out is None else Path(out)
 
 
+def _write(folder: Path, split: str, result: dict, names: list[str], confusion: list) -> None:
+    """eval-<split>.json and confusion-<split>.csv in `folder` (made if missing)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DltrainError(f"--out {folder}: cannot make it: {err.strerror or err}") from None
+    files.write_json(metrics_path(folder, split), result)
+    # Rows are true classes, columns predicted classes; the header row names the columns.
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["true\\predicted", *names])
+    writer.writerows([name, *counts] for name, counts in zip(names, confusion, strict=True))
+    text = buffer.getvalue().encode()
+    files.atomic_write(confusion_path(folder, split), lambda handle: handle.write(text))
+
+
 def evaluate_checkpoint(
     path: str | Path,
     split: str,
@@ -99,18 +115,7 @@ def evaluate_checkpoint(
         result["tta"] = {"mode": tta, **seen}
     if split == "test":
         result["test_uses"] = record_test_use(path, result)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DltrainError(f"--out {folder}: cannot make it: {err.strerror or err}") from None
-    files.write_json(metrics_path(folder, split), result)
-    # Rows are true classes, columns predicted classes; the header row names the columns.
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["true\\predicted", *names])
-    writer.writerows([name, *counts] for name, counts in zip(names, confusion, strict=True))
-    text = buffer.getvalue().encode()
-    files.atomic_write(confusion_path(folder, split), lambda handle: handle.write(text))
+    _write(folder, split, result, names, confusion)
     for problem in draw_pictures(result, mistakes.worst(), splits.info, folder):
         warn(problem)
     return result
