@@ -20,8 +20,6 @@ SHARED = ("--set", "--device", "--json", "--quiet")  # one definition each, in c
 # Where a command departs from a rule, and why. Keep this short.
 EXCEPTIONS = {
     ("dltrain export", "--device"): "export runs on the CPU always (see export_checkpoint)",
-    ("dltrain runs", "--quiet"): "the runs command's body is being reworked on another branch",
-    ("dltrain runs", "--json"): "its own --json help, until that rework lands",
 }
 # Options that take any text, and why it cannot be a choice.
 FREE_TEXT = {

@@ -248,7 +248,8 @@ RUN_STATUS_STYLES = {
 @friendly
 def runs_(
     root: Annotated[Path, typer.Argument(help="Folder to search for runs.")] = Path("runs"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """List runs, newest first: model, data, epochs, accuracy, test uses, time, status."""
     from dltrain.reporting.listing import list_runs
@@ -256,6 +257,10 @@ def runs_(
     runs = list_runs(root)
     if as_json:
         print(json.dumps(runs, indent=2))
+        return
+    if quiet:  # the folders alone, one a line, newest first
+        for run in runs:
+            say(run["path"])
         return
     if not runs:
         say(f"no runs under {root}")
