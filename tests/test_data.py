@@ -26,7 +26,7 @@ def test_stratified_split_is_seeded():
 
 
 def test_split_that_leaves_nothing_is_an_error():
-    with pytest.raises(DltrainError, match="data.val_split=500 leaves 500 of 100"):
+    with pytest.raises(DltrainError, match="data.val_split=500 asks for 500 of the 100 samples"):
         stratified_split(torch.zeros(100, dtype=torch.long), 500, seed=0)
 
 

@@ -54,9 +54,17 @@ def test_a_note_during_an_epoch_goes_above_the_bar_never_into_it(tmp_path):
     assert any(line.startswith("note: val accuracy flat since epoch") for line in screen)
     assert not [line for line in screen if "━" in line and "note:" in line]
     assert not [line for line in screen if "━" in line]  # no bar left behind on the screen
-    # Before anything else, a status; then bars with the running figures and the run's ETA.
+
+
+@pytest.mark.slow
+def test_a_status_first_then_bars_with_the_running_figures(tmp_path):
+    """Batches of 4: epochs long enough (300 steps) for the bar to be drawn several times."""
+    args = ["train", "configs/digits_cnn.yaml", "--set", "train.epochs=2"]
+    args += ["--set", "data.batch_size=4", "--out", str(tmp_path / "run")]
+    code, _, plain = run_in_terminal(args)
+    assert code == 0, plain[-2000:]
     assert plain.index("starting: loading the data") < plain.index("run ")
-    bar = next(line for line in plain.split("\r") if "samples/s" in line)
-    assert re.search(r"loss \d\.\d{4}  acc \d\.\d{3}", bar) and re.search(
-        r"run \d:\d\d:\d\d left", bar
-    )
+    bars = [line for line in plain.split("\r") if "samples/s" in line]
+    assert bars, plain[-2000:]
+    assert all(re.search(r"loss \d+\.\d{4}  acc \d\.\d{3}", bar) for bar in bars)
+    assert all(re.search(r"run \d:\d\d:\d\d left", bar) for bar in bars)

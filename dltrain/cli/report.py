@@ -159,6 +159,7 @@ class TrainReport:
             stats=stats,
             rate=f"{event.seen / elapsed:,.0f} samples/s",
             run=f"run {clock(left)} left",
+            refresh=True,  # drawn now: an epoch may end before the display's own next redraw
         )
 
     def _running(self, event: events.BatchEnd) -> None:
