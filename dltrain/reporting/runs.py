@@ -81,9 +81,9 @@ def made_run_dir(
     made = tuple(folder for folder in (path, *path.parents) if not folder.exists())
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".dltrain-write-test"
+        probe = path / f".dltrain-write-test-{os.getpid()}"  # its own: two may start at once
         probe.touch()
-        probe.unlink()
+        probe.unlink(missing_ok=True)
     except OSError as err:
         raise DltrainError(f"cannot write the run folder {path}: {err.strerror or err}") from None
     return path, made
