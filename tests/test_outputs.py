@@ -168,6 +168,10 @@ def test_a_yaml_file_given_as_a_checkpoint_is_named_as_such(cli, tmp_path):
     assert result.exit_code == 1
     assert "configs/digits_mlp.yaml is a YAML config, not a checkpoint" in result.stderr
     assert "damaged" not in result.stderr
+    (tmp_path / "notes.txt").write_text("not a checkpoint at all")
+    result = cli("predict", "--ckpt", tmp_path / "notes.txt", tmp_path / "seven.png")
+    assert result.exit_code == 1
+    assert "notes.txt is not a PyTorch file, not a checkpoint" in result.stderr
 
 
 def test_counts_agree_with_their_nouns():

@@ -71,6 +71,7 @@ app.add_typer(config_app, name="config")
 
 # One definition per idea, so an option reads the same on every command that has it
 # (tests/test_grammar.py checks the whole command line against these).
+ConfigArgument = Annotated[Path, typer.Argument(help="YAML config file.")]
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a config value: KEY=VALUE (dotted key), repeatable."),

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from dltrain.cli.app import (
+    ConfigArgument,
     DeviceOption,
     JsonOption,
     OutOption,
@@ -28,7 +29,7 @@ from dltrain.errors import Interrupted
 @app.command("lr-find")
 @friendly
 def lr_find(
-    config: Annotated[Path, typer.Argument(help="YAML config file.")],
+    config: ConfigArgument,
     set_: SetOption = None,
     device: DeviceOption = None,
     # No min= here: Typer's range errors are a usage box; lr_find.check_options says one line.

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
 from dltrain.cli.app import (
+    ConfigArgument,
     DeviceOption,
     JsonOption,
     QuietOption,
@@ -25,7 +25,7 @@ from dltrain.cli.app import (
 @app.command("show")
 @friendly
 def show(
-    config: Annotated[Path, typer.Argument(help="YAML config file.")],
+    config: ConfigArgument,
     set_: SetOption = None,
     split: Annotated[
         Literal["train", "val"],

@@ -7,14 +7,11 @@ is read or downloaded, no weights are loaded, nothing is written.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
-
-import typer
 from rich.markup import escape
 from rich.table import Table
 
 from dltrain.cli.app import (
+    ConfigArgument,
     DeviceOption,
     JsonOption,
     QuietOption,
@@ -31,7 +28,7 @@ from dltrain.cli.app import (
 @app.command("summary")
 @friendly
 def summary(
-    config: Annotated[Path, typer.Argument(help="YAML config file.")],
+    config: ConfigArgument,
     set_: SetOption = None,
     device: DeviceOption = None,
     quiet: QuietOption = False,

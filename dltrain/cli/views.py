@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dltrain.cli.app import (
+    ConfigArgument,
     DeviceOption,
     JsonOption,
     QuietOption,
@@ -184,7 +185,7 @@ def predict_(
 @config_app.command("show")
 @friendly
 def config_show(
-    config: Annotated[Path, typer.Argument(help="YAML config file.")],
+    config: ConfigArgument,
     set_: SetOption = None,
     device: DeviceOption = None,
 ) -> None:
